@@ -1,0 +1,189 @@
+//! Who a caller is: argon2id password hashes, HS256 access tokens (JWT) and opaque refresh
+//! tokens kept as SHA-256 hashes in token families (a reused refresh token revokes its family).
+//!
+//! This module signs and checks credentials; it does not decide what a user may do in a room.
+
+use std::sync::Arc;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{FamilyId, UserId};
+use crate::model::Tokens;
+use crate::store::{RefreshOutcome, Store};
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Claims {
+    pub sub: UserId,
+    pub exp: u64,
+    pub iat: u64,
+    pub jti: String,
+}
+
+/// Signs and verifies tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Auth {
+    inner: Arc<Keys>,
+}
+
+struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_ttl: u64,
+    refresh_ttl: u64,
+}
+
+/// 32 random bytes, base64url: used for refresh tokens and generated secrets.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Hashes a password with argon2id off the async runtime (it is deliberately slow).
+pub async fn hash_password(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("argon2: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// True when `password` matches the stored PHC string.
+pub async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+impl Auth {
+    pub fn new(secret: &[u8], access_ttl: u64, refresh_ttl: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        Auth {
+            inner: Arc::new(Keys {
+                encoding: EncodingKey::from_secret(secret),
+                decoding: DecodingKey::from_secret(secret),
+                validation,
+                access_ttl,
+                refresh_ttl,
+            }),
+        }
+    }
+
+    pub fn access_ttl(&self) -> u64 {
+        self.inner.access_ttl
+    }
+
+    /// A signed access token and its claims.
+    pub fn issue_access(&self, user: UserId) -> ApiResult<(String, Claims)> {
+        let iat = unix_now();
+        let claims = Claims {
+            sub: user,
+            iat,
+            exp: iat + self.inner.access_ttl,
+            jti: uuid::Uuid::now_v7().to_string(),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.inner.encoding,
+        )
+        .map_err(|e| ApiError::Internal(e.into()))?;
+        Ok((token, claims))
+    }
+
+    /// Checks signature, algorithm and expiry.
+    pub fn verify_access(&self, token: &str) -> ApiResult<Claims> {
+        jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &self.inner.validation)
+            .map(|d| d.claims)
+            .map_err(|e| {
+                let why = match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token expired",
+                    _ => "the access token is invalid",
+                };
+                ApiError::unauthorized(why)
+            })
+    }
+
+    /// A fresh token pair. `family` is `None` at login (a new family starts).
+    pub async fn issue_pair(
+        &self,
+        store: &dyn Store,
+        user: UserId,
+        family: Option<FamilyId>,
+    ) -> ApiResult<Tokens> {
+        let (access, _) = self.issue_access(user)?;
+        let refresh = random_token();
+        let expires_at = crate::now_ms() + (self.inner.refresh_ttl as i64) * 1000;
+        let new_family = family.is_none();
+        store
+            .insert_refresh(
+                &token_hash(&refresh),
+                family.unwrap_or_default(),
+                user,
+                expires_at,
+                new_family,
+            )
+            .await?;
+        Ok(Tokens {
+            access_token: access,
+            refresh_token: refresh,
+            token_type: "Bearer",
+            expires_in: self.inner.access_ttl,
+        })
+    }
+
+    /// Spends a refresh token. Reuse of a spent token revokes its whole family.
+    pub async fn refresh(
+        &self,
+        store: &dyn Store,
+        refresh_token: &str,
+    ) -> ApiResult<(UserId, Tokens)> {
+        match store
+            .spend_refresh(&token_hash(refresh_token), crate::now_ms())
+            .await?
+        {
+            RefreshOutcome::Valid { user, family } => {
+                let tokens = self.issue_pair(store, user, Some(family)).await?;
+                Ok((user, tokens))
+            }
+            RefreshOutcome::Reused => Err(ApiError::unauthorized(
+                "the refresh token was already used; its session is revoked",
+            )),
+            RefreshOutcome::Invalid => Err(ApiError::unauthorized("the refresh token is invalid")),
+        }
+    }
+
+    pub async fn logout(&self, store: &dyn Store, refresh_token: &str) -> ApiResult<()> {
+        store.revoke_family_of(&token_hash(refresh_token)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! How events reach the other pods: [`Bus`], with an in-process implementation ([`LocalBus`],
+//! a single pod has no one to tell) and a Redis Pub/Sub one ([`RedisBus`]).
+//!
+//! The bus only carries [`Envelope`]s; it never interprets a room event. Every pod delivers its
+//! own events locally first (see `hub`), so a bus only forwards to *other* pods and drops its
+//! own echoes. Presence registration lives here too, because knowing who is online on other
+//! pods is a question only the shared bus can answer.
+
+mod local;
+mod redis;
+
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use uuid::Uuid;
+
+use crate::ids::{PodId, RoomId, UserId};
+
+pub use local::LocalBus;
+pub use redis::RedisBus;
+
+/// What an envelope carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A committed message of a room; `seq` orders it.
+    Message = 1,
+    /// Any other event of a room (typing, receipt, presence, room update); no order.
+    RoomEvent = 2,
+    /// A control event (membership changes, later bans and policy) as JSON.
+    Control = 3,
+}
+
+/// One event on the bus: a fixed binary header and the frame text, which is encoded once by the
+/// pod that made the event and passed through to sockets unchanged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    pub kind: Kind,
+    pub origin: PodId,
+    pub room: RoomId,
+    pub seq: i64,
+    /// Connections of this user do not receive the event (typing is not echoed to its author).
+    pub except: Option<UserId>,
+    pub text: Bytes,
+}
+
+const HEADER: usize = 1 + 16 + 16 + 8 + 16;
+
+impl Envelope {
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(HEADER + self.text.len());
+        b.put_u8(self.kind as u8);
+        b.put_slice(self.origin.0.as_bytes());
+        b.put_slice(self.room.0.as_bytes());
+        b.put_i64(self.seq);
+        b.put_slice(self.except.map(|u| u.0).unwrap_or(Uuid::nil()).as_bytes());
+        b.put_slice(&self.text);
+        b.freeze()
+    }
+
+    pub fn decode(b: Bytes) -> Option<Envelope> {
+        if b.len() < HEADER {
+            return None;
+        }
+        let kind = match b[0] {
+            1 => Kind::Message,
+            2 => Kind::RoomEvent,
+            3 => Kind::Control,
+            _ => return None,
+        };
+        let uuid = |at: usize| Uuid::from_slice(&b[at..at + 16]).ok();
+        let except = uuid(41)?;
+        Some(Envelope {
+            kind,
+            origin: PodId(uuid(1)?),
+            room: RoomId(uuid(17)?),
+            seq: i64::from_be_bytes(b[33..41].try_into().ok()?),
+            except: (!except.is_nil()).then_some(UserId(except)),
+            text: b.slice(HEADER..),
+        })
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// `local` or `redis`.
+    fn name(&self) -> &'static str;
+    /// Queues an envelope for the other pods. Never waits: a bus that is down drops it, and the
+    /// store fills the gap for messages.
+    fn publish(&self, env: Envelope);
+    /// Start receiving a room's events (called for a pod's first local subscriber).
+    async fn join_room(&self, room: RoomId);
+    /// Stop receiving a room's events (called when the last local subscriber leaves).
+    async fn leave_room(&self, room: RoomId);
+    /// Whether the bus answers (readiness).
+    async fn ping(&self) -> Result<(), String>;
+    /// Records that `user` has (or no longer has) a socket subscribed to `room` on this pod.
+    async fn presence_set(&self, room: RoomId, user: UserId, online: bool);
+    /// Users online in `room` on other pods.
+    async fn presence_remote(&self, room: RoomId) -> Vec<UserId>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips() {
+        let env = Envelope {
+            kind: Kind::Message,
+            origin: PodId::new(),
+            room: RoomId::new(),
+            seq: 42,
+            except: Some(UserId::new()),
+            text: Bytes::from_static(b"{\"type\":\"message\"}"),
+        };
+        assert_eq!(Envelope::decode(env.encode()), Some(env.clone()));
+        let none = Envelope {
+            except: None,
+            ..env
+        };
+        assert_eq!(Envelope::decode(none.encode()), Some(none));
+        assert_eq!(Envelope::decode(Bytes::from_static(b"short")), None);
+    }
+}

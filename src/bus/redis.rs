@@ -1,0 +1,219 @@
+//! Redis Pub/Sub between pods: one channel per room (`confab:room:{id}`), subscribed only while
+//! this pod has local subscribers, and `confab:control`.
+//!
+//! Publishing goes through one task that pipelines whatever has queued up, so the writer and
+//! the sockets never wait on Redis. Receiving uses a RESP3 connection whose push messages feed
+//! the hub; the connection manager reconnects and resubscribes by itself.
+//!
+//! Presence: a hash per room (`confab:presence:{room}`) whose fields are `{pod}/{user}` and
+//! whose values are expiry times in ms, refreshed by the hub; a crashed pod's entries expire.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::{Bus, Envelope};
+use crate::ids::{PodId, RoomId, UserId};
+
+pub const CONTROL_CHANNEL: &str = "confab:control";
+/// How long a presence entry lives without a refresh.
+pub const PRESENCE_TTL_MS: i64 = 30_000;
+const PIPELINE_MAX: usize = 512;
+
+fn room_channel(room: RoomId) -> String {
+    format!("confab:room:{room}")
+}
+
+fn presence_key(room: RoomId) -> String {
+    format!("confab:presence:{room}")
+}
+
+pub struct RedisBus {
+    pod: PodId,
+    commands: ConnectionManager,
+    subscriber: tokio::sync::Mutex<ConnectionManager>,
+    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    /// Rooms this pod listens to, so a resubscription after a race is idempotent.
+    joined: Mutex<HashSet<RoomId>>,
+}
+
+fn with_resp3(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}protocol=resp3")
+}
+
+impl RedisBus {
+    /// Connects both connections and subscribes to the control channel. Incoming envelopes
+    /// from other pods are sent to `incoming`.
+    pub async fn connect(
+        url: &str,
+        pod: PodId,
+        incoming: mpsc::UnboundedSender<Envelope>,
+    ) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(2));
+        let client =
+            redis::Client::open(url).context("CONFAB_REDIS_URL is not a valid Redis URL")?;
+        let commands = ConnectionManager::new_with_config(client, config.clone())
+            .await
+            .context("cannot connect to Redis (CONFAB_REDIS_URL)")?;
+
+        let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
+        let sub_client = redis::Client::open(with_resp3(url).as_str())
+            .context("CONFAB_REDIS_URL is not a valid Redis URL")?;
+        let mut subscriber = ConnectionManager::new_with_config(
+            sub_client,
+            config
+                .set_push_sender(push_tx)
+                .set_automatic_resubscription(),
+        )
+        .await
+        .context("cannot connect to Redis for Pub/Sub (CONFAB_REDIS_URL)")?;
+        subscriber
+            .subscribe(CONTROL_CHANNEL)
+            .await
+            .context("cannot subscribe to the Redis control channel")?;
+
+        tokio::spawn(async move {
+            while let Some(push) = push_rx.recv().await {
+                if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
+                    continue;
+                }
+                let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) else {
+                    continue;
+                };
+                match Envelope::decode(Bytes::from(payload)) {
+                    Some(env) if env.origin != pod => {
+                        if incoming.send(env).is_err() {
+                            break;
+                        }
+                    }
+                    Some(_) => {}
+                    None => tracing::warn!("dropped a malformed bus envelope"),
+                }
+            }
+        });
+
+        let (outgoing, rx) = mpsc::unbounded_channel();
+        tokio::spawn(publisher(commands.clone(), rx));
+        Ok(Arc::new(RedisBus {
+            pod,
+            commands,
+            subscriber: tokio::sync::Mutex::new(subscriber),
+            outgoing,
+            joined: Mutex::new(HashSet::new()),
+        }))
+    }
+}
+
+/// Sends queued publishes in pipelines: one round trip for everything that queued meanwhile.
+async fn publisher(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>) {
+    let mut batch = Vec::with_capacity(PIPELINE_MAX);
+    while rx.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch.drain(..) {
+            pipe.publish(channel, payload.as_ref()).ignore();
+        }
+        let sent: redis::RedisResult<()> = pipe.query_async(&mut con).await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "bus publish failed; other pods fill the gap from the store");
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn publish(&self, env: Envelope) {
+        let channel = match env.kind {
+            super::Kind::Control => CONTROL_CHANNEL.to_string(),
+            _ => room_channel(env.room),
+        };
+        let _ = self.outgoing.send((channel, env.encode()));
+    }
+
+    async fn join_room(&self, room: RoomId) {
+        if !self.joined.lock().expect("joined lock").insert(room) {
+            return;
+        }
+        if let Err(e) = self
+            .subscriber
+            .lock()
+            .await
+            .subscribe(room_channel(room))
+            .await
+        {
+            tracing::warn!(error = %e, %room, "redis subscribe failed");
+            self.joined.lock().expect("joined lock").remove(&room);
+        }
+    }
+
+    async fn leave_room(&self, room: RoomId) {
+        if !self.joined.lock().expect("joined lock").remove(&room) {
+            return;
+        }
+        if let Err(e) = self
+            .subscriber
+            .lock()
+            .await
+            .unsubscribe(room_channel(room))
+            .await
+        {
+            tracing::warn!(error = %e, %room, "redis unsubscribe failed");
+        }
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        let mut con = self.commands.clone();
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+        pong.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    async fn presence_set(&self, room: RoomId, user: UserId, online: bool) {
+        let mut con = self.commands.clone();
+        let field = format!("{}/{}", self.pod, user);
+        let key = presence_key(room);
+        let done: redis::RedisResult<()> = if online {
+            let expires = crate::now_ms() + PRESENCE_TTL_MS;
+            redis::pipe()
+                .hset(&key, field, expires)
+                .ignore()
+                .pexpire(&key, PRESENCE_TTL_MS)
+                .ignore()
+                .query_async(&mut con)
+                .await
+        } else {
+            con.hdel(&key, field).await
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, %room, "presence update failed");
+        }
+    }
+
+    async fn presence_remote(&self, room: RoomId) -> Vec<UserId> {
+        let mut con = self.commands.clone();
+        let entries: redis::RedisResult<Vec<(String, i64)>> = con.hgetall(presence_key(room)).await;
+        let now = crate::now_ms();
+        let mut users: Vec<UserId> = entries
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, expires)| *expires > now)
+            .filter_map(|(field, _)| field.split_once('/')?.1.parse().ok())
+            .collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+}

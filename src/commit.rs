@@ -1,0 +1,173 @@
+//! The group-commit writer: one task drains the queue of submitted messages into one
+//! transaction per batch, then answers every sender and hands each new message to the hub.
+//!
+//! For a WebSocket sender the writer queues the `ack` on the sender's own outbox *before* the
+//! hub fans the `message` event out, so a sender always sees its ack first. It must not answer
+//! anyone before the commit returns: an acked message is a durable message.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+use crate::hub::{Hub, Outbound, Outbox, frame};
+use crate::model::rfc3339;
+use crate::store::{CommitOutcome, MessageRecord, NewMessage, Store};
+use crate::telemetry::Metrics;
+
+/// Where the outcome of a submitted message goes.
+pub enum Reply {
+    /// A REST caller waits for the outcome.
+    Caller(oneshot::Sender<Result<CommitOutcome, ApiError>>),
+    /// A socket gets an `ack` or an `error` frame in its queue.
+    Socket(Outbox),
+}
+
+pub struct Pending {
+    pub message: NewMessage,
+    pub reply: Reply,
+}
+
+#[derive(Clone)]
+pub struct GroupCommit {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// The `ack` frame for a committed message.
+pub fn ack_frame(m: &MessageRecord) -> axum::extract::ws::Utf8Bytes {
+    frame(&json!({
+        "type": "ack",
+        "client_id": m.client_id,
+        "id": m.id,
+        "seq": m.seq,
+        "room": m.room_id,
+        "created_at": rfc3339(m.created_at),
+    }))
+}
+
+/// An `error` frame; `ref` echoes the client_id or room concerned.
+pub fn error_frame(e: &ApiError, reference: Option<&str>) -> axum::extract::ws::Utf8Bytes {
+    let mut v = json!({"type": "error", "code": e.code(), "message": e.public_message()});
+    if let Some(r) = reference {
+        v["ref"] = json!(r);
+    }
+    if let ApiError::RateLimited { retry_after_ms, .. } = e {
+        v["retry_after_ms"] = json!(retry_after_ms);
+    }
+    frame(&v)
+}
+
+impl GroupCommit {
+    /// Starts the writer. It runs until every `GroupCommit` handle is dropped or `stop` is
+    /// notified, and drains what was queued before it ends.
+    pub fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        max_batch: usize,
+        stop: Arc<tokio::sync::Notify>,
+    ) -> (GroupCommit, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Pending>(max_batch * 8);
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            loop {
+                let got = tokio::select! {
+                    n = rx.recv_many(&mut batch, max_batch) => n,
+                    _ = stop.notified() => {
+                        // Refuse new work; what is queued still commits below.
+                        rx.close();
+                        continue;
+                    }
+                };
+                if got == 0 {
+                    break;
+                }
+                write_batch(&*store, &hub, &metrics, std::mem::take(&mut batch)).await;
+                batch.reserve(max_batch);
+            }
+        });
+        (GroupCommit { tx }, task)
+    }
+
+    /// Queues a message for the next batch. Fails only when the writer is shutting down.
+    pub async fn submit(&self, pending: Pending) -> Result<(), ApiError> {
+        self.tx
+            .send(pending)
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is shutting down; reconnect".into()))
+    }
+}
+
+async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch: Vec<Pending>) {
+    let started = Instant::now();
+    let messages: Vec<NewMessage> = batch.iter().map(|p| p.message.clone()).collect();
+    let result = store.commit_messages(&messages).await;
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.commit_batch_size.observe(batch.len() as f64);
+
+    let outcomes = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let e = ApiError::from(e);
+            for p in batch {
+                let err = clone_error(&e);
+                match p.reply {
+                    Reply::Caller(tx) => {
+                        let _ = tx.send(Err(err));
+                    }
+                    Reply::Socket(out) => {
+                        out.push(Outbound::Direct(error_frame(
+                            &err,
+                            p.message.client_id.as_deref(),
+                        )));
+                    }
+                }
+            }
+            return;
+        }
+    };
+    for (p, outcome) in batch.into_iter().zip(outcomes) {
+        let fresh = match &outcome {
+            CommitOutcome::New(m) => {
+                metrics.messages_committed.inc();
+                Some(m.clone())
+            }
+            _ => None,
+        };
+        match p.reply {
+            Reply::Caller(tx) => {
+                let _ = tx.send(Ok(outcome));
+            }
+            Reply::Socket(out) => {
+                let item = match &outcome {
+                    CommitOutcome::New(m) | CommitOutcome::Duplicate(m) => {
+                        metrics.acks.inc();
+                        ack_frame(m)
+                    }
+                    CommitOutcome::Rejected(why) => error_frame(
+                        &ApiError::Forbidden(why.clone()),
+                        p.message.client_id.as_deref(),
+                    ),
+                };
+                out.push(Outbound::Direct(item));
+            }
+        }
+        if let Some(m) = fresh {
+            hub.publish_message(&m);
+        }
+    }
+}
+
+/// `ApiError` holds non-clonable causes; a failed batch tells every sender the same thing.
+fn clone_error(e: &ApiError) -> ApiError {
+    match e {
+        ApiError::Unavailable(m) => ApiError::Unavailable(m.clone()),
+        ApiError::Conflict(m) => ApiError::Conflict(m.clone()),
+        _ => ApiError::Unavailable("the message could not be committed; send it again".into()),
+    }
+}

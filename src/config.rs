@@ -1,0 +1,189 @@
+//! Command-line and environment configuration. Every flag is also an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "confab", version, about = "Real-time multi-room chat server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Serve the chat protocol (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Address of the public HTTP and WebSocket listener.
+    #[arg(
+        long,
+        env = "CONFAB_LISTEN",
+        default_value = "0.0.0.0:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Address of the Prometheus metrics listener.
+    #[arg(
+        long,
+        env = "CONFAB_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090",
+        global = true
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Folder for the SQLite database (embedded shape) and other local files.
+    #[arg(long, env = "CONFAB_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// PostgreSQL URL (postgres://...). Unset means SQLite in the data dir.
+    #[arg(long, env = "CONFAB_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Redis URL (redis://...). Unset means the in-process bus (a single pod).
+    #[arg(long, env = "CONFAB_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+
+    /// HS256 secret for access tokens. Required with --redis-url; otherwise generated once and
+    /// kept in the database.
+    #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Comma-separated usernames that are global administrators.
+    #[arg(long, env = "CONFAB_ADMINS", value_delimiter = ',', global = true)]
+    pub admins: Vec<String>,
+
+    /// Log format: json for production, pretty for a terminal.
+    #[arg(
+        long,
+        env = "CONFAB_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Access-token lifetime in seconds.
+    #[arg(
+        long,
+        env = "CONFAB_ACCESS_TOKEN_TTL",
+        default_value_t = 900,
+        global = true
+    )]
+    pub access_token_ttl: u64,
+
+    /// Refresh-token lifetime in seconds.
+    #[arg(long, env = "CONFAB_REFRESH_TOKEN_TTL", default_value_t = 7 * 24 * 3600, global = true)]
+    pub refresh_token_ttl: u64,
+
+    /// Interval of server WebSocket pings, in milliseconds.
+    #[arg(
+        long,
+        env = "CONFAB_HEARTBEAT_MS",
+        default_value_t = 25_000,
+        global = true
+    )]
+    pub heartbeat_ms: u64,
+
+    /// Frames each connection may have queued before it is closed as a slow consumer (1008).
+    #[arg(
+        long,
+        env = "CONFAB_OUTBOUND_QUEUE",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub outbound_queue: usize,
+
+    /// Seconds a draining pod keeps serving while load balancers drop it, before closing
+    /// sockets.
+    #[arg(
+        long,
+        env = "CONFAB_DRAIN_DELAY_SECS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub drain_delay_secs: u64,
+
+    /// Largest number of messages one group commit writes in one transaction.
+    #[arg(
+        long,
+        env = "CONFAB_COMMIT_BATCH",
+        default_value_t = 512,
+        global = true
+    )]
+    pub commit_batch: usize,
+}
+
+impl Config {
+    /// Cross-field checks that clap cannot express. The message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.redis_url.is_some() && self.jwt_secret.is_none() {
+            return Err(
+                "CONFAB_JWT_SECRET (--jwt-secret) is required when CONFAB_REDIS_URL is \
+                        set: every pod must sign tokens with the same key"
+                    .into(),
+            );
+        }
+        if let Some(s) = &self.jwt_secret
+            && s.len() < 32
+        {
+            return Err("CONFAB_JWT_SECRET (--jwt-secret) must be at least 32 bytes".into());
+        }
+        if let Some(u) = &self.database_url
+            && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
+            return Err(
+                "CONFAB_DATABASE_URL (--database-url) must start with postgres:// or postgresql://"
+                    .into(),
+            );
+        }
+        if let Some(u) = &self.redis_url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            return Err(
+                "CONFAB_REDIS_URL (--redis-url) must start with redis:// or rediss://".into(),
+            );
+        }
+        if self.heartbeat_ms < 100 {
+            return Err("CONFAB_HEARTBEAT_MS (--heartbeat-ms) must be at least 100".into());
+        }
+        if self.outbound_queue < 16 {
+            return Err("CONFAB_OUTBOUND_QUEUE (--outbound-queue) must be at least 16".into());
+        }
+        if self.commit_batch == 0 {
+            return Err("CONFAB_COMMIT_BATCH (--commit-batch) must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests and tools: loopback, ephemeral ports, the given data dir.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let cli = Cli::parse_from([
+            "confab",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
+        Config {
+            data_dir,
+            ..cli.config
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Accounts and sessions: register, login, refresh, logout, and user lookups.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Json, Router, routing::get, routing::post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiJson, ApiPath, AppState, Caller};
+use crate::auth::{hash_password, verify_password};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::UserId;
+use crate::model::{Tokens, User};
+use crate::store::UserRecord;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/users/me", get(me))
+        .route("/api/v1/users/{id}", get(user))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RegisterBody {
+    username: String,
+    password: String,
+    display_name: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct LoginBody {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RefreshBody {
+    refresh_token: String,
+}
+
+fn valid_username(name: &str) -> bool {
+    (3..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+/// A real argon2id hash of nothing, so that a login for an unknown user costs the same time.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3Xy9KFa6KbAiwXOk2Ah0xNjF1l1EMH9lLg2YvqNqmfY";
+
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterBody,
+    responses((status = 201, description = "{\"user\": User}"), (status = 400), (status = 409)))]
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RegisterBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !valid_username(&body.username) {
+        return Err(ApiError::bad_request(
+            "username must be 3-32 characters of a-z, 0-9, '_', '.', '-'",
+        ));
+    }
+    if body.password.chars().count() < 8 {
+        return Err(ApiError::bad_request(
+            "password must be at least 8 characters",
+        ));
+    }
+    let display_name = body.display_name.unwrap_or_else(|| body.username.clone());
+    if display_name.trim().is_empty() || display_name.chars().count() > 64 {
+        return Err(ApiError::bad_request(
+            "display_name must be 1-64 characters",
+        ));
+    }
+    let record = UserRecord {
+        id: UserId::new(),
+        username: body.username,
+        display_name,
+        password_hash: hash_password(body.password).await?,
+        created_at: crate::now_ms(),
+    };
+    state.store.create_user(&record).await?;
+    tracing::info!(user = %record.id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user": state.user_json(&record)})),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginBody,
+    responses((status = 200, body = Tokens), (status = 401)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> ApiResult<Json<Tokens>> {
+    let user = state.store.user_by_name(&body.username).await?;
+    let hash = user
+        .as_ref()
+        .map_or(DUMMY_HASH.to_string(), |u| u.password_hash.clone());
+    let ok = verify_password(body.password, hash).await;
+    let user = match user {
+        Some(u) if ok => u,
+        _ => return Err(ApiError::unauthorized("wrong username or password")),
+    };
+    Ok(Json(
+        state.auth.issue_pair(&*state.store, user.id, None).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshBody,
+    responses((status = 200, body = Tokens), (status = 401)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> ApiResult<Json<Tokens>> {
+    let (_, tokens) = state
+        .auth
+        .refresh(&*state.store, &body.refresh_token)
+        .await?;
+    Ok(Json(tokens))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshBody,
+    responses((status = 204)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> ApiResult<StatusCode> {
+    state
+        .auth
+        .logout(&*state.store, &body.refresh_token)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users", responses((status = 200, body = User)))]
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Json<User> {
+    Json(state.user_json(&caller.user))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = User), (status = 404)))]
+pub async fn user(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiPath(id): ApiPath<UserId>,
+) -> ApiResult<Json<User>> {
+    let u = state
+        .store
+        .user(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(Json(state.user_json(&u)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_the_protocol() {
+        for ok in ["abc", "a.b-c_d", "user123", &"x".repeat(32)] {
+            assert!(valid_username(ok), "{ok}");
+        }
+        for bad in ["ab", "Abc", "a b", "ab!", "émile", &"x".repeat(33)] {
+            assert!(!valid_username(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_is_a_real_argon2_hash() {
+        // If it did not parse, logins for unknown users would answer measurably faster.
+        use argon2::password_hash::phc::PasswordHash;
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+        assert!(!verify_password("whatever".into(), DUMMY_HASH.into()).await);
+    }
+}

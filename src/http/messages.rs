@@ -1,0 +1,216 @@
+//! History paging, sending over REST (bots and backends), and the read marker.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Json, Router, routing::get, routing::post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller};
+use crate::commit::{Pending, Reply};
+use crate::error::{ApiError, ApiResult};
+use crate::hub::frame;
+use crate::ids::{MessageId, RoomId};
+use crate::model::Message;
+use crate::store::{CommitOutcome, Marker, NewMessage};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/rooms/{id}/messages", get(history).post(send))
+        .route("/api/v1/rooms/{id}/read", post(read))
+}
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+/// The default limit of a message body, in bytes (PROTOCOL.md).
+pub const MAX_BODY_BYTES: usize = 16_384;
+pub const MAX_CLIENT_ID: usize = 128;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct HistoryQuery {
+    before: Option<i64>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct SendBody {
+    body: String,
+    client_id: Option<String>,
+    reply_to: Option<i64>,
+    #[allow(dead_code)]
+    attachments: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct ReadBody {
+    seq: i64,
+}
+
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "messages",
+    params(("id" = String, Path, description = "room id"), HistoryQuery),
+    responses((status = 200, description = "{\"messages\": [Message], \"has_more\": bool}"), (status = 400), (status = 404)))]
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<Value>> {
+    state.readable_room(id, caller.user.id).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit < 1 {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    let limit = limit.min(MAX_PAGE);
+    let (rows, has_more) = match (q.before, q.after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either before or after, not both",
+            ));
+        }
+        (None, Some(after)) => {
+            let mut rows = state
+                .store
+                .messages_after(id, after.max(0), limit + 1)
+                .await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            (rows, more)
+        }
+        (before, None) => {
+            let mut rows = state
+                .store
+                .messages_before(id, before.unwrap_or(i64::MAX), limit + 1)
+                .await?;
+            let more = rows.len() as i64 > limit;
+            if more {
+                rows.remove(0);
+            }
+            (rows, more)
+        }
+    };
+    let messages: Vec<Message> = rows.iter().map(Message::from).collect();
+    Ok(Json(json!({"messages": messages, "has_more": has_more})))
+}
+
+/// Checks a message body and client id against the protocol's limits.
+pub fn check_message(body: &str, client_id: Option<&str>, reply_to: Option<i64>) -> ApiResult<()> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "body is {} bytes; the limit is {MAX_BODY_BYTES}",
+            body.len()
+        )));
+    }
+    if body.trim().is_empty() {
+        return Err(ApiError::bad_request("body must not be empty"));
+    }
+    if let Some(c) = client_id
+        && (c.is_empty() || c.len() > MAX_CLIENT_ID)
+    {
+        return Err(ApiError::bad_request(format!(
+            "client_id must be 1-{MAX_CLIENT_ID} bytes"
+        )));
+    }
+    if let Some(r) = reply_to
+        && r < 1
+    {
+        return Err(ApiError::bad_request(
+            "reply_to must be the seq of a message (1 or more)",
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/messages", tag = "messages", request_body = SendBody,
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 201, body = Message), (status = 200, body = Message, description = "a repeated client_id"),
+        (status = 403), (status = 404), (status = 413)))]
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+    ApiJson(body): ApiJson<SendBody>,
+) -> ApiResult<(StatusCode, Json<Message>)> {
+    check_message(&body.body, body.client_id.as_deref(), body.reply_to)?;
+    state.writable_room(id, caller.user.id).await?;
+    state.metrics.messages_received.inc();
+    let (tx, rx) = oneshot::channel();
+    state
+        .writer
+        .submit(Pending {
+            message: NewMessage {
+                id: MessageId::new(),
+                room_id: id,
+                user_id: caller.user.id,
+                username: caller.user.username.clone(),
+                body: body.body,
+                client_id: body.client_id,
+                reply_to: body.reply_to,
+                created_at: crate::now_ms(),
+            },
+            reply: Reply::Caller(tx),
+        })
+        .await?;
+    let outcome = rx
+        .await
+        .map_err(|_| ApiError::Unavailable("the server is shutting down; send again".into()))??;
+    match outcome {
+        CommitOutcome::New(m) => Ok((StatusCode::CREATED, Json(Message::from(&m)))),
+        CommitOutcome::Duplicate(m) => Ok((StatusCode::OK, Json(Message::from(&m)))),
+        CommitOutcome::Rejected(why) => Err(ApiError::Forbidden(why)),
+    }
+}
+
+/// Moves a marker and, when it moved, tells the room's subscribers.
+pub async fn move_marker(
+    state: &AppState,
+    room: RoomId,
+    user: crate::ids::UserId,
+    marker: Marker,
+    seq: i64,
+) -> ApiResult<bool> {
+    if seq < 0 {
+        return Err(ApiError::bad_request("seq must not be negative"));
+    }
+    let moved = state.store.move_marker(room, user, marker, seq).await?;
+    Ok(moved)
+}
+
+/// The `receipt` event.
+pub fn receipt_frame(
+    room: RoomId,
+    user: crate::ids::UserId,
+    marker: Marker,
+    seq: i64,
+) -> axum::extract::ws::Utf8Bytes {
+    let kind = match marker {
+        Marker::Read => "read",
+        Marker::Delivered => "delivered",
+    };
+    frame(&json!({"type": "receipt", "room": room, "user": user, "kind": kind, "seq": seq}))
+}
+
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/read", tag = "messages", request_body = ReadBody,
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 204), (status = 400), (status = 403), (status = 404)))]
+pub async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+    ApiJson(body): ApiJson<ReadBody>,
+) -> ApiResult<StatusCode> {
+    let (room, member) = state.readable_room(id, caller.user.id).await?;
+    if member.is_none() {
+        return Err(ApiError::forbidden("join the room first"));
+    }
+    let seq = body.seq.min(room.last_seq);
+    if move_marker(&state, id, caller.user.id, Marker::Read, seq).await? {
+        state.hub.publish_event(
+            id,
+            receipt_frame(id, caller.user.id, Marker::Read, seq),
+            None,
+        );
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,234 @@
+//! The REST API and the router. Each feature module exposes `router()`; they are merged once
+//! here with the operations endpoints and the WebSocket route.
+//!
+//! Handlers check access and shape answers; they never touch SQL (that is `store`) or sockets
+//! (that is `hub`).
+
+pub mod auth;
+pub mod messages;
+pub mod openapi;
+pub mod ops;
+pub mod rooms;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::{Router, routing::get};
+use serde::de::DeserializeOwned;
+
+use crate::auth::Auth;
+use crate::bus::Bus;
+use crate::commit::GroupCommit;
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::hub::Hub;
+use crate::ids::{RoomId, UserId};
+use crate::model::User;
+use crate::store::{MemberRecord, RoomRecord, Store, UserRecord};
+use crate::telemetry::Metrics;
+
+/// Cheap handles shared by every request and connection.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    pub writer: GroupCommit,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    pub admins: Arc<HashSet<String>>,
+    pub draining: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn is_admin(&self, username: &str) -> bool {
+        self.admins.contains(username)
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+    pub fn user_json(&self, u: &UserRecord) -> User {
+        User::from_record(u, self.is_admin(&u.username))
+    }
+
+    /// The room if `user` may read it, with the user's membership. A private or direct room
+    /// the user is not in is `not_found`: its existence is never disclosed.
+    pub async fn readable_room(
+        &self,
+        room: RoomId,
+        user: UserId,
+    ) -> ApiResult<(RoomRecord, Option<MemberRecord>)> {
+        let not_found = || ApiError::not_found("no such room");
+        let r = self.store.room(room).await?.ok_or_else(not_found)?;
+        let member = self.store.member(room, user).await?;
+        if r.kind != "public" && member.is_none() {
+            return Err(not_found());
+        }
+        Ok((r, member))
+    }
+
+    /// The room if `user` may post in it (a member; the room not archived).
+    pub async fn writable_room(
+        &self,
+        room: RoomId,
+        user: UserId,
+    ) -> ApiResult<(RoomRecord, MemberRecord)> {
+        let (r, member) = self.readable_room(room, user).await?;
+        let member = member.ok_or_else(|| ApiError::forbidden("join the room first"))?;
+        if r.archived {
+            return Err(ApiError::forbidden("the room is archived"));
+        }
+        Ok((r, member))
+    }
+}
+
+/// The authenticated caller of a REST endpoint (`Authorization: Bearer <access token>`).
+pub struct Caller {
+    pub user: UserRecord,
+    pub is_admin: bool,
+}
+
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl AppState {
+    /// Verifies an access token and loads its user.
+    pub async fn authenticate(&self, token: &str) -> ApiResult<(UserRecord, crate::auth::Claims)> {
+        let claims = self.auth.verify_access(token)?;
+        let user = self
+            .store
+            .user(claims.sub)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the user no longer exists"))?;
+        Ok((user, claims))
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization: Bearer <access token>")
+        })?;
+        let (user, _) = state.authenticate(token).await?;
+        let is_admin = state.is_admin(&user.username);
+        Ok(Caller { user, is_admin })
+    }
+}
+
+/// A JSON body whose rejection is a 400 naming the problem (never axum's 415/422 text).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|j| ApiJson(j.0))
+            .map_err(|r| ApiError::bad_request(r.body_text()))
+    }
+}
+
+/// Path parameters whose rejection is a 400 naming the bad segment.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|r| ApiError::bad_request(r.body_text()))
+    }
+}
+
+/// Query parameters whose rejection is a 400 naming the bad parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|r| ApiError::bad_request(r.body_text()))
+    }
+}
+
+/// Counts and times every request by route template (bounded cardinality).
+async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http_seconds
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// The public router: REST, WebSocket and the health endpoints.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(ops::router())
+        .merge(auth::router())
+        .merge(rooms::router())
+        .merge(messages::router())
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route("/ws", get(crate::ws::upgrade))
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            track_http,
+        ))
+        .with_state(state)
+}
+
+/// The metrics router, served on its own port.
+pub fn metrics_router(metrics: Metrics) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    )
+}

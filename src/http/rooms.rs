@@ -1,0 +1,401 @@
+//! Rooms, membership and direct messages.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Json, Router, routing::get, routing::post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiJson, ApiPath, AppState, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::hub::frame;
+use crate::ids::{RoomId, UserId};
+use crate::model::{Event, Room};
+use crate::store::{NewRoom, RoomRecord};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/rooms", post(create).get(list))
+        .route(
+            "/api/v1/rooms/{id}",
+            get(get_room).patch(update).delete(archive),
+        )
+        .route("/api/v1/rooms/{id}/join", post(join))
+        .route("/api/v1/rooms/{id}/leave", post(leave))
+        .route("/api/v1/rooms/{id}/members", get(members).post(invite))
+        .route(
+            "/api/v1/rooms/{id}/members/{user_id}",
+            axum::routing::delete(kick),
+        )
+        .route("/api/v1/dms", post(direct))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct CreateRoomBody {
+    name: String,
+    kind: String,
+    topic: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct UpdateRoomBody {
+    topic: Option<String>,
+    kind: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct UserIdBody {
+    user_id: UserId,
+}
+
+const MAX_TOPIC: usize = 1024;
+
+fn valid_room_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn check_kind(kind: &str) -> ApiResult<()> {
+    match kind {
+        "public" | "private" => Ok(()),
+        _ => Err(ApiError::bad_request(
+            "kind must be \"public\" or \"private\"",
+        )),
+    }
+}
+
+fn check_topic(topic: &str) -> ApiResult<()> {
+    if topic.len() > MAX_TOPIC {
+        return Err(ApiError::bad_request(format!(
+            "topic must be at most {MAX_TOPIC} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Tells subscribers that a room changed.
+fn room_updated(state: &AppState, r: &RoomRecord) {
+    let room = Room::from(r);
+    state.hub.publish_event(
+        r.id,
+        frame(&Event {
+            kind: "room_updated",
+            body: &room,
+        }),
+        None,
+    );
+}
+
+#[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms", request_body = CreateRoomBody,
+    responses((status = 201, body = Room), (status = 400), (status = 409)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateRoomBody>,
+) -> ApiResult<(StatusCode, Json<Room>)> {
+    if !valid_room_name(&body.name) {
+        return Err(ApiError::bad_request(
+            "name must be 1-64 characters of a-z, 0-9, '_', '-'",
+        ));
+    }
+    check_kind(&body.kind)?;
+    let topic = body.topic.unwrap_or_default();
+    check_topic(&topic)?;
+    let r = state
+        .store
+        .create_room(&NewRoom {
+            id: RoomId::new(),
+            name: body.name,
+            kind: body.kind,
+            topic,
+            created_by: caller.user.id,
+            created_at: crate::now_ms(),
+        })
+        .await?;
+    let mut room = Room::from(&r);
+    room.role = Some("owner".into());
+    room.last_read_seq = Some(0);
+    room.unread = Some(0);
+    Ok((StatusCode::CREATED, Json(room)))
+}
+
+#[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms",
+    responses((status = 200, description = "{\"rooms\": [Room]}: the caller's rooms, then public rooms it is not in")))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let mine = state.store.rooms_of(caller.user.id).await?;
+    let others = state.store.public_rooms_outside(caller.user.id).await?;
+    let mut rooms: Vec<Room> = mine
+        .iter()
+        .map(|l| {
+            let mut r = Room::from(&l.room);
+            r.role = Some(l.role.clone());
+            r.last_read_seq = Some(l.last_read_seq);
+            r.unread = Some(l.unread);
+            r
+        })
+        .collect();
+    rooms.extend(others.iter().map(Room::from));
+    Ok(Json(json!({"rooms": rooms})))
+}
+
+#[utoipa::path(get, path = "/api/v1/rooms/{id}", tag = "rooms",
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 200, body = Room), (status = 404)))]
+pub async fn get_room(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+) -> ApiResult<Json<Room>> {
+    let (r, member) = state.readable_room(id, caller.user.id).await?;
+    let mut room = Room::from(&r);
+    if let Some(m) = member {
+        room.role = Some(m.role);
+        room.last_read_seq = Some(m.last_read_seq);
+    }
+    Ok(Json(room))
+}
+
+fn can_moderate(caller: &Caller, role: Option<&str>) -> bool {
+    caller.is_admin || matches!(role, Some("owner") | Some("moderator"))
+}
+
+#[utoipa::path(patch, path = "/api/v1/rooms/{id}", tag = "rooms", request_body = UpdateRoomBody,
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 200, body = Room), (status = 403), (status = 404), (status = 409)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+    ApiJson(body): ApiJson<UpdateRoomBody>,
+) -> ApiResult<Json<Room>> {
+    let (r, member) = state.readable_room(id, caller.user.id).await?;
+    if !can_moderate(&caller, member.as_ref().map(|m| m.role.as_str())) {
+        return Err(ApiError::forbidden(
+            "only the owner, a moderator or an admin may change the room",
+        ));
+    }
+    if let Some(managed) = &r.managed_by {
+        return Err(ApiError::conflict(format!(
+            "the room is managed by the ChatRoom resource {managed}; change it there"
+        )));
+    }
+    if r.kind == "direct" {
+        return Err(ApiError::bad_request("a direct room cannot be changed"));
+    }
+    if let Some(k) = &body.kind {
+        check_kind(k)?;
+    }
+    if let Some(t) = &body.topic {
+        check_topic(t)?;
+    }
+    let r = state
+        .store
+        .update_room(id, body.topic.as_deref(), body.kind.as_deref())
+        .await?;
+    room_updated(&state, &r);
+    Ok(Json(Room::from(&r)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}", tag = "rooms",
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 204, description = "archived"), (status = 403), (status = 404)))]
+pub async fn archive(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+) -> ApiResult<StatusCode> {
+    let (_, member) = state.readable_room(id, caller.user.id).await?;
+    let is_owner = member.as_ref().is_some_and(|m| m.role == "owner");
+    if !(is_owner || caller.is_admin) {
+        return Err(ApiError::forbidden(
+            "only the owner or an admin may archive the room",
+        ));
+    }
+    state.store.archive_room(id).await?;
+    if let Some(r) = state.store.room(id).await? {
+        room_updated(&state, &r);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/join", tag = "rooms",
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 200, body = Room), (status = 404)))]
+pub async fn join(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+) -> ApiResult<Json<Room>> {
+    let (r, member) = state.readable_room(id, caller.user.id).await?;
+    if r.kind != "public" && member.is_none() {
+        return Err(ApiError::not_found("no such room"));
+    }
+    if r.archived {
+        return Err(ApiError::forbidden("the room is archived"));
+    }
+    state.store.add_member(id, caller.user.id, "member").await?;
+    let r = state
+        .store
+        .room(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such room"))?;
+    let m = state.store.member(id, caller.user.id).await?;
+    let mut room = Room::from(&r);
+    if let Some(m) = m {
+        room.role = Some(m.role);
+        room.last_read_seq = Some(m.last_read_seq);
+    }
+    Ok(Json(room))
+}
+
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/leave", tag = "rooms",
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 204), (status = 404)))]
+pub async fn leave(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+) -> ApiResult<StatusCode> {
+    let (r, _) = state.readable_room(id, caller.user.id).await?;
+    if state.store.remove_member(id, caller.user.id).await? {
+        // A public room stays readable; any other stops reaching the user's sockets.
+        state
+            .hub
+            .member_removed(id, caller.user.id, false, r.kind != "public");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/members", tag = "rooms",
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 200, description = "{\"members\": [{\"user\": User, \"role\", \"online\"}]}"), (status = 404)))]
+pub async fn members(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+) -> ApiResult<Json<Value>> {
+    state.readable_room(id, caller.user.id).await?;
+    let online = state.hub.online(id).await;
+    let list: Vec<Value> = state
+        .store
+        .members(id)
+        .await?
+        .iter()
+        .map(|m| {
+            json!({
+                "user": state.user_json(&m.user),
+                "role": m.role,
+                "online": online.contains(&m.user.id),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"members": list})))
+}
+
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "rooms", request_body = UserIdBody,
+    params(("id" = String, Path, description = "room id")),
+    responses((status = 201), (status = 403), (status = 404)))]
+pub async fn invite(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+    ApiJson(body): ApiJson<UserIdBody>,
+) -> ApiResult<StatusCode> {
+    let (r, member) = state.readable_room(id, caller.user.id).await?;
+    if !can_moderate(&caller, member.as_ref().map(|m| m.role.as_str())) {
+        return Err(ApiError::forbidden(
+            "only the owner or a moderator may invite",
+        ));
+    }
+    if r.kind == "direct" {
+        return Err(ApiError::bad_request(
+            "nobody can be invited into a direct room",
+        ));
+    }
+    if r.archived {
+        return Err(ApiError::forbidden("the room is archived"));
+    }
+    state
+        .store
+        .user(body.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    state.store.add_member(id, body.user_id, "member").await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "rooms",
+    params(("id" = String, Path, description = "room id"), ("user_id" = String, Path, description = "user id")),
+    responses((status = 204), (status = 403), (status = 404)))]
+pub async fn kick(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((id, user_id)): ApiPath<(RoomId, UserId)>,
+) -> ApiResult<StatusCode> {
+    let (_, member) = state.readable_room(id, caller.user.id).await?;
+    if !can_moderate(&caller, member.as_ref().map(|m| m.role.as_str())) {
+        return Err(ApiError::forbidden(
+            "only the owner or a moderator may remove members",
+        ));
+    }
+    let target = state
+        .store
+        .member(id, user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the user is not a member"))?;
+    if target.role == "owner" && !caller.is_admin {
+        return Err(ApiError::forbidden("the owner cannot be removed"));
+    }
+    state.store.remove_member(id, user_id).await?;
+    state.hub.member_removed(id, user_id, true, true);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/dms", tag = "rooms", request_body = UserIdBody,
+    responses((status = 200, body = Room), (status = 201, body = Room), (status = 400), (status = 404)))]
+pub async fn direct(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<UserIdBody>,
+) -> ApiResult<(StatusCode, Json<Room>)> {
+    if body.user_id == caller.user.id {
+        return Err(ApiError::bad_request("user_id must be another user"));
+    }
+    state
+        .store
+        .user(body.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let (r, created) = state
+        .store
+        .direct_room(caller.user.id, body.user_id, crate::now_ms())
+        .await?;
+    let mut room = Room::from(&r);
+    if let Some(m) = state.store.member(r.id, caller.user.id).await? {
+        room.role = Some(m.role);
+        room.last_read_seq = Some(m.last_read_seq);
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(room)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_protocol() {
+        for ok in ["a", "general", "team_1-x", &"r".repeat(64)] {
+            assert!(valid_room_name(ok), "{ok}");
+        }
+        for bad in ["", "General", "a.b", "a b", &"r".repeat(65)] {
+            assert!(!valid_room_name(bad), "{bad}");
+        }
+    }
+}

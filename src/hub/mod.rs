@@ -1,0 +1,557 @@
+//! Local fan-out. The hub knows every connection of this pod ([`Outbox`]), which rooms each
+//! is subscribed to, and how far each room has been delivered.
+//!
+//! Messages are delivered in `seq` order with no gap and no duplicate: an event that arrives
+//! early waits in the room's `pending` map; a gap that does not fill within [`GAP_WAIT`] is read
+//! back from the store. Each event is encoded once; subscribers share the bytes.
+//!
+//! Locks: `rooms` (RwLock, read on the hot path) then one room's Mutex. Both are std locks held
+//! for short, non-async sections; nothing awaits or does I/O under them.
+
+pub mod outbox;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::bus::{Bus, Envelope, Kind};
+use crate::ids::{PodId, RoomId, UserId};
+use crate::model::{Event, Message};
+use crate::store::{MessageRecord, Store};
+use crate::telemetry::Metrics;
+
+pub use outbox::{Close, ConnId, Outbound, Outbox};
+
+/// How long an out-of-order message waits for the ones before it before they are read from the
+/// store.
+pub const GAP_WAIT: Duration = Duration::from_millis(150);
+/// How often this pod re-announces its presence entries to the bus.
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct RoomState {
+    /// Last seq delivered to local subscribers; `None` until the first subscriber has read it.
+    delivered: Option<i64>,
+    pending: BTreeMap<i64, Utf8Bytes>,
+    gap_fill_scheduled: bool,
+    subscribers: HashMap<ConnId, Outbox>,
+    /// Local sockets per user subscribed here: presence changes on 0 <-> 1.
+    presence: HashMap<UserId, u32>,
+}
+
+impl RoomState {
+    fn fan_out(&self, text: &Utf8Bytes, room: RoomId, seq: i64, except: Option<UserId>) -> usize {
+        let mut n = 0;
+        for sub in self.subscribers.values() {
+            if Some(sub.user) == except {
+                continue;
+            }
+            if sub.push(Outbound::Room {
+                room,
+                seq,
+                text: text.clone(),
+            }) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// What a subscriber needs to know when it joins a room.
+pub struct Subscribed {
+    /// Events with a greater seq reach the subscriber through its queue.
+    pub cursor: i64,
+}
+
+pub struct Hub {
+    pod: PodId,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    metrics: Metrics,
+    rooms: RwLock<HashMap<RoomId, Arc<Mutex<RoomState>>>>,
+    users: Mutex<HashMap<UserId, HashMap<ConnId, Outbox>>>,
+}
+
+/// Encodes a text frame once, for every subscriber to share.
+pub fn frame<T: Serialize>(value: &T) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(value).expect("frames serialize"))
+}
+
+/// The `message` event of a committed message.
+pub fn message_frame(m: &MessageRecord) -> Utf8Bytes {
+    frame(&Event {
+        kind: "message",
+        body: &Message::from(m),
+    })
+}
+
+fn to_bytes(text: &Utf8Bytes) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+fn from_bytes(b: Bytes) -> Option<Utf8Bytes> {
+    Utf8Bytes::try_from(b).ok()
+}
+
+impl Hub {
+    pub fn new(
+        pod: PodId,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Hub {
+            pod,
+            store,
+            bus,
+            metrics,
+            rooms: RwLock::default(),
+            users: Mutex::default(),
+        })
+    }
+
+    pub fn pod(&self) -> PodId {
+        self.pod
+    }
+
+    fn room(&self, room: RoomId) -> Option<Arc<Mutex<RoomState>>> {
+        self.rooms.read().expect("rooms lock").get(&room).cloned()
+    }
+
+    // ---- connections -------------------------------------------------------------------
+
+    pub fn register(&self, outbox: &Outbox) {
+        self.users
+            .lock()
+            .expect("users lock")
+            .entry(outbox.user)
+            .or_default()
+            .insert(outbox.conn, outbox.clone());
+        self.metrics.ws_connections.inc();
+        self.metrics.ws_opened.inc();
+    }
+
+    /// Forgets a connection and everything it was subscribed to.
+    pub async fn unregister(
+        self: &Arc<Self>,
+        outbox: &Outbox,
+        rooms: impl IntoIterator<Item = RoomId>,
+    ) {
+        for room in rooms {
+            self.unsubscribe(room, outbox).await;
+        }
+        let mut users = self.users.lock().expect("users lock");
+        if let Some(conns) = users.get_mut(&outbox.user) {
+            conns.remove(&outbox.conn);
+            if conns.is_empty() {
+                users.remove(&outbox.user);
+            }
+        }
+        self.metrics.ws_connections.dec();
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.users
+            .lock()
+            .expect("users lock")
+            .values()
+            .map(HashMap::len)
+            .sum()
+    }
+
+    fn outboxes_of(&self, user: UserId) -> Vec<Outbox> {
+        self.users
+            .lock()
+            .expect("users lock")
+            .get(&user)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Closes every local socket, a wave at a time so that clients reconnect elsewhere without
+    /// a storm, and waits (bounded) until they are gone.
+    pub async fn close_all(&self, close: Close, wave: usize, pause: Duration, wait: Duration) {
+        let all: Vec<Outbox> = self
+            .users
+            .lock()
+            .expect("users lock")
+            .values()
+            .flat_map(|c| c.values().cloned())
+            .collect();
+        for chunk in all.chunks(wave.max(1)) {
+            for o in chunk {
+                o.close(close.clone());
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // ---- subscriptions -----------------------------------------------------------------
+
+    /// Adds a subscriber. `last_seq` is the room's last committed seq, read from the store by
+    /// the caller after the bus joined the room.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        room: RoomId,
+        outbox: &Outbox,
+    ) -> Result<Subscribed, crate::store::StoreError> {
+        let fresh = !self.rooms.read().expect("rooms lock").contains_key(&room);
+        if fresh {
+            // Listen before reading last_seq, so no event falls between the two.
+            self.bus.join_room(room).await;
+        }
+        let last_seq = self
+            .store
+            .room(room)
+            .await?
+            .map(|r| r.last_seq)
+            .unwrap_or(0);
+        let (cursor, came_online, fill) = {
+            let mut rooms = self.rooms.write().expect("rooms lock");
+            let state = rooms.entry(room).or_default().clone();
+            drop(rooms);
+            let mut s = state.lock().expect("room lock");
+            let mut fill = false;
+            match s.delivered {
+                None => {
+                    s.delivered = Some(last_seq);
+                    self.flush_pending(&mut s, room);
+                }
+                Some(d) if d < last_seq && !s.gap_fill_scheduled => {
+                    // Committed messages have not reached this pod yet: fetch them if they
+                    // do not arrive by themselves.
+                    s.gap_fill_scheduled = true;
+                    fill = true;
+                }
+                Some(_) => {}
+            }
+            s.subscribers.insert(outbox.conn, outbox.clone());
+            let count = s.presence.entry(outbox.user).or_default();
+            *count += 1;
+            let first = *count == 1;
+            (s.delivered.unwrap_or(last_seq), first, fill)
+        };
+        self.metrics.subscriptions.inc();
+        if fill {
+            self.schedule_gap_fill(room, last_seq);
+        }
+        if came_online {
+            self.presence_changed(room, outbox.user, true).await;
+        }
+        Ok(Subscribed { cursor })
+    }
+
+    pub async fn unsubscribe(self: &Arc<Self>, room: RoomId, outbox: &Outbox) {
+        let (removed, went_offline, now_empty) = {
+            let rooms = self.rooms.read().expect("rooms lock");
+            let Some(state) = rooms.get(&room) else {
+                return;
+            };
+            let mut s = state.lock().expect("room lock");
+            let removed = s.subscribers.remove(&outbox.conn).is_some();
+            let mut offline = false;
+            if removed && let Some(c) = s.presence.get_mut(&outbox.user) {
+                *c -= 1;
+                if *c == 0 {
+                    s.presence.remove(&outbox.user);
+                    offline = true;
+                }
+            }
+            (removed, offline, s.subscribers.is_empty())
+        };
+        if !removed {
+            return;
+        }
+        self.metrics.subscriptions.dec();
+        if went_offline {
+            self.presence_changed(room, outbox.user, false).await;
+        }
+        if now_empty {
+            let dropped = {
+                let mut rooms = self.rooms.write().expect("rooms lock");
+                let empty = rooms
+                    .get(&room)
+                    .is_some_and(|s| s.lock().expect("room lock").subscribers.is_empty());
+                if empty {
+                    rooms.remove(&room);
+                }
+                empty
+            };
+            if dropped {
+                self.bus.leave_room(room).await;
+            }
+        }
+    }
+
+    /// Users online in a room, on this pod and on the others.
+    pub async fn online(&self, room: RoomId) -> Vec<UserId> {
+        let mut users: Vec<UserId> = self
+            .room(room)
+            .map(|s| {
+                s.lock()
+                    .expect("room lock")
+                    .presence
+                    .keys()
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        users.extend(self.bus.presence_remote(room).await);
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    async fn presence_changed(&self, room: RoomId, user: UserId, online: bool) {
+        self.bus.presence_set(room, user, online).await;
+        let status = if online { "online" } else { "offline" };
+        let text =
+            frame(&json!({"type": "presence", "room": room, "user": user, "status": status}));
+        self.publish_event(room, text, None);
+    }
+
+    /// Re-announces this pod's presence entries so that they do not expire while in use.
+    pub async fn refresh_presence(&self) {
+        let entries: Vec<(RoomId, Vec<UserId>)> = self
+            .rooms
+            .read()
+            .expect("rooms lock")
+            .iter()
+            .map(|(room, s)| {
+                (
+                    *room,
+                    s.lock()
+                        .expect("room lock")
+                        .presence
+                        .keys()
+                        .copied()
+                        .collect(),
+                )
+            })
+            .collect();
+        for (room, users) in entries {
+            for user in users {
+                self.bus.presence_set(room, user, true).await;
+            }
+        }
+    }
+
+    // ---- delivery ----------------------------------------------------------------------
+
+    /// A message this pod committed: deliver it here, then tell the other pods.
+    pub fn publish_message(self: &Arc<Self>, m: &MessageRecord) {
+        let text = message_frame(m);
+        self.deliver_message(m.room_id, m.seq, text.clone());
+        self.bus.publish(Envelope {
+            kind: Kind::Message,
+            origin: self.pod,
+            room: m.room_id,
+            seq: m.seq,
+            except: None,
+            text: to_bytes(&text),
+        });
+    }
+
+    /// Any other room event made on this pod: deliver here, then tell the other pods.
+    pub fn publish_event(&self, room: RoomId, text: Utf8Bytes, except: Option<UserId>) {
+        self.broadcast(room, &text, except);
+        self.bus.publish(Envelope {
+            kind: Kind::RoomEvent,
+            origin: self.pod,
+            room,
+            seq: 0,
+            except,
+            text: to_bytes(&text),
+        });
+    }
+
+    fn broadcast(&self, room: RoomId, text: &Utf8Bytes, except: Option<UserId>) {
+        if let Some(state) = self.room(room) {
+            let n = state
+                .lock()
+                .expect("room lock")
+                .fan_out(text, room, 0, except);
+            self.metrics.deliveries.inc_by(n as u64);
+        }
+    }
+
+    fn deliver_message(self: &Arc<Self>, room: RoomId, seq: i64, text: Utf8Bytes) {
+        let Some(state) = self.room(room) else { return };
+        let mut s = state.lock().expect("room lock");
+        let Some(delivered) = s.delivered else {
+            s.pending.insert(seq, text);
+            return;
+        };
+        if seq <= delivered {
+            return; // already delivered: a duplicate or a message filled from the store
+        }
+        s.pending.insert(seq, text);
+        self.flush_pending(&mut s, room);
+        if !s.pending.is_empty() && !s.gap_fill_scheduled {
+            s.gap_fill_scheduled = true;
+            let upto = *s.pending.keys().next_back().expect("non-empty");
+            drop(s);
+            self.schedule_gap_fill(room, upto);
+        }
+    }
+
+    /// Delivers every pending message that continues the sequence; drops stale ones.
+    fn flush_pending(&self, s: &mut RoomState, room: RoomId) {
+        let Some(mut delivered) = s.delivered else {
+            return;
+        };
+        while let Some(entry) = s.pending.first_entry() {
+            let seq = *entry.key();
+            if seq <= delivered {
+                entry.remove();
+            } else if seq == delivered + 1 {
+                let text = entry.remove();
+                let n = s.fan_out(&text, room, seq, None);
+                self.metrics.deliveries.inc_by(n as u64);
+                delivered = seq;
+            } else {
+                break;
+            }
+        }
+        s.delivered = Some(delivered);
+    }
+
+    fn schedule_gap_fill(self: &Arc<Self>, room: RoomId, upto: i64) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(GAP_WAIT).await;
+            hub.fill_gap(room, upto).await;
+        });
+    }
+
+    /// Reads messages that never arrived over the bus from the store and delivers them.
+    async fn fill_gap(self: &Arc<Self>, room: RoomId, upto: i64) {
+        loop {
+            let Some(state) = self.room(room) else { return };
+            let from = {
+                let s = state.lock().expect("room lock");
+                match s.delivered {
+                    Some(d) if d < upto => d,
+                    _ => break,
+                }
+            };
+            match self
+                .store
+                .messages_after(room, from, (upto - from).min(500))
+                .await
+            {
+                Ok(rows) if !rows.is_empty() => {
+                    self.metrics.gap_fills.inc();
+                    for m in &rows {
+                        self.deliver_message(room, m.seq, message_frame(m));
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, %room, "gap fill failed; retrying");
+                    tokio::time::sleep(GAP_WAIT).await;
+                }
+            }
+        }
+        if let Some(state) = self.room(room) {
+            let mut s = state.lock().expect("room lock");
+            s.gap_fill_scheduled = false;
+            if let Some(&last) = s.pending.keys().next_back() {
+                s.gap_fill_scheduled = true;
+                drop(s);
+                self.schedule_gap_fill(room, last);
+            }
+        }
+    }
+
+    // ---- membership control ------------------------------------------------------------
+
+    /// A user lost membership of a room (left, or was kicked): its sockets on every pod forget
+    /// the membership; `drop_subscription` also stops them receiving the room.
+    pub fn member_removed(
+        self: &Arc<Self>,
+        room: RoomId,
+        user: UserId,
+        kicked: bool,
+        drop_subscription: bool,
+    ) {
+        let control = ControlEvent::MemberRemoved {
+            room,
+            user,
+            kicked,
+            drop_subscription,
+        };
+        self.apply_control(&control);
+        self.bus.publish(Envelope {
+            kind: Kind::Control,
+            origin: self.pod,
+            room,
+            seq: 0,
+            except: None,
+            text: Bytes::from(serde_json::to_vec(&control).expect("control serializes")),
+        });
+    }
+
+    fn apply_control(&self, control: &ControlEvent) {
+        match *control {
+            ControlEvent::MemberRemoved {
+                room,
+                user,
+                kicked,
+                drop_subscription,
+            } => {
+                for o in self.outboxes_of(user) {
+                    o.push(Outbound::Removed {
+                        room,
+                        kicked,
+                        drop_subscription,
+                    });
+                }
+            }
+        }
+    }
+
+    /// An envelope from another pod.
+    pub fn on_bus(self: &Arc<Self>, env: Envelope) {
+        if env.origin == self.pod {
+            return;
+        }
+        match env.kind {
+            Kind::Message => {
+                if let Some(text) = from_bytes(env.text) {
+                    self.deliver_message(env.room, env.seq, text);
+                }
+            }
+            Kind::RoomEvent => {
+                if let Some(text) = from_bytes(env.text) {
+                    self.broadcast(env.room, &text, env.except);
+                }
+            }
+            Kind::Control => match serde_json::from_slice::<ControlEvent>(&env.text) {
+                Ok(c) => self.apply_control(&c),
+                Err(e) => tracing::warn!(error = %e, "unknown control event"),
+            },
+        }
+    }
+}
+
+#[derive(Serialize, serde::Deserialize, Debug)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlEvent {
+    MemberRemoved {
+        room: RoomId,
+        user: UserId,
+        kicked: bool,
+        drop_subscription: bool,
+    },
+}

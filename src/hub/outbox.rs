@@ -1,0 +1,124 @@
+//! A connection's outbound queue as the rest of the server sees it: bounded, never awaited.
+//! A queue that is full closes its socket with 1008 (slow consumer) instead of growing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::ids::{RoomId, UserId};
+use crate::telemetry::Metrics;
+
+pub type ConnId = u64;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Why the server closes a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Close {
+    pub const DRAINING: Close = Close {
+        code: 1001,
+        reason: "server draining, reconnect with since",
+    };
+    pub const SLOW_CONSUMER: Close = Close {
+        code: 1008,
+        reason: "slow consumer, reconnect with since",
+    };
+    pub const TOO_BIG: Close = Close {
+        code: 1009,
+        reason: "frame too large",
+    };
+    pub const UNAUTHENTICATED: Close = Close {
+        code: 4001,
+        reason: "unauthenticated or token expired",
+    };
+}
+
+/// One item of a connection's queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A room event; `seq` > 0 for messages, so the connection skips what it already replayed.
+    Room {
+        room: RoomId,
+        seq: i64,
+        text: Utf8Bytes,
+    },
+    /// A frame for this connection only (an ack, an error).
+    Direct(Utf8Bytes),
+    /// The user lost membership of `room`.
+    Removed {
+        room: RoomId,
+        kicked: bool,
+        drop_subscription: bool,
+    },
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    pub conn: ConnId,
+    pub user: UserId,
+    tx: mpsc::Sender<Outbound>,
+    close: Arc<watch::Sender<Option<Close>>>,
+    metrics: Metrics,
+}
+
+impl Outbox {
+    /// A new outbox, the receiving end of its queue and of its close signal.
+    pub fn new(
+        user: UserId,
+        capacity: usize,
+        metrics: Metrics,
+    ) -> (
+        Outbox,
+        mpsc::Receiver<Outbound>,
+        watch::Receiver<Option<Close>>,
+    ) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (close, close_rx) = watch::channel(None);
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        (
+            Outbox {
+                conn,
+                user,
+                tx,
+                close: Arc::new(close),
+                metrics,
+            },
+            rx,
+            close_rx,
+        )
+    }
+
+    /// Queues an item without waiting. False when the connection is gone or too slow.
+    pub fn push(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.close.borrow().is_none() {
+                    self.metrics.slow_consumers.inc();
+                }
+                self.close(Close::SLOW_CONSUMER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection to close; the first reason wins.
+    pub fn close(&self, close: Close) {
+        self.close.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(close);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

@@ -1,0 +1,36 @@
+//! confab: a real-time multi-room chat server.
+//!
+//! The path of a message, and where each step lives:
+//!
+//! - [`ws`]: a connection task per socket; parses client frames ([`ws::frame`]) and writes
+//!   queued server frames.
+//! - [`http`]: the REST API, operations endpoints and the router; [`http::AppState`] holds the
+//!   cheap handles everything else shares.
+//! - [`commit`]: the group-commit writer; allocates each room's `seq` inside one transaction per
+//!   batch and answers senders only after the commit.
+//! - [`hub`]: local fan-out of once-encoded events to subscribers, in `seq` order with gaps
+//!   filled from the store; presence counts; per-user connection registry.
+//! - [`bus`]: how events reach the other pods (in-process or Redis Pub/Sub).
+//! - [`store`]: durable state (SQLite or PostgreSQL) behind one trait.
+//! - [`auth`]: passwords, access tokens and refresh-token families.
+//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`server`]: wiring it all together, startup and graceful shutdown.
+
+pub mod auth;
+pub mod bus;
+pub mod commit;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod ids;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod ws;
+
+/// Milliseconds since the Unix epoch: the unit of every stored time.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,23 @@
+use clap::Parser;
+use confab::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = cli.config.validate() {
+        eprintln!("confab: configuration error: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    confab::telemetry::init_logging(cli.config.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => confab::server::serve(cli.config).await,
+        Command::Migrate => confab::server::migrate(&cli.config).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("confab: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The JSON shapes of PROTOCOL.md, built from store records. Nothing here does I/O.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::ids::{MessageId, RoomId, UserId};
+use crate::store::{MessageRecord, RoomRecord, UserRecord};
+
+/// RFC 3339 UTC with milliseconds, as every time in the protocol.
+pub fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+    pub is_admin: bool,
+    pub created_at: String,
+}
+
+impl User {
+    pub fn from_record(u: &UserRecord, is_admin: bool) -> Self {
+        User {
+            id: u.id,
+            username: u.username.clone(),
+            display_name: u.display_name.clone(),
+            is_admin,
+            created_at: rfc3339(u.created_at),
+        }
+    }
+}
+
+#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: String,
+    pub kind: String,
+    pub topic: String,
+    pub created_at: String,
+    pub created_by: UserId,
+    pub member_count: i64,
+    pub last_seq: i64,
+    pub archived: bool,
+    pub managed_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_read_seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<i64>,
+}
+
+impl From<&RoomRecord> for Room {
+    fn from(r: &RoomRecord) -> Self {
+        Room {
+            id: r.id,
+            name: r.name.clone(),
+            kind: r.kind.clone(),
+            topic: r.topic.clone(),
+            created_at: rfc3339(r.created_at),
+            created_by: r.created_by,
+            member_count: r.member_count,
+            last_seq: r.last_seq,
+            archived: r.archived,
+            managed_by: r.managed_by.clone(),
+            role: None,
+            last_read_seq: None,
+            unread: None,
+        }
+    }
+}
+
+#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
+pub struct Attachment {
+    pub id: String,
+    pub room: RoomId,
+    pub filename: String,
+    pub content_type: String,
+    pub size: i64,
+    pub url: String,
+}
+
+#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
+pub struct Message {
+    pub id: MessageId,
+    pub room: RoomId,
+    pub seq: i64,
+    pub user: UserId,
+    pub username: String,
+    pub body: String,
+    pub created_at: String,
+    pub edited_at: Option<String>,
+    pub deleted: bool,
+    pub client_id: Option<String>,
+    pub reply_to: Option<i64>,
+    pub attachments: Vec<Attachment>,
+}
+
+impl From<&MessageRecord> for Message {
+    fn from(m: &MessageRecord) -> Self {
+        Message {
+            id: m.id,
+            room: m.room_id,
+            seq: m.seq,
+            user: m.user_id,
+            username: m.username.clone(),
+            body: if m.deleted {
+                String::new()
+            } else {
+                m.body.clone()
+            },
+            created_at: rfc3339(m.created_at),
+            edited_at: m.edited_at.map(rfc3339),
+            deleted: m.deleted,
+            client_id: m.client_id.clone(),
+            reply_to: m.reply_to,
+            attachments: Vec::new(),
+        }
+    }
+}
+
+/// A `Message` as a WebSocket event: the same object with a `type`.
+#[derive(Serialize)]
+pub struct Event<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    #[serde(flatten)]
+    pub body: &'a T,
+}
+
+#[derive(Serialize, Debug, utoipa::ToSchema)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}

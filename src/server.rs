@@ -1,0 +1,191 @@
+//! Startup and shutdown: opens the store and the bus, starts the hub, the writer and both
+//! listeners, and on the shutdown trigger drains in order: readiness fails, sockets close with
+//! 1001 in waves, the writer commits what it holds, the process returns.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+use crate::auth::{Auth, random_token};
+use crate::bus::{Bus, LocalBus, RedisBus};
+use crate::commit::GroupCommit;
+use crate::config::Config;
+use crate::http::AppState;
+use crate::hub::{Close, Hub, PRESENCE_REFRESH};
+use crate::ids::PodId;
+use crate::store::{self, Store};
+use crate::telemetry::Metrics;
+
+/// `confab migrate`: apply migrations and exit.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = store::open(config.database_url.as_deref(), &config.data_dir).await?;
+    tracing::info!(backend = store.backend(), "migrations applied");
+    Ok(())
+}
+
+/// `confab serve`: bind the configured addresses and run until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (CONFAB_LISTEN)", config.listen))?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (CONFAB_METRICS_LISTEN)",
+                config.metrics_listen
+            )
+        })?;
+    run(config, listener, metrics_listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Builds the shared state: store, secret, bus, hub and writer.
+async fn build(
+    config: Config,
+) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>, Arc<Notify>)> {
+    let metrics = Metrics::new();
+    let store: Arc<dyn Store> =
+        store::open(config.database_url.as_deref(), &config.data_dir).await?;
+    let secret = match &config.jwt_secret {
+        Some(s) => s.clone(),
+        None => store.setting_init("jwt_secret", &random_token()).await?,
+    };
+    let auth = Auth::new(
+        secret.as_bytes(),
+        config.access_token_ttl,
+        config.refresh_token_ttl,
+    );
+    let pod = PodId::new();
+    let (incoming_tx, mut incoming_rx) = mpsc::unbounded_channel();
+    let bus: Arc<dyn Bus> = match &config.redis_url {
+        Some(url) => RedisBus::connect(url, pod, incoming_tx).await?,
+        None => Arc::new(LocalBus),
+    };
+    let hub = Hub::new(pod, store.clone(), bus.clone(), metrics.clone());
+    {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            while let Some(env) = incoming_rx.recv().await {
+                hub.on_bus(env);
+            }
+        });
+    }
+    {
+        let hub = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+            loop {
+                tick.tick().await;
+                let Some(hub) = hub.upgrade() else { break };
+                hub.refresh_presence().await;
+            }
+        });
+    }
+    let stop = Arc::new(Notify::new());
+    let (writer, writer_task) = GroupCommit::start(
+        store.clone(),
+        hub.clone(),
+        metrics.clone(),
+        config.commit_batch,
+        stop.clone(),
+    );
+    let admins: HashSet<String> = config
+        .admins
+        .iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    tracing::info!(backend = store.backend(), bus = bus.name(), %pod, "confab ready");
+    let state = AppState {
+        config: Arc::new(config),
+        store,
+        bus,
+        hub,
+        writer,
+        auth,
+        metrics,
+        admins: Arc::new(admins),
+        draining: Arc::new(AtomicBool::new(false)),
+        started: Instant::now(),
+    };
+    Ok((state, writer_task, stop))
+}
+
+/// Runs confab on the given listeners until `shutdown` completes, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let drain_delay = Duration::from_secs(config.drain_delay_secs);
+    let (state, writer_task, stop) = build(config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, metrics = %metrics_listener.local_addr()?, "listening");
+
+    let metrics_app = crate::http::metrics_router(state.metrics.clone());
+    let metrics_server = tokio::spawn(async move {
+        let _ = axum::serve(metrics_listener, metrics_app).await;
+    });
+
+    let app = crate::http::router(state.clone());
+    let http_stop = Arc::new(Notify::new());
+    let http_stopped = http_stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_stopped.notified().await })
+        .await
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down: readiness off, draining");
+    state.draining.store(true, Ordering::SeqCst);
+    tokio::time::sleep(drain_delay).await;
+    state
+        .hub
+        .close_all(
+            Close::DRAINING,
+            200,
+            Duration::from_millis(50),
+            Duration::from_secs(10),
+        )
+        .await;
+    http_stop.notify_one();
+    stop.notify_one();
+    drop(state);
+    let _ = writer_task.await;
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap_or(Ok(Ok(())))
+    {
+        tracing::warn!(error = %e, "http server ended with an error");
+    }
+    metrics_server.abort();
+    tracing::info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! Durable state behind one trait, [`Store`], with a SQLite ([`SqliteStore`]) and a PostgreSQL
+//! ([`PgStore`]) implementation generated from the same SQL in [`sql`].
+//!
+//! This module owns the schema (see `migrations/`) and every query. It knows nothing of HTTP,
+//! WebSockets or the bus. Times are stored as milliseconds since the epoch (BIGINT) so that both
+//! databases share one dialect.
+
+mod sql;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::ids::{FamilyId, MessageId, RoomId, UserId};
+
+pub use sql::{PgStore, SqliteStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken; the text says which, in the client's words.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    /// The database cannot be reached: the caller should fail fast and retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    #[error(transparent)]
+    Other(sqlx::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+            {
+                // PostgreSQL shutting down (57P01..03) or connection exceptions (08xxx).
+                StoreError::Unavailable(e)
+            }
+            e => StoreError::Other(e),
+        }
+    }
+}
+
+impl StoreError {
+    fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Other(sqlx::Error::Database(db)) if db.is_unique_violation())
+    }
+}
+
+/// Turns a unique violation into a `Conflict` with the client-facing text.
+pub(crate) fn conflict(e: sqlx::Error, what: &str) -> StoreError {
+    let e = StoreError::from(e);
+    if e.is_unique_violation() {
+        StoreError::Conflict(what.to_string())
+    } else {
+        e
+    }
+}
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct RoomRecord {
+    pub id: RoomId,
+    pub name: String,
+    pub kind: String,
+    pub topic: String,
+    pub created_at: i64,
+    pub created_by: UserId,
+    pub last_seq: i64,
+    pub archived: bool,
+    pub managed_by: Option<String>,
+    pub member_count: i64,
+}
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct RoomListing {
+    #[sqlx(flatten)]
+    pub room: RoomRecord,
+    pub role: String,
+    pub last_read_seq: i64,
+    pub unread: i64,
+}
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct MemberRecord {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub role: String,
+    pub last_read_seq: i64,
+    pub last_delivered_seq: i64,
+}
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct MemberUser {
+    #[sqlx(flatten)]
+    pub user: UserRecord,
+    pub role: String,
+}
+
+#[derive(sqlx::FromRow, Clone, Debug, PartialEq)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub seq: i64,
+    pub user_id: UserId,
+    pub username: String,
+    pub body: String,
+    pub created_at: i64,
+    pub edited_at: Option<i64>,
+    pub deleted: bool,
+    pub client_id: Option<String>,
+    pub reply_to: Option<i64>,
+}
+
+/// A message waiting for the group commit; `seq` is allocated when it is written.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub username: String,
+    pub body: String,
+    pub client_id: Option<String>,
+    pub reply_to: Option<i64>,
+    pub created_at: i64,
+}
+
+/// What became of one message of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommitOutcome {
+    /// Written now with a fresh `seq`.
+    New(MessageRecord),
+    /// The same `(user, client_id)` was committed before: this is that message.
+    Duplicate(MessageRecord),
+    /// Not written, for a reason the sender is told (an archived or missing room).
+    Rejected(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    Valid {
+        user: UserId,
+        family: FamilyId,
+    },
+    /// A spent token came back: its family is now revoked.
+    Reused,
+    Invalid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker {
+    Read,
+    Delivered,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewRoom {
+    pub id: RoomId,
+    pub name: String,
+    pub kind: String,
+    pub topic: String,
+    pub created_by: UserId,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores `value` under `key` unless a value is there; returns the value in force.
+    async fn setting_init(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
+    async fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+
+    /// Starts a token family (at login) or extends one (at refresh).
+    async fn insert_refresh(
+        &self,
+        token_hash: &str,
+        family: FamilyId,
+        user: UserId,
+        expires_at: i64,
+        new_family: bool,
+    ) -> StoreResult<()>;
+    /// Spends a refresh token once; a second presentation revokes the family.
+    async fn spend_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome>;
+    /// Revokes the family the token belongs to (logout). False if the token is unknown.
+    async fn revoke_family_of(&self, token_hash: &str) -> StoreResult<bool>;
+
+    async fn create_room(&self, room: &NewRoom) -> StoreResult<RoomRecord>;
+    async fn room(&self, id: RoomId) -> StoreResult<Option<RoomRecord>>;
+    /// The rooms `user` belongs to, with role, read marker and unread count.
+    async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomListing>>;
+    /// Public rooms `user` does not belong to.
+    async fn public_rooms_outside(&self, user: UserId) -> StoreResult<Vec<RoomRecord>>;
+    async fn update_room(
+        &self,
+        id: RoomId,
+        topic: Option<&str>,
+        kind: Option<&str>,
+    ) -> StoreResult<RoomRecord>;
+    async fn archive_room(&self, id: RoomId) -> StoreResult<()>;
+    /// The direct room between two users, created on first use. True when created now.
+    async fn direct_room(&self, a: UserId, b: UserId, now: i64) -> StoreResult<(RoomRecord, bool)>;
+
+    async fn member(&self, room: RoomId, user: UserId) -> StoreResult<Option<MemberRecord>>;
+    /// True when the user was not a member before.
+    async fn add_member(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool>;
+    /// True when the user was a member.
+    async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<bool>;
+    async fn members(&self, room: RoomId) -> StoreResult<Vec<MemberUser>>;
+
+    /// Writes a batch in one transaction, allocating each room's `seq`; one outcome per input,
+    /// in order.
+    async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>>;
+    /// Up to `limit` messages with `seq < before` (newest first in the database, returned in
+    /// ascending order).
+    async fn messages_before(
+        &self,
+        room: RoomId,
+        before: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRecord>>;
+    /// Up to `limit` messages with `seq > after`, ascending.
+    async fn messages_after(
+        &self,
+        room: RoomId,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRecord>>;
+    /// Moves a marker forward (never back). True when it moved.
+    async fn move_marker(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: Marker,
+        seq: i64,
+    ) -> StoreResult<bool>;
+}
+
+/// Opens the store the configuration names and applies pending migrations.
+pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    use anyhow::Context;
+    match database_url {
+        Some(url) => {
+            let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                .context("CONFAB_DATABASE_URL is not a valid PostgreSQL URL")?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_with(opts)
+                .await
+                .context("cannot connect to PostgreSQL (CONFAB_DATABASE_URL)")?;
+            sqlx::migrate!("./migrations/postgres")
+                .run(&pool)
+                .await
+                .context("PostgreSQL migrations failed")?;
+            Ok(Arc::new(PgStore::new(pool)))
+        }
+        None => {
+            std::fs::create_dir_all(data_dir).with_context(|| {
+                format!(
+                    "cannot create the data dir {} (CONFAB_DATA_DIR)",
+                    data_dir.display()
+                )
+            })?;
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(data_dir.join("confab.db"))
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                // FULL: an acknowledged commit survives power loss, not only a crash.
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(opts)
+                .await
+                .context("cannot open the SQLite database in the data dir")?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run(&pool)
+                .await
+                .context("SQLite migrations failed")?;
+            Ok(Arc::new(SqliteStore::new(pool)))
+        }
+    }
+}

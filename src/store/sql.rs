@@ -1,0 +1,624 @@
+//! The one SQL implementation of [`Store`], generated for PostgreSQL and SQLite by
+//! `sql_store!`. Both databases accept `$N` placeholders, `RETURNING`, `ON CONFLICT` and
+//! row-value `IN (VALUES ...)`, so the statements are the same text; where a dialect differs,
+//! the difference is written here and nowhere else.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+
+use super::*;
+
+macro_rules! room_columns {
+    () => {
+        "r.id, r.name, r.kind, r.topic, r.created_at, r.created_by, \
+     r.last_seq, r.archived, r.managed_by, \
+     (SELECT COUNT(*) FROM members c WHERE c.room_id = r.id) AS member_count"
+    };
+}
+
+macro_rules! message_columns {
+    () => {
+        "m.id, m.room_id, m.seq, m.user_id, u.username, m.body, \
+     m.created_at, m.edited_at, m.deleted, m.client_id, m.reply_to"
+    };
+}
+
+/// How many times a batch is retried when another pod's commit raced it (a duplicate
+/// `client_id` or a deadlock); each retry re-reads what is already committed.
+const COMMIT_ATTEMPTS: usize = 3;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: sqlx::PgPool,
+}
+
+impl PgStore {
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self { pool }
+    }
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+}
+
+impl SqliteStore {
+    pub fn new(pool: sqlx::SqlitePool) -> Self {
+        Self { pool }
+    }
+    pub fn pool(&self) -> &sqlx::SqlitePool {
+        &self.pool
+    }
+}
+
+fn dm_key(a: UserId, b: UserId) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}:{hi}")
+}
+
+fn is_retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Other(sqlx::Error::Database(db)) => {
+            db.is_unique_violation()
+                // PostgreSQL deadlock_detected / serialization_failure.
+                || matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
+
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $backend:literal) => {
+        impl $store {
+            async fn commit_once(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
+                let mut out: Vec<Option<CommitOutcome>> = vec![None; batch.len()];
+                let mut tx = self.pool.begin().await?;
+
+                // 1. Messages whose (user, client_id) is already committed get that message.
+                let keyed: Vec<&NewMessage> =
+                    batch.iter().filter(|m| m.client_id.is_some()).collect();
+                let mut existing: HashMap<(UserId, String), MessageRecord> = HashMap::new();
+                if !keyed.is_empty() {
+                    let mut q = QueryBuilder::<$db>::new(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE (m.user_id, m.client_id) IN (VALUES "
+                    ));
+                    let mut sep = q.separated(", ");
+                    for m in &keyed {
+                        sep.push("(");
+                        sep.push_bind_unseparated(m.user_id);
+                        sep.push_unseparated(", ");
+                        sep.push_bind_unseparated(m.client_id.clone());
+                        sep.push_unseparated(")");
+                    }
+                    q.push(")");
+                    let rows: Vec<MessageRecord> =
+                        q.build_query_as().fetch_all(&mut *tx).await?;
+                    for r in rows {
+                        let key = (r.user_id, r.client_id.clone().unwrap_or_default());
+                        existing.insert(key, r);
+                    }
+                }
+
+                // 2. Group the new ones by room; a repeat inside the batch points at its first.
+                let mut by_room: BTreeMap<RoomId, Vec<usize>> = BTreeMap::new();
+                let mut first_in_batch: HashMap<(UserId, &str), usize> = HashMap::new();
+                let mut repeats: Vec<(usize, usize)> = Vec::new();
+                for (i, m) in batch.iter().enumerate() {
+                    if let Some(cid) = &m.client_id {
+                        if let Some(r) = existing.get(&(m.user_id, cid.clone())) {
+                            out[i] = Some(CommitOutcome::Duplicate(r.clone()));
+                            continue;
+                        }
+                        if let Some(&first) = first_in_batch.get(&(m.user_id, cid.as_str())) {
+                            repeats.push((i, first));
+                            continue;
+                        }
+                        first_in_batch.insert((m.user_id, cid.as_str()), i);
+                    }
+                    by_room.entry(m.room_id).or_default().push(i);
+                }
+
+                // 3. Allocate each room's seq range (rooms in id order, so concurrent pods
+                //    lock rows in the same order and cannot deadlock each other).
+                let mut seqs: Vec<i64> = vec![0; batch.len()];
+                let mut rows: Vec<usize> = Vec::new();
+                for (room, idx) in &by_room {
+                    let last: Option<i64> = sqlx::query_scalar(
+                        "UPDATE rooms SET last_seq = last_seq + $1 \
+                         WHERE id = $2 AND archived = FALSE RETURNING last_seq",
+                    )
+                    .bind(idx.len() as i64)
+                    .bind(*room)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match last {
+                        Some(last) => {
+                            let first = last - idx.len() as i64 + 1;
+                            for (k, &i) in idx.iter().enumerate() {
+                                seqs[i] = first + k as i64;
+                                rows.push(i);
+                            }
+                        }
+                        None => {
+                            for &i in idx {
+                                out[i] = Some(CommitOutcome::Rejected(
+                                    "the room is archived or does not exist".into(),
+                                ));
+                            }
+                        }
+                    }
+                }
+
+                // 4. One multi-row insert, then the senders' read markers.
+                if !rows.is_empty() {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
+                         client_id, reply_to) ",
+                    );
+                    q.push_values(&rows, |mut b, &i| {
+                        let m = &batch[i];
+                        b.push_bind(m.id)
+                            .push_bind(m.room_id)
+                            .push_bind(seqs[i])
+                            .push_bind(m.user_id)
+                            .push_bind(m.body.clone())
+                            .push_bind(m.created_at)
+                            .push_bind(m.client_id.clone())
+                            .push_bind(m.reply_to);
+                    });
+                    q.build().execute(&mut *tx).await?;
+
+                    let mut markers: BTreeMap<(RoomId, UserId), i64> = BTreeMap::new();
+                    for &i in &rows {
+                        let e = markers.entry((batch[i].room_id, batch[i].user_id)).or_default();
+                        *e = (*e).max(seqs[i]);
+                    }
+                    for ((room, user), seq) in markers {
+                        sqlx::query(
+                            "UPDATE members SET last_read_seq = $1 \
+                             WHERE room_id = $2 AND user_id = $3 AND last_read_seq < $1",
+                        )
+                        .bind(seq)
+                        .bind(room)
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+
+                for &i in &rows {
+                    let m = &batch[i];
+                    out[i] = Some(CommitOutcome::New(MessageRecord {
+                        id: m.id,
+                        room_id: m.room_id,
+                        seq: seqs[i],
+                        user_id: m.user_id,
+                        username: m.username.clone(),
+                        body: m.body.clone(),
+                        created_at: m.created_at,
+                        edited_at: None,
+                        deleted: false,
+                        client_id: m.client_id.clone(),
+                        reply_to: m.reply_to,
+                    }));
+                }
+                for (i, first) in repeats {
+                    out[i] = match &out[first] {
+                        Some(CommitOutcome::New(r)) | Some(CommitOutcome::Duplicate(r)) => {
+                            Some(CommitOutcome::Duplicate(r.clone()))
+                        }
+                        other => other.clone(),
+                    };
+                }
+                Ok(out.into_iter().map(|o| o.expect("every message has an outcome")).collect())
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn setting_init(&self, key: &str, value: &str) -> StoreResult<String> {
+                sqlx::query(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(key)
+                .bind(value)
+                .execute(&self.pool)
+                .await?;
+                Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn create_user(&self, u: &UserRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO users (id, username, display_name, password_hash, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(u.id)
+                .bind(&u.username)
+                .bind(&u.display_name)
+                .bind(&u.password_hash)
+                .bind(u.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| conflict(e, "the username is taken"))?;
+                Ok(())
+            }
+
+            async fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn insert_refresh(
+                &self,
+                token_hash: &str,
+                family: FamilyId,
+                user: UserId,
+                expires_at: i64,
+                new_family: bool,
+            ) -> StoreResult<()> {
+                let now = crate::now_ms();
+                let mut tx = self.pool.begin().await?;
+                if new_family {
+                    sqlx::query(
+                        "INSERT INTO token_families (id, user_id, revoked, created_at) \
+                         VALUES ($1, $2, FALSE, $3)",
+                    )
+                    .bind(family)
+                    .bind(user)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO refresh_tokens \
+                     (token_hash, family_id, user_id, expires_at, spent, created_at) \
+                     VALUES ($1, $2, $3, $4, FALSE, $5)",
+                )
+                .bind(token_hash)
+                .bind(family)
+                .bind(user)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn spend_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome> {
+                let mut tx = self.pool.begin().await?;
+                let row: Option<(FamilyId, UserId, i64, bool, bool)> = sqlx::query_as(
+                    "SELECT t.family_id, t.user_id, t.expires_at, t.spent, f.revoked \
+                     FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
+                     WHERE t.token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((family, user, expires_at, spent, revoked)) = row else {
+                    return Ok(RefreshOutcome::Invalid);
+                };
+                if revoked || expires_at <= now {
+                    return Ok(RefreshOutcome::Invalid);
+                }
+                let claimed = !spent
+                    && sqlx::query(
+                        "UPDATE refresh_tokens SET spent = TRUE \
+                         WHERE token_hash = $1 AND spent = FALSE",
+                    )
+                    .bind(token_hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                if !claimed {
+                    // Theft detection: whoever holds this family's tokens loses them all.
+                    sqlx::query("UPDATE token_families SET revoked = TRUE WHERE id = $1")
+                        .bind(family)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    return Ok(RefreshOutcome::Reused);
+                }
+                tx.commit().await?;
+                Ok(RefreshOutcome::Valid { user, family })
+            }
+
+            async fn revoke_family_of(&self, token_hash: &str) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE token_families SET revoked = TRUE WHERE id = \
+                     (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
+                )
+                .bind(token_hash)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn create_room(&self, r: &NewRoom) -> StoreResult<RoomRecord> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO rooms (id, name, kind, topic, created_at, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(r.id)
+                .bind(&r.name)
+                .bind(&r.kind)
+                .bind(&r.topic)
+                .bind(r.created_at)
+                .bind(r.created_by)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| conflict(e, "a room with this name exists"))?;
+                sqlx::query(
+                    "INSERT INTO members (room_id, user_id, role, joined_at) \
+                     VALUES ($1, $2, 'owner', $3)",
+                )
+                .bind(r.id)
+                .bind(r.created_by)
+                .bind(r.created_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                self.room(r.id).await?.ok_or(StoreError::NotFound)
+            }
+
+            async fn room(&self, id: RoomId) -> StoreResult<Option<RoomRecord>> {
+                Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomListing>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ", room_columns!(), ", m.role, m.last_read_seq, \
+                     (SELECT COUNT(*) FROM messages x WHERE x.room_id = r.id \
+                        AND x.seq > m.last_read_seq AND x.user_id <> m.user_id \
+                        AND x.deleted = FALSE) AS unread \
+                     FROM rooms r JOIN members m ON m.room_id = r.id \
+                     WHERE m.user_id = $1 ORDER BY r.name"
+                ))
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn public_rooms_outside(&self, user: UserId) -> StoreResult<Vec<RoomRecord>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ", room_columns!(), " FROM rooms r WHERE r.kind = 'public' \
+                     AND NOT EXISTS (SELECT 1 FROM members m \
+                                     WHERE m.room_id = r.id AND m.user_id = $1) \
+                     ORDER BY r.name"
+                ))
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn update_room(
+                &self,
+                id: RoomId,
+                topic: Option<&str>,
+                kind: Option<&str>,
+            ) -> StoreResult<RoomRecord> {
+                sqlx::query(
+                    "UPDATE rooms SET topic = COALESCE($2, topic), kind = COALESCE($3, kind) \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(topic)
+                .bind(kind)
+                .execute(&self.pool)
+                .await?;
+                self.room(id).await?.ok_or(StoreError::NotFound)
+            }
+
+            async fn archive_room(&self, id: RoomId) -> StoreResult<()> {
+                sqlx::query("UPDATE rooms SET archived = TRUE WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn direct_room(
+                &self,
+                a: UserId,
+                b: UserId,
+                now: i64,
+            ) -> StoreResult<(RoomRecord, bool)> {
+                let key = dm_key(a, b);
+                let find = concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.dm_key = $1");
+                if let Some(r) = sqlx::query_as(find).bind(&key).fetch_optional(&self.pool).await? {
+                    return Ok((r, false));
+                }
+                let id = RoomId::new();
+                let mut tx = self.pool.begin().await?;
+                let created = sqlx::query(
+                    "INSERT INTO rooms (id, name, kind, topic, created_at, created_by, dm_key) \
+                     VALUES ($1, $2, 'direct', '', $3, $4, $5) ON CONFLICT (dm_key) DO NOTHING",
+                )
+                .bind(id)
+                .bind(format!("dm-{id}"))
+                .bind(now)
+                .bind(a)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if created {
+                    for user in [a, b] {
+                        sqlx::query(
+                            "INSERT INTO members (room_id, user_id, role, joined_at) \
+                             VALUES ($1, $2, 'member', $3)",
+                        )
+                        .bind(id)
+                        .bind(user)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+                let r = sqlx::query_as(find).bind(&key).fetch_one(&self.pool).await?;
+                Ok((r, created))
+            }
+
+            async fn member(&self, room: RoomId, user: UserId) -> StoreResult<Option<MemberRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT room_id, user_id, role, last_read_seq, last_delivered_seq \
+                     FROM members WHERE room_id = $1 AND user_id = $2",
+                )
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn add_member(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO members (room_id, user_id, role, joined_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (room_id, user_id) DO NOTHING",
+                )
+                .bind(room)
+                .bind(user)
+                .bind(role)
+                .bind(crate::now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
+                    .bind(room)
+                    .bind(user)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn members(&self, room: RoomId) -> StoreResult<Vec<MemberUser>> {
+                Ok(sqlx::query_as(
+                    "SELECT u.*, m.role FROM members m JOIN users u ON u.id = m.user_id \
+                     WHERE m.room_id = $1 ORDER BY u.username",
+                )
+                .bind(room)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match self.commit_once(batch).await {
+                        Err(e) if attempt < COMMIT_ATTEMPTS && is_retryable(&e) => {
+                            tracing::debug!(error = %e, attempt, "commit raced another pod; retrying");
+                        }
+                        other => return other,
+                    }
+                }
+            }
+
+            async fn messages_before(
+                &self,
+                room: RoomId,
+                before: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<MessageRecord>> {
+                let mut rows: Vec<MessageRecord> = sqlx::query_as(concat!(
+                    "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                     WHERE m.room_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
+                ))
+                .bind(room)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.reverse();
+                Ok(rows)
+            }
+
+            async fn messages_after(
+                &self,
+                room: RoomId,
+                after: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<MessageRecord>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                     WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3"
+                ))
+                .bind(room)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn move_marker(
+                &self,
+                room: RoomId,
+                user: UserId,
+                marker: Marker,
+                seq: i64,
+            ) -> StoreResult<bool> {
+                let sql = match marker {
+                    Marker::Read => {
+                        "UPDATE members SET last_read_seq = $1 \
+                         WHERE room_id = $2 AND user_id = $3 AND last_read_seq < $1 \
+                         AND $1 <= (SELECT last_seq FROM rooms WHERE id = $2)"
+                    }
+                    Marker::Delivered => {
+                        "UPDATE members SET last_delivered_seq = $1 \
+                         WHERE room_id = $2 AND user_id = $3 AND last_delivered_seq < $1 \
+                         AND $1 <= (SELECT last_seq FROM rooms WHERE id = $2)"
+                    }
+                };
+                let done = sqlx::query(sql)
+                    .bind(seq)
+                    .bind(room)
+                    .bind(user)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+    };
+}
+
+sql_store!(PgStore, Postgres, "postgres");
+sql_store!(SqliteStore, Sqlite, "sqlite");

@@ -1,0 +1,161 @@
+//! Logging (`tracing`, JSON or pretty) and the Prometheus metrics every other module updates.
+//! Labels are bounded: no per-room or per-user label, ever.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::config::LogFormat;
+
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CONFAB_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Handles to every metric; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+pub struct Inner {
+    pub registry: Registry,
+    pub ws_connections: IntGauge,
+    pub ws_opened: IntCounter,
+    pub ws_closed: IntCounterVec,
+    pub subscriptions: IntGauge,
+    pub messages_received: IntCounter,
+    pub messages_committed: IntCounter,
+    pub acks: IntCounter,
+    pub deliveries: IntCounter,
+    pub slow_consumers: IntCounter,
+    pub gap_fills: IntCounter,
+    pub commit_batch_size: Histogram,
+    pub commit_seconds: Histogram,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: HistogramVec,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric");
+                m
+            }};
+        }
+        let build = reg!(IntGauge::with_opts(
+            Opts::new("confab_build_info", "Build information; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+        ));
+        build.set(1);
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        Metrics(Arc::new(Inner {
+            ws_connections: reg!(IntGauge::new(
+                "confab_ws_connections",
+                "Open WebSocket connections on this pod (the HPA scales on it)."
+            )),
+            ws_opened: reg!(IntCounter::new(
+                "confab_ws_connections_opened_total",
+                "WebSocket connections opened."
+            )),
+            ws_closed: reg!(IntCounterVec::new(
+                Opts::new(
+                    "confab_ws_connections_closed_total",
+                    "WebSocket connections closed, by reason."
+                ),
+                &["reason"]
+            )),
+            subscriptions: reg!(IntGauge::new(
+                "confab_subscriptions",
+                "Room subscriptions held by connections on this pod."
+            )),
+            messages_received: reg!(IntCounter::new(
+                "confab_messages_received_total",
+                "Messages submitted by clients (WebSocket and REST)."
+            )),
+            messages_committed: reg!(IntCounter::new(
+                "confab_messages_committed_total",
+                "Messages durably committed by this pod."
+            )),
+            acks: reg!(IntCounter::new(
+                "confab_acks_total",
+                "Acks sent to senders."
+            )),
+            deliveries: reg!(IntCounter::new(
+                "confab_deliveries_total",
+                "Events queued to local subscribers (fan-out)."
+            )),
+            slow_consumers: reg!(IntCounter::new(
+                "confab_slow_consumers_total",
+                "Connections closed because their outbound queue overflowed."
+            )),
+            gap_fills: reg!(IntCounter::new(
+                "confab_gap_fills_total",
+                "Times missing messages were read back from the store for delivery."
+            )),
+            commit_batch_size: reg!(Histogram::with_opts(
+                HistogramOpts::new("confab_commit_batch_size", "Messages per group commit.")
+                    .buckets(vec![
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0
+                    ])
+            )),
+            commit_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("confab_commit_duration_seconds", "Group commit latency.")
+                    .buckets(latency.clone())
+            )),
+            http_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "confab_http_requests_total",
+                    "HTTP requests by route template and status."
+                ),
+                &["method", "route", "status"]
+            )),
+            http_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "confab_http_request_duration_seconds",
+                    "HTTP request latency."
+                )
+                .buckets(latency),
+                &["method", "route"]
+            )),
+            registry,
+        }))
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("utf-8 metrics")
+    }
+}
