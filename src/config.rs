@@ -120,6 +120,15 @@ pub struct Config {
     )]
     pub drain_delay_secs: u64,
 
+    /// Milliseconds a socket opened without a token has to send its `auth` frame.
+    #[arg(
+        long,
+        env = "CONFAB_WS_AUTH_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub ws_auth_timeout_ms: u64,
+
     /// Largest number of messages one group commit writes in one transaction.
     #[arg(
         long,

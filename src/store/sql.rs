@@ -74,11 +74,18 @@ fn is_retryable(e: &StoreError) -> bool {
 }
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $backend:literal) => {
+    ($store:ident, $db:ty, $backend:literal, $begin_write:literal) => {
         impl $store {
+            /// A write transaction. SQLite needs `BEGIN IMMEDIATE`: a deferred transaction that
+            /// reads and then writes fails with SQLITE_BUSY_SNAPSHOT when another writer got in
+            /// between, which no busy timeout can wait out.
+            async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
+                self.pool.begin_with($begin_write).await
+            }
+
             async fn commit_once(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
                 let mut out: Vec<Option<CommitOutcome>> = vec![None; batch.len()];
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
 
                 // 1. Messages whose (user, client_id) is already committed get that message.
                 let keyed: Vec<&NewMessage> =
@@ -287,7 +294,7 @@ macro_rules! sql_store {
                 new_family: bool,
             ) -> StoreResult<()> {
                 let now = crate::now_ms();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 if new_family {
                     sqlx::query(
                         "INSERT INTO token_families (id, user_id, revoked, created_at) \
@@ -316,7 +323,7 @@ macro_rules! sql_store {
             }
 
             async fn spend_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row: Option<(FamilyId, UserId, i64, bool, bool)> = sqlx::query_as(
                     "SELECT t.family_id, t.user_id, t.expires_at, t.spent, f.revoked \
                      FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
@@ -366,7 +373,7 @@ macro_rules! sql_store {
             }
 
             async fn create_room(&self, r: &NewRoom) -> StoreResult<RoomRecord> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO rooms (id, name, kind, topic, created_at, created_by) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -464,7 +471,7 @@ macro_rules! sql_store {
                     return Ok((r, false));
                 }
                 let id = RoomId::new();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let created = sqlx::query(
                     "INSERT INTO rooms (id, name, kind, topic, created_at, created_by, dm_key) \
                      VALUES ($1, $2, 'direct', '', $3, $4, $5) ON CONFLICT (dm_key) DO NOTHING",
@@ -620,5 +627,5 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(PgStore, Postgres, "postgres");
-sql_store!(SqliteStore, Sqlite, "sqlite");
+sql_store!(PgStore, Postgres, "postgres", "BEGIN");
+sql_store!(SqliteStore, Sqlite, "sqlite", "BEGIN IMMEDIATE");

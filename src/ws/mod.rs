@@ -29,8 +29,6 @@ use frame::ClientFrame;
 
 /// The largest frame a client may send (PROTOCOL.md); larger closes with 1009.
 pub const MAX_FRAME_BYTES: usize = 65_536;
-/// Time an unauthenticated socket has to send its `auth` frame.
-pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A typing indicator without a refresh turns itself off after this long.
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
 /// At most one receipt per user, room and kind in this interval.
@@ -111,7 +109,7 @@ async fn authenticate(
     sink: &mut Sink,
     stream: &mut Stream,
 ) -> Option<(UserRecord, u64)> {
-    let deadline = tokio::time::sleep(AUTH_TIMEOUT);
+    let deadline = tokio::time::sleep(Duration::from_millis(state.config.ws_auth_timeout_ms));
     tokio::pin!(deadline);
     loop {
         tokio::select! {

@@ -1,0 +1,257 @@
+//! Throwaway PostgreSQL and Redis servers, each on a free port in its own temp dir, stopped and
+//! removed when dropped. Tests never share one.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    // SAFETY-free check: `id -u` avoids libc here.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// PostgreSQL refuses to run as root, so under root it runs as the `postgres` user.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("CONFAB_PG_BIN") {
+        return PathBuf::from(dir).join(name);
+    }
+    // Debian keeps the server binaries out of PATH.
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    versions.sort();
+    match versions.last() {
+        Some(v) => v.join("bin").join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on {port} within 30 s");
+}
+
+pub struct Postgres {
+    pub url: String,
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let dir = tempfile::Builder::new()
+            .prefix("confab-pg")
+            .tempdir()
+            .expect("temp dir");
+        let data = dir.path().join("data");
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chown of the PostgreSQL temp dir failed");
+        }
+        let out = as_postgres(&pg_bin("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            ])
+            .output()
+            .expect("initdb runs (is PostgreSQL installed?)");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            url: String::new(),
+            port: 0,
+            child: None,
+            dir,
+        };
+        pg.launch();
+        pg
+    }
+
+    fn launch(&mut self) {
+        let port = if self.port == 0 {
+            free_port()
+        } else {
+            self.port
+        };
+        let data = self.dir.path().join("data");
+        let mut child = as_postgres(&pg_bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ))
+            .args(["-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        wait_for_port(port, "postgres", &mut child);
+        self.port = port;
+        self.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        self.child = Some(child);
+        // Accepting TCP is not yet accepting queries: wait for a real answer.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let ok = Command::new(pg_bin("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("postgres not ready");
+    }
+
+    /// Stops the server (a fast shutdown) and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Redis {
+    pub url: String,
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = tempfile::Builder::new()
+            .prefix("confab-redis")
+            .tempdir()
+            .expect("temp dir");
+        let mut r = Redis {
+            url: String::new(),
+            port: 0,
+            child: None,
+            dir,
+        };
+        r.launch();
+        r
+    }
+
+    fn launch(&mut self) {
+        let port = if self.port == 0 {
+            free_port()
+        } else {
+            self.port
+        };
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (is it installed?)");
+        wait_for_port(port, "redis-server", &mut child);
+        self.port = port;
+        self.url = format!("redis://127.0.0.1:{port}");
+        self.child = Some(child);
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

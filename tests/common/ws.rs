@@ -1,0 +1,155 @@
+//! A WebSocket test client over a real socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Event types a test does not ask for are skipped by `expect`, so that presence, typing and
+/// receipts do not make tests flaky.
+const INCIDENTAL: &[&str] = &["presence", "typing", "receipt"];
+
+pub struct Ws {
+    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    Code(u16),
+    /// The socket ended without a close frame.
+    Dropped,
+}
+
+impl Ws {
+    /// Connects to `/ws`, with the token in the Authorization header when given.
+    pub async fn connect(
+        addr: SocketAddr,
+        token: Option<&str>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("ws://{addr}/ws").into_client_request()?;
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let (inner, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Ws { inner })
+    }
+
+    /// Connects with a raw URL (for `?token=`).
+    pub async fn connect_url(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let (inner, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Ws { inner })
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.inner
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send frame");
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.inner
+            .send(Message::Text(t.to_string().into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next text frame as JSON, or None on close/timeout.
+    pub async fn next(&mut self, within: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(within, self.inner.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
+                }
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                    return None;
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Reads until a frame of `kind` arrives, skipping incidental events; panics otherwise.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(v) = self.next(left).await else {
+                panic!("expected a {kind} frame; the socket closed or stayed silent");
+            };
+            let t = v["type"].as_str().unwrap_or_default();
+            if t == kind {
+                return v;
+            }
+            assert!(INCIDENTAL.contains(&t), "expected a {kind} frame, got {v}");
+        }
+    }
+
+    /// Reads until `kind` arrives, whatever comes first; returns the skipped frames too.
+    pub async fn expect_skipping(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self
+                .next(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no {kind} frame"));
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Asserts that no frame of `kind` arrives within `within`.
+    pub async fn expect_none(&mut self, kind: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            if let Some(v) = self.next(left).await {
+                assert_ne!(v["type"], kind, "unexpected {kind} frame: {v}");
+            } else {
+                return;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn expect_close(&mut self, within: Duration) -> Closed {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.inner.next()).await {
+                Ok(Some(Ok(Message::Close(Some(f))))) => return Closed::Code(f.code.into()),
+                Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => {
+                    return Closed::Dropped;
+                }
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => panic!("the server did not close the socket within {within:?}"),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, room: &str, since: Option<i64>) -> Value {
+        let mut f = json!({"type": "subscribe", "room": room});
+        if let Some(s) = since {
+            f["since"] = json!(s);
+        }
+        self.send(f).await;
+        self.expect("subscribed").await
+    }
+
+    /// Sends a message frame; returns nothing (read the ack with `expect("ack")`).
+    pub async fn say(&mut self, room: &str, body: &str, client_id: &str) {
+        self.send(json!({"type": "message", "room": room, "body": body, "client_id": client_id}))
+            .await;
+    }
+}

@@ -1,0 +1,429 @@
+//! Every store behaviour, on SQLite and on PostgreSQL: one macro generates both tests.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Postgres;
+use confab::ids::{FamilyId, MessageId, RoomId, UserId};
+use confab::store::{
+    self, CommitOutcome, Marker, NewMessage, NewRoom, RefreshOutcome, Store, StoreError, UserRecord,
+};
+
+/// A store of each kind, with whatever keeps it alive.
+struct Fixture {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<Postgres>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(None, dir.path()).await.unwrap();
+    Fixture {
+        store,
+        _dir: Some(dir),
+        _pg: None,
+    }
+}
+
+async fn postgres() -> Fixture {
+    let pg = Postgres::start();
+    let store = store::open(Some(&pg.url), std::path::Path::new("/unused"))
+        .await
+        .unwrap();
+    Fixture {
+        store,
+        _dir: None,
+        _pg: Some(pg),
+    }
+}
+
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { let f = super::sqlite().await; super::$name(&*f.store).await; })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { let f = super::postgres().await; super::$name(&*f.store).await; })*
+        }
+    };
+}
+
+store_tests!(
+    usernames_are_unique,
+    refresh_tokens_rotate_and_reuse_revokes_the_family,
+    logout_revokes_the_family,
+    rooms_are_listed_with_role_and_unread,
+    room_names_are_unique,
+    direct_rooms_are_created_once,
+    batches_allocate_gapless_seq_per_room,
+    repeated_client_ids_return_the_first_message,
+    archived_rooms_refuse_messages,
+    markers_move_forward_only,
+    history_pages_both_ways,
+    concurrent_writers_share_one_sequence,
+    settings_keep_the_first_value,
+);
+
+async fn user(store: &dyn Store, name: &str) -> UserId {
+    let u = UserRecord {
+        id: UserId::new(),
+        username: name.into(),
+        display_name: name.into(),
+        password_hash: "x".into(),
+        created_at: confab::now_ms(),
+    };
+    store.create_user(&u).await.unwrap();
+    u.id
+}
+
+async fn room(store: &dyn Store, name: &str, kind: &str, owner: UserId) -> RoomId {
+    let r = store
+        .create_room(&NewRoom {
+            id: RoomId::new(),
+            name: name.into(),
+            kind: kind.into(),
+            topic: String::new(),
+            created_by: owner,
+            created_at: confab::now_ms(),
+        })
+        .await
+        .unwrap();
+    r.id
+}
+
+fn msg(room: RoomId, user: UserId, body: &str, client_id: Option<&str>) -> NewMessage {
+    NewMessage {
+        id: MessageId::new(),
+        room_id: room,
+        user_id: user,
+        username: "u".into(),
+        body: body.into(),
+        client_id: client_id.map(String::from),
+        reply_to: None,
+        created_at: confab::now_ms(),
+    }
+}
+
+fn seqs(outcomes: &[CommitOutcome]) -> Vec<i64> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            CommitOutcome::New(m) | CommitOutcome::Duplicate(m) => m.seq,
+            CommitOutcome::Rejected(_) => -1,
+        })
+        .collect()
+}
+
+async fn usernames_are_unique(s: &dyn Store) {
+    user(s, "alice").await;
+    let again = UserRecord {
+        id: UserId::new(),
+        username: "alice".into(),
+        display_name: "A".into(),
+        password_hash: "y".into(),
+        created_at: 0,
+    };
+    assert!(matches!(
+        s.create_user(&again).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.user_by_name("alice").await.unwrap().unwrap().display_name,
+        "alice"
+    );
+    assert!(s.user_by_name("bob").await.unwrap().is_none());
+}
+
+async fn refresh_tokens_rotate_and_reuse_revokes_the_family(s: &dyn Store) {
+    let u = user(s, "alice").await;
+    let fam = FamilyId::new();
+    let far = confab::now_ms() + 60_000;
+    s.insert_refresh("t1", fam, u, far, true).await.unwrap();
+    assert_eq!(
+        s.spend_refresh("t1", confab::now_ms()).await.unwrap(),
+        RefreshOutcome::Valid {
+            user: u,
+            family: fam
+        }
+    );
+    s.insert_refresh("t2", fam, u, far, false).await.unwrap();
+    // t1 comes back: theft. The whole family, t2 included, is revoked.
+    assert_eq!(
+        s.spend_refresh("t1", confab::now_ms()).await.unwrap(),
+        RefreshOutcome::Reused
+    );
+    assert_eq!(
+        s.spend_refresh("t2", confab::now_ms()).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+    assert_eq!(
+        s.spend_refresh("nope", confab::now_ms()).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+    // Expired tokens are invalid.
+    let fam2 = FamilyId::new();
+    s.insert_refresh("old", fam2, u, confab::now_ms() - 1, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.spend_refresh("old", confab::now_ms()).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+}
+
+async fn logout_revokes_the_family(s: &dyn Store) {
+    let u = user(s, "alice").await;
+    s.insert_refresh("t1", FamilyId::new(), u, confab::now_ms() + 60_000, true)
+        .await
+        .unwrap();
+    assert!(s.revoke_family_of("t1").await.unwrap());
+    assert_eq!(
+        s.spend_refresh("t1", confab::now_ms()).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+    assert!(!s.revoke_family_of("unknown").await.unwrap());
+}
+
+async fn rooms_are_listed_with_role_and_unread(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let general = room(s, "general", "public", a).await;
+    let secret = room(s, "secret", "private", a).await;
+    assert!(s.add_member(general, b, "member").await.unwrap());
+    assert!(
+        !s.add_member(general, b, "member").await.unwrap(),
+        "adding twice is a no-op"
+    );
+    s.commit_messages(&[
+        msg(general, a, "one", None),
+        msg(general, a, "two", None),
+        msg(general, b, "mine", None),
+    ])
+    .await
+    .unwrap();
+    let bobs = s.rooms_of(b).await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0].room.id, general);
+    assert_eq!(bobs[0].role, "member");
+    assert_eq!(bobs[0].room.member_count, 2);
+    assert_eq!(bobs[0].room.last_seq, 3);
+    // Bob's own message moved his read marker to 3: nothing unread.
+    assert_eq!(bobs[0].last_read_seq, 3);
+    assert_eq!(bobs[0].unread, 0);
+    let alices = s.rooms_of(a).await.unwrap();
+    let g = alices.iter().find(|l| l.room.id == general).unwrap();
+    assert_eq!(
+        (g.role.as_str(), g.last_read_seq, g.unread),
+        ("owner", 2, 1)
+    );
+    // Private rooms are never offered to outsiders; public ones are.
+    let outside = s.public_rooms_outside(b).await.unwrap();
+    assert!(outside.iter().all(|r| r.id != secret && r.id != general));
+    let c = user(s, "carol").await;
+    let outside: Vec<RoomId> = s
+        .public_rooms_outside(c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(outside, vec![general]);
+    assert!(s.remove_member(general, b).await.unwrap());
+    assert!(s.member(general, b).await.unwrap().is_none());
+}
+
+async fn room_names_are_unique(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    room(s, "general", "public", a).await;
+    let dup = NewRoom {
+        id: RoomId::new(),
+        name: "general".into(),
+        kind: "private".into(),
+        topic: String::new(),
+        created_by: a,
+        created_at: 0,
+    };
+    assert!(matches!(
+        s.create_room(&dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn direct_rooms_are_created_once(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let (r1, created1) = s.direct_room(a, b, 1).await.unwrap();
+    let (r2, created2) = s.direct_room(b, a, 2).await.unwrap();
+    assert!(created1 && !created2);
+    assert_eq!(r1.id, r2.id);
+    assert_eq!(r1.kind, "direct");
+    assert_eq!(r2.member_count, 2);
+}
+
+async fn batches_allocate_gapless_seq_per_room(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let r1 = room(s, "one", "public", a).await;
+    let r2 = room(s, "two", "public", a).await;
+    let out = s
+        .commit_messages(&[
+            msg(r1, a, "a", None),
+            msg(r2, a, "b", None),
+            msg(r1, a, "c", None),
+            msg(r2, a, "d", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(seqs(&out), vec![1, 1, 2, 2]);
+    let out = s.commit_messages(&[msg(r1, a, "e", None)]).await.unwrap();
+    assert_eq!(seqs(&out), vec![3]);
+    assert_eq!(s.room(r1).await.unwrap().unwrap().last_seq, 3);
+    let bodies: Vec<String> = s
+        .messages_after(r1, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(bodies, vec!["a", "c", "e"]);
+}
+
+async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let r = room(s, "general", "public", a).await;
+    s.add_member(r, b, "member").await.unwrap();
+    let first = s
+        .commit_messages(&[msg(r, a, "hi", Some("c1"))])
+        .await
+        .unwrap();
+    let CommitOutcome::New(original) = &first[0] else {
+        panic!("{first:?}")
+    };
+    // Again in a later batch, twice inside one batch, and the same id from another user.
+    let out = s
+        .commit_messages(&[
+            msg(r, a, "hi again", Some("c1")),
+            msg(r, a, "x", Some("c2")),
+            msg(r, a, "x dup", Some("c2")),
+            msg(r, b, "bob's c1", Some("c1")),
+        ])
+        .await
+        .unwrap();
+    match &out[0] {
+        CommitOutcome::Duplicate(m) => {
+            assert_eq!((m.id, m.seq, m.body.as_str()), (original.id, 1, "hi"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&out[1], CommitOutcome::New(m) if m.seq == 2));
+    assert!(matches!(&out[2], CommitOutcome::Duplicate(m) if m.seq == 2 && m.body == "x"));
+    assert!(matches!(&out[3], CommitOutcome::New(m) if m.seq == 3));
+    assert_eq!(
+        s.room(r).await.unwrap().unwrap().last_seq,
+        3,
+        "no seq is spent on a duplicate"
+    );
+}
+
+async fn archived_rooms_refuse_messages(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let open = room(s, "open", "public", a).await;
+    let closed = room(s, "closed", "public", a).await;
+    s.archive_room(closed).await.unwrap();
+    let out = s
+        .commit_messages(&[msg(closed, a, "no", None), msg(open, a, "yes", None)])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], CommitOutcome::Rejected(_)));
+    assert!(matches!(&out[1], CommitOutcome::New(m) if m.seq == 1));
+    assert_eq!(s.room(closed).await.unwrap().unwrap().last_seq, 0);
+}
+
+async fn markers_move_forward_only(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let r = room(s, "general", "public", a).await;
+    s.add_member(r, b, "member").await.unwrap();
+    s.commit_messages(&[
+        msg(r, a, "1", None),
+        msg(r, a, "2", None),
+        msg(r, a, "3", None),
+    ])
+    .await
+    .unwrap();
+    assert!(s.move_marker(r, b, Marker::Read, 2).await.unwrap());
+    assert!(
+        !s.move_marker(r, b, Marker::Read, 1).await.unwrap(),
+        "never back"
+    );
+    assert!(
+        !s.move_marker(r, b, Marker::Read, 9).await.unwrap(),
+        "never past the last message"
+    );
+    assert!(s.move_marker(r, b, Marker::Delivered, 3).await.unwrap());
+    let m = s.member(r, b).await.unwrap().unwrap();
+    assert_eq!((m.last_read_seq, m.last_delivered_seq), (2, 3));
+    let listing = s.rooms_of(b).await.unwrap();
+    assert_eq!(listing[0].unread, 1);
+}
+
+async fn history_pages_both_ways(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let r = room(s, "general", "public", a).await;
+    let batch: Vec<NewMessage> = (1..=10).map(|i| msg(r, a, &i.to_string(), None)).collect();
+    s.commit_messages(&batch).await.unwrap();
+    let newest: Vec<i64> = s
+        .messages_before(r, i64::MAX, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(newest, vec![8, 9, 10]);
+    let older: Vec<i64> = s
+        .messages_before(r, 8, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(older, vec![5, 6, 7]);
+    let after: Vec<i64> = s
+        .messages_after(r, 8, 5)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(after, vec![9, 10]);
+    let m = &s.messages_after(r, 0, 1).await.unwrap()[0];
+    assert_eq!(
+        (m.username.as_str(), m.body.as_str(), m.deleted),
+        ("alice", "1", false)
+    );
+}
+
+async fn concurrent_writers_share_one_sequence(s: &dyn Store) {
+    // Many batches at once (as several pods' writers would): seq stays gapless and unique.
+    let a = user(s, "alice").await;
+    let r = room(s, "busy", "public", a).await;
+    let mut all = Vec::new();
+    let futures = (0..8).map(|w| {
+        let batch: Vec<NewMessage> = (0..25)
+            .map(|i| msg(r, a, &format!("{w}-{i}"), Some(&format!("{w}-{i}"))))
+            .collect();
+        async move { s.commit_messages(&batch).await }
+    });
+    for out in futures::future::join_all(futures).await {
+        all.extend(seqs(&out.unwrap()));
+    }
+    all.sort();
+    assert_eq!(all, (1..=200).collect::<Vec<i64>>());
+}
+
+async fn settings_keep_the_first_value(s: &dyn Store) {
+    assert_eq!(s.setting_init("k", "first").await.unwrap(), "first");
+    assert_eq!(s.setting_init("k", "second").await.unwrap(), "first");
+}
