@@ -64,8 +64,9 @@ impl Ws {
 
     /// The next text frame as JSON, or None on close/timeout.
     pub async fn next(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
-            match tokio::time::timeout(within, self.inner.next()).await {
+            match tokio::time::timeout_at(deadline, self.inner.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => {
                     return Some(serde_json::from_str(&t).expect("server frames are JSON"));
                 }

@@ -1,0 +1,595 @@
+//! The WebSocket protocol over real sockets, in the embedded shape.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ws::{Closed, WAIT};
+use common::{Server, Ws};
+use futures::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn token_in_header_query_or_auth_frame() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+
+    let mut by_header = Ws::connect(s.addr, Some(&alice.token)).await.unwrap();
+    let hello = by_header.expect("hello").await;
+    assert_eq!(hello["user"]["username"], "alice");
+    assert!(hello["connection_id"].is_string());
+    assert_eq!(hello["heartbeat_ms"], 25_000);
+
+    let mut by_query = Ws::connect_url(&format!("ws://{}/ws?token={}", s.addr, alice.token))
+        .await
+        .unwrap();
+    by_query.expect("hello").await;
+
+    let mut by_frame = Ws::connect(s.addr, None).await.unwrap();
+    by_frame.send(json!({"type": "ping"})).await;
+    let e = by_frame.expect("error").await;
+    assert_eq!(e["code"], "unauthorized");
+    by_frame
+        .send(json!({"type": "auth", "token": "nonsense"}))
+        .await;
+    assert_eq!(by_frame.expect("error").await["code"], "unauthorized");
+    by_frame
+        .send(json!({"type": "auth", "token": alice.token}))
+        .await;
+    assert_eq!(
+        by_frame.expect("hello").await["user"]["id"],
+        alice.id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_before_the_upgrade() {
+    let s = Server::embedded().await;
+    let err = Ws::connect(s.addr, Some("bad.token.here"))
+        .await
+        .err()
+        .expect("refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        other => panic!("expected HTTP 401, got {other:?}"),
+    }
+    let err = Ws::connect_url(&format!("ws://{}/ws?token=bad", s.addr))
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401));
+}
+
+#[tokio::test]
+async fn no_auth_frame_in_time_closes_4001() {
+    let (mut config, dir) = common::embedded();
+    config.ws_auth_timeout_ms = 300;
+    let s = Server::start_with(config, Some(dir)).await;
+    let mut ws = Ws::connect(s.addr, None).await.unwrap();
+    assert_eq!(ws.expect_close(WAIT).await, Closed::Code(4001));
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_4001_unless_refreshed() {
+    let (mut config, dir) = common::embedded();
+    config.access_token_ttl = 2;
+    let s = Server::start_with(config, Some(dir)).await;
+    let alice = s.user("alice").await;
+    let mut stale = alice.connect().await;
+    let mut fresh = alice.connect().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A token issued now lives past the first one's expiry.
+    let renewed = s.login("alice").await;
+    fresh
+        .send(json!({"type": "auth", "token": renewed.token}))
+        .await;
+    assert_eq!(
+        stale.expect_close(Duration::from_secs(4)).await,
+        Closed::Code(4001)
+    );
+    // The refreshed socket is still open.
+    fresh.send(json!({"type": "ping"})).await;
+    fresh.expect("pong").await;
+}
+
+#[tokio::test]
+async fn ack_comes_first_then_the_message_reaches_every_subscriber() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut a = alice.subscribed(&room).await;
+    let mut b = bob.subscribed(&room).await;
+
+    a.say(&room, "hello bob", "c-1").await;
+    let ack = a.expect("ack").await;
+    assert_eq!(
+        (
+            ack["client_id"].as_str(),
+            ack["seq"].as_i64(),
+            ack["room"].as_str()
+        ),
+        (Some("c-1"), Some(1), Some(room.as_str()))
+    );
+    assert!(ack["id"].is_string() && ack["created_at"].is_string());
+    let mine = a.expect("message").await;
+    assert_eq!(
+        (mine["body"].as_str(), mine["seq"].as_i64()),
+        (Some("hello bob"), Some(1))
+    );
+    let got = b.expect("message").await;
+    assert_eq!(
+        (
+            got["body"].as_str(),
+            got["user"].as_str(),
+            got["username"].as_str()
+        ),
+        (Some("hello bob"), Some(alice.id.as_str()), Some("alice"))
+    );
+    assert_eq!(got["id"], ack["id"]);
+
+    // The same client_id again: the same ack, no second message.
+    a.say(&room, "hello again?", "c-1").await;
+    let again = a.expect("ack").await;
+    assert_eq!(
+        (again["id"].clone(), again["seq"].as_i64()),
+        (ack["id"].clone(), Some(1))
+    );
+    b.expect_none("message", Duration::from_millis(300)).await;
+
+    // A REST send reaches sockets too.
+    bob.post_message(&room, "from a bot").await;
+    assert_eq!(a.expect("message").await["seq"], 2);
+    let (_, h) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/messages"))
+        .await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn pipelined_sends_keep_their_order() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut a = alice.subscribed(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    for i in 0..200 {
+        a.say(&room, &format!("m{i}"), &format!("c{i}")).await;
+    }
+    for i in 0..200 {
+        let m = b.expect("message").await;
+        assert_eq!(
+            (m["seq"].as_i64(), m["body"].as_str()),
+            (Some(i + 1), Some(format!("m{i}").as_str()))
+        );
+    }
+    let mut acks = 0;
+    while acks < 200 {
+        let f = a.next(WAIT).await.expect("frames");
+        if f["type"] == "ack" {
+            acks += 1;
+            assert_eq!(f["seq"], acks);
+        }
+    }
+}
+
+#[tokio::test]
+async fn resume_with_since_replays_in_order_without_gaps_or_duplicates() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    for i in 1..=5 {
+        alice.post_message(&room, &format!("m{i}")).await;
+    }
+    let mut b = bob.connect().await;
+    let sub = b.subscribe(&room, Some(2)).await;
+    assert_eq!(
+        (sub["last_seq"].as_i64(), sub["recovered"].as_bool()),
+        (Some(5), Some(true))
+    );
+    for seq in 3..=5 {
+        assert_eq!(b.expect("message").await["seq"], seq);
+    }
+    alice.post_message(&room, "live").await;
+    let live = b.expect("message").await;
+    assert_eq!(
+        (live["seq"].as_i64(), live["body"].as_str()),
+        (Some(6), Some("live"))
+    );
+    b.expect_none("message", Duration::from_millis(300)).await;
+
+    // Subscribing again on the same socket replays without disturbing the live stream.
+    let again = b.subscribe(&room, Some(5)).await;
+    assert_eq!(again["last_seq"], 6);
+    assert_eq!(b.expect("message").await["seq"], 6);
+}
+
+#[tokio::test]
+async fn a_resume_beyond_1000_is_not_replayed() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("busy", "public").await;
+    let mut a = alice.subscribed(&room).await;
+    for i in 0..1002 {
+        a.say(&room, "x", &format!("c{i}")).await;
+    }
+    let mut acked = 0;
+    while acked < 1002 {
+        if a.next(WAIT).await.expect("acks")["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    let mut late = alice.connect().await;
+    let sub = late.subscribe(&room, Some(1)).await;
+    assert_eq!(
+        (sub["last_seq"].as_i64(), sub["recovered"].as_bool()),
+        (Some(1002), Some(false))
+    );
+    late.expect_none("message", Duration::from_millis(300))
+        .await;
+    let near = alice.connect().await.subscribe(&room, Some(2)).await;
+    assert_eq!(near["recovered"], true);
+}
+
+#[tokio::test]
+async fn error_frames_keep_the_socket_open() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    let private = alice.create_room("secret", "private").await;
+    let mut b = bob.connect().await;
+
+    b.send_text("this is not json").await;
+    assert_eq!(b.expect("error").await["code"], "bad_request");
+    b.send(json!({"type": "dance", "client_id": "c7"})).await;
+    let e = b.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("bad_request"), Some("c7"))
+    );
+    b.send(json!({"type": "subscribe", "room": "not-a-uuid"}))
+        .await;
+    assert_eq!(b.expect("error").await["code"], "bad_request");
+    b.inner
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(b.expect("error").await["code"], "bad_request");
+
+    // Not a member of a public room: forbidden to send; a private room does not exist for him.
+    b.say(&room, "hi", "c8").await;
+    let e = b.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("forbidden"), Some("c8"))
+    );
+    b.send(json!({"type": "subscribe", "room": private})).await;
+    let e = b.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("not_found"), Some(private.as_str()))
+    );
+    b.say(&private, "hi", "c9").await;
+    assert_eq!(b.expect("error").await["code"], "not_found");
+
+    bob.join(&room).await;
+    b.say(&room, &"x".repeat(16_385), "big").await;
+    let e = b.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("too_large"), Some("big"))
+    );
+
+    // After all that, the socket still works.
+    b.send(json!({"type": "ping"})).await;
+    b.expect("pong").await;
+    b.say(&room, "finally", "c10").await;
+    assert_eq!(b.expect("ack").await["seq"], 1);
+}
+
+#[tokio::test]
+async fn a_frame_over_64_kib_closes_1009() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let mut a = alice.connect().await;
+    a.send_text(&format!(
+        "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+        "x".repeat(70_000)
+    ))
+    .await;
+    assert_eq!(a.expect_close(WAIT).await, Closed::Code(1009));
+}
+
+#[tokio::test]
+async fn typing_reaches_others_and_expires_by_itself() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut a = alice.subscribed(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    a.send(json!({"type": "typing", "room": room, "active": true}))
+        .await;
+    let t = b.expect_skipping("typing").await;
+    assert_eq!(
+        (
+            t["user"].as_str(),
+            t["active"].as_bool(),
+            t["room"].as_str()
+        ),
+        (Some(alice.id.as_str()), Some(true), Some(room.as_str()))
+    );
+    // Not echoed to the typist.
+    a.send(json!({"type": "ping"})).await;
+    let mut frames = Vec::new();
+    loop {
+        let f = a.next(WAIT).await.unwrap();
+        if f["type"] == "pong" {
+            break;
+        }
+        frames.push(f);
+    }
+    assert!(frames.iter().all(|f| f["type"] != "typing"), "{frames:?}");
+    // Six seconds without a refresh: the server turns it off.
+    let started = std::time::Instant::now();
+    let off = loop {
+        let f = b.next(Duration::from_secs(8)).await.expect("typing off");
+        if f["type"] == "typing" {
+            break f;
+        }
+    };
+    assert_eq!(off["active"], false);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5),
+        "expired too early: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn receipts_move_markers_and_are_coalesced() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    for i in 0..5 {
+        alice.post_message(&room, &format!("m{i}")).await;
+    }
+    let mut a = alice.subscribed(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    b.send(json!({"type": "delivered", "room": room, "seq": 5}))
+        .await;
+    let r = a.expect_skipping("receipt").await;
+    assert_eq!(
+        (r["user"].as_str(), r["kind"].as_str(), r["seq"].as_i64()),
+        (Some(bob.id.as_str()), Some("delivered"), Some(5))
+    );
+    // Three reads in quick succession: one receipt now, the last one within about a second.
+    for seq in [1, 2, 3] {
+        b.send(json!({"type": "read", "room": room, "seq": seq}))
+            .await;
+    }
+    let first = a.expect_skipping("receipt").await;
+    assert_eq!(
+        (first["kind"].as_str(), first["seq"].as_i64()),
+        (Some("read"), Some(1))
+    );
+    let last = a.expect_skipping("receipt").await;
+    assert_eq!(
+        (last["kind"].as_str(), last["seq"].as_i64()),
+        (Some("read"), Some(3))
+    );
+    a.expect_none("receipt", Duration::from_millis(1300)).await;
+    let (_, list) = bob.api.get("/api/v1/rooms").await;
+    let r = &list["rooms"][0];
+    assert_eq!(
+        (r["last_read_seq"].as_i64(), r["unread"].as_i64()),
+        (Some(3), Some(2))
+    );
+}
+
+/// The next presence event about `user` (a subscriber also hears about itself).
+async fn presence_of(ws: &mut Ws, user: &str) -> serde_json::Value {
+    loop {
+        let p = ws.expect_skipping("presence").await;
+        if p["user"] == user {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_follows_subscribed_sockets() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut a = alice.subscribed(&room).await;
+    let mut b = bob.connect().await;
+    let sub = b.subscribe(&room, None).await;
+    let online: Vec<&str> = sub["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        online.contains(&alice.id.as_str()) && online.contains(&bob.id.as_str()),
+        "{sub}"
+    );
+    let p = presence_of(&mut a, &bob.id).await;
+    assert_eq!(p["status"], "online");
+    let (_, members) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    assert!(
+        members["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["online"] == true)
+    );
+    // A second socket of Bob's changes nothing; closing both makes him offline.
+    let b2 = bob.subscribed(&room).await;
+    drop(b);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(400);
+    while let Some(f) = a
+        .next(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        assert!(
+            !(f["type"] == "presence" && f["user"] == bob.id.as_str()),
+            "one of two sockets closing is not offline: {f}"
+        );
+    }
+    drop(b2);
+    let p = presence_of(&mut a, &bob.id).await;
+    assert_eq!(p["status"], "offline");
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let mut a = alice.subscribed(&room).await;
+    a.send(json!({"type": "unsubscribe", "room": room})).await;
+    assert_eq!(a.expect("unsubscribed").await["room"], room.as_str());
+    alice.post_message(&room, "unheard").await;
+    a.expect_none("message", Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn kicked_users_stop_receiving_at_once() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "private").await;
+    alice
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/members"),
+            json!({"user_id": bob.id}),
+        )
+        .await;
+    let mut b = bob.subscribed(&room).await;
+    let mut b_idle = bob.connect().await; // not subscribed: told all the same
+    alice
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/members/{}", bob.id))
+        .await;
+    assert_eq!(b.expect("kicked").await["room"], room.as_str());
+    assert_eq!(b_idle.expect("kicked").await["room"], room.as_str());
+    alice.post_message(&room, "after the kick").await;
+    b.expect_none("message", Duration::from_millis(300)).await;
+    b.say(&room, "let me back", "c1").await;
+    assert_eq!(b.expect("error").await["code"], "not_found");
+}
+
+#[tokio::test]
+async fn a_reader_that_never_reads_is_closed_1008() {
+    let (mut config, dir) = common::embedded();
+    config.outbound_queue = 16;
+    let s = Server::start_with(config, Some(dir)).await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("flood", "public").await;
+    // A client with a tiny receive buffer that stops reading after subscribing.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.addr).await.unwrap();
+    let req = format!("ws://{}/ws?token={}", s.addr, alice.token);
+    let (mut slow, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    slow.send(Message::Text(
+        json!({"type": "subscribe", "room": room})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The writer waits for its acks in small rounds, so its own queue stays short.
+    let mut writer = alice.connect().await;
+    let big = "y".repeat(16_000);
+    for round in 0..75 {
+        for i in 0..8 {
+            writer.say(&room, &big, &format!("c{round}-{i}")).await;
+        }
+        for _ in 0..8 {
+            writer.expect("ack").await;
+        }
+    }
+    let text = s.metrics().await;
+    assert!(
+        text.contains("confab_slow_consumers_total 1"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("slow"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The slow socket ends with 1008 once its backlog is read.
+    let mut closed = None;
+    for _ in 0..2000 {
+        match tokio::time::timeout(WAIT, futures::StreamExt::next(&mut slow)).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                closed = Some(u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    assert_eq!(closed, Some(1008));
+}
+
+#[tokio::test]
+async fn dead_peers_are_dropped_after_two_missed_pings() {
+    let (mut config, dir) = common::embedded();
+    config.heartbeat_ms = 150;
+    let s = Server::start_with(config, Some(dir)).await;
+    let alice = s.user("alice").await;
+    let _silent = alice.connect().await; // never reads, so never answers pings
+    assert!(
+        common::eventually(Duration::from_secs(3), || async {
+            s.metrics().await.contains("confab_ws_connections 0")
+        })
+        .await,
+        "the silent peer was not dropped"
+    );
+    // A live client answers pings (tungstenite does so while reading) and stays.
+    let mut live = alice.connect().await;
+    live.expect_none("message", Duration::from_millis(700))
+        .await; // reading answers pings
+    live.send(json!({"type": "ping"})).await;
+    live.expect("pong").await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001_and_readiness_fails_first() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let mut a = alice.subscribed(&room).await;
+    let addr = s.addr;
+    let done = tokio::spawn(s.shutdown());
+    assert_eq!(a.expect_close(WAIT).await, Closed::Code(1001));
+    done.await.unwrap().expect("run returns Ok");
+    assert!(
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .is_err(),
+        "the listener is closed"
+    );
+}
