@@ -1,0 +1,227 @@
+//! The cluster shape: two confab pods on one PostgreSQL and one Redis. Whatever pod a client is
+//! on, it sees the same rooms, the same seq and the same presence.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Postgres, Redis, Server, cluster, eventually};
+use reqwest::StatusCode;
+use serde_json::json;
+
+struct Cluster {
+    a: Server,
+    b: Server,
+    redis: Redis,
+    _pg: Postgres,
+}
+
+async fn two_pods() -> Cluster {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let a = Server::start(cluster(&pg, &redis)).await;
+    let b = Server::start(cluster(&pg, &redis)).await;
+    Cluster {
+        a,
+        b,
+        redis,
+        _pg: pg,
+    }
+}
+
+#[tokio::test]
+async fn a_message_sent_on_one_pod_arrives_on_the_other_with_the_same_seq() {
+    let c = two_pods().await;
+    let alice = c.a.user("alice").await;
+    c.b.user("bob").await;
+    let bob = c.b.login("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut a = alice.subscribed(&room).await;
+    let mut b = bob.subscribed(&room).await;
+
+    a.say(&room, "from pod a", "c1").await;
+    let ack = a.expect("ack").await;
+    let got = b.expect("message").await;
+    assert_eq!(
+        (got["seq"].clone(), got["id"].clone(), got["body"].as_str()),
+        (ack["seq"].clone(), ack["id"].clone(), Some("from pod a"))
+    );
+    b.say(&room, "from pod b", "c2").await;
+    assert_eq!(b.expect("ack").await["seq"], 2);
+    assert_eq!(
+        a.expect("message").await["seq"],
+        1,
+        "the sender sees its own message too"
+    );
+    let back = a.expect("message").await;
+    assert_eq!(
+        (back["seq"].as_i64(), back["body"].as_str()),
+        (Some(2), Some("from pod b"))
+    );
+    // A token from pod a works on pod b: one key for the whole cluster.
+    let (st, _) =
+        c.b.api()
+            .with_token(&alice.token)
+            .get("/api/v1/users/me")
+            .await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn concurrent_writers_on_both_pods_share_one_gapless_order() {
+    let c = two_pods().await;
+    let alice = c.a.user("alice").await;
+    c.b.user("bob").await;
+    let bob = c.b.login("bob").await;
+    let room = alice.create_room("busy", "public").await;
+    bob.join(&room).await;
+    let mut watch_a = alice.subscribed(&room).await;
+    let mut watch_b = bob.subscribed(&room).await;
+    let mut wa = alice.connect().await;
+    let mut wb = bob.connect().await;
+    const N: i64 = 150;
+    for i in 0..N {
+        wa.say(&room, &format!("a{i}"), &format!("a{i}")).await;
+        wb.say(&room, &format!("b{i}"), &format!("b{i}")).await;
+    }
+    for watcher in [&mut watch_a, &mut watch_b] {
+        let mut bodies = Vec::new();
+        for expected in 1..=2 * N {
+            let m = watcher.expect("message").await;
+            assert_eq!(m["seq"], expected, "in order, no gap, no duplicate");
+            bodies.push(m["body"].as_str().unwrap().to_string());
+        }
+        // Each writer's messages keep their own order inside the shared sequence.
+        let a_order: Vec<&String> = bodies.iter().filter(|b| b.starts_with('a')).collect();
+        let expected: Vec<String> = (0..N).map(|i| format!("a{i}")).collect();
+        assert_eq!(a_order, expected.iter().collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn presence_and_typing_cross_pods() {
+    let c = two_pods().await;
+    let alice = c.a.user("alice").await;
+    c.b.user("bob").await;
+    let bob = c.b.login("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut a = alice.subscribed(&room).await;
+    let mut b = bob.connect().await;
+    let sub = b.subscribe(&room, None).await;
+    assert!(
+        sub["presence"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(alice.id)),
+        "alice on pod a is online: {sub}"
+    );
+    loop {
+        let p = a.expect_skipping("presence").await;
+        if p["user"] == bob.id.as_str() {
+            assert_eq!(p["status"], "online");
+            break;
+        }
+    }
+    let (_, members) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    assert!(
+        members["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["online"] == true),
+        "{members}"
+    );
+
+    b.send(json!({"type": "typing", "room": room, "active": true}))
+        .await;
+    let t = a.expect_skipping("typing").await;
+    assert_eq!(
+        (t["user"].as_str(), t["active"].as_bool()),
+        (Some(bob.id.as_str()), Some(true))
+    );
+
+    drop(b);
+    loop {
+        let p = a.expect_skipping("presence").await;
+        if p["user"] == bob.id.as_str() {
+            assert_eq!(p["status"], "offline");
+            break;
+        }
+    }
+    let (_, members) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    let bob_entry = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"]["id"] == bob.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(bob_entry["online"], false);
+}
+
+#[tokio::test]
+async fn a_kick_on_one_pod_reaches_sockets_on_the_other() {
+    let c = two_pods().await;
+    let alice = c.a.user("alice").await;
+    c.b.user("bob").await;
+    let bob = c.b.login("bob").await;
+    let room = alice.create_room("general", "private").await;
+    alice
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/members"),
+            json!({"user_id": bob.id}),
+        )
+        .await;
+    let mut b = bob.subscribed(&room).await;
+    let (st, _) = alice
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/members/{}", bob.id))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(b.expect("kicked").await["room"], room.as_str());
+    alice.post_message(&room, "after").await;
+    b.expect_none("message", Duration::from_millis(400)).await;
+}
+
+#[tokio::test]
+async fn readiness_reflects_the_bus() {
+    let mut c = two_pods().await;
+    let (st, body) = c.a.api().get("/readyz").await;
+    assert_eq!(
+        (st, body["checks"]["bus"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    c.redis.stop();
+    let a = &c.a;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.api().get("/readyz").await.0 == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await,
+        "readyz stays 200 with Redis down"
+    );
+    let (_, body) = c.a.api().get("/readyz").await;
+    assert_eq!(body["status"], "unavailable");
+    assert_ne!(body["checks"]["bus"], "ok");
+    // The store is the source of truth: sending still works while the bus is down.
+    let alice = c.a.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    alice.post_message(&room, "still here").await;
+    c.redis.restart();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.api().get("/readyz").await.0 == StatusCode::OK
+        })
+        .await,
+        "readyz does not recover after Redis returns"
+    );
+}
