@@ -150,9 +150,11 @@ impl Config {
             );
         }
         if self.redis_url.is_some() && self.database_url.is_none() {
-            return Err("CONFAB_DATABASE_URL (--database-url) is required when CONFAB_REDIS_URL is \
+            return Err(
+                "CONFAB_DATABASE_URL (--database-url) is required when CONFAB_REDIS_URL is \
                         set: pods share history through PostgreSQL, not separate SQLite files"
-                .into());
+                    .into(),
+            );
         }
         if let Some(s) = &self.jwt_secret
             && s.len() < 32
