@@ -73,12 +73,14 @@ async fn no_auth_frame_in_time_closes_4001() {
 #[tokio::test]
 async fn an_expired_token_closes_4001_unless_refreshed() {
     let (mut config, dir) = common::embedded();
-    config.access_token_ttl = 2;
+    // `exp` has whole-second precision: with a 3 s lifetime, a token issued 1.1 s later
+    // expires strictly later, and the renewal arrives before the first token expires.
+    config.access_token_ttl = 3;
     let s = Server::start_with(config, Some(dir)).await;
     let alice = s.user("alice").await;
     let mut stale = alice.connect().await;
     let mut fresh = alice.connect().await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     // A token issued now lives past the first one's expiry.
     let renewed = s.login("alice").await;
     fresh
