@@ -595,3 +595,37 @@ async fn shutdown_closes_sockets_with_1001_and_readiness_fails_first() {
         "the listener is closed"
     );
 }
+
+#[tokio::test]
+async fn room_changes_reach_subscribers() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}"),
+            json!({"topic": "launch day"}),
+        )
+        .await;
+    let u = b.expect("room_updated").await;
+    assert_eq!(
+        (
+            u["id"].as_str(),
+            u["topic"].as_str(),
+            u["archived"].as_bool()
+        ),
+        (Some(room.as_str()), Some("launch day"), Some(false))
+    );
+    alice.api.delete(&format!("/api/v1/rooms/{room}")).await;
+    assert_eq!(b.expect("room_updated").await["archived"], true);
+    b.say(&room, "too late", "c1").await;
+    let e = b.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("forbidden"), Some("c1"))
+    );
+}
