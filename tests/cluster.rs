@@ -117,13 +117,7 @@ async fn presence_and_typing_cross_pods() {
             .contains(&json!(alice.id)),
         "alice on pod a is online: {sub}"
     );
-    loop {
-        let p = a.expect_skipping("presence").await;
-        if p["user"] == bob.id.as_str() {
-            assert_eq!(p["status"], "online");
-            break;
-        }
-    }
+    assert_eq!(a.presence_of(&bob.id).await["status"], "online");
     let (_, members) = alice
         .api
         .get(&format!("/api/v1/rooms/{room}/members"))
@@ -146,13 +140,7 @@ async fn presence_and_typing_cross_pods() {
     );
 
     drop(b);
-    loop {
-        let p = a.expect_skipping("presence").await;
-        if p["user"] == bob.id.as_str() {
-            assert_eq!(p["status"], "offline");
-            break;
-        }
-    }
+    assert_eq!(a.presence_of(&bob.id).await["status"], "offline");
     let (_, members) = alice
         .api
         .get(&format!("/api/v1/rooms/{room}/members"))

@@ -400,16 +400,6 @@ async fn receipts_move_markers_and_are_coalesced() {
     );
 }
 
-/// The next presence event about `user` (a subscriber also hears about itself).
-async fn presence_of(ws: &mut Ws, user: &str) -> serde_json::Value {
-    loop {
-        let p = ws.expect_skipping("presence").await;
-        if p["user"] == user {
-            return p;
-        }
-    }
-}
-
 #[tokio::test]
 async fn presence_follows_subscribed_sockets() {
     let s = Server::embedded().await;
@@ -430,7 +420,7 @@ async fn presence_follows_subscribed_sockets() {
         online.contains(&alice.id.as_str()) && online.contains(&bob.id.as_str()),
         "{sub}"
     );
-    let p = presence_of(&mut a, &bob.id).await;
+    let p = a.presence_of(&bob.id).await;
     assert_eq!(p["status"], "online");
     let (_, members) = alice
         .api
@@ -457,7 +447,7 @@ async fn presence_follows_subscribed_sockets() {
         );
     }
     drop(b2);
-    let p = presence_of(&mut a, &bob.id).await;
+    let p = a.presence_of(&bob.id).await;
     assert_eq!(p["status"], "offline");
 }
 

@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::hub::frame;
 use crate::ids::{RoomId, UserId};
 use crate::model::{Event, Room};
-use crate::store::{NewRoom, RoomRecord};
+use crate::store::{MemberRecord, NewRoom, RoomRecord};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -73,6 +73,16 @@ fn check_topic(topic: &str) -> ApiResult<()> {
         )));
     }
     Ok(())
+}
+
+/// A room as its member sees it: with role and read marker.
+fn as_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
+    let mut room = Room::from(r);
+    if let Some(m) = member {
+        room.role = Some(m.role);
+        room.last_read_seq = Some(m.last_read_seq);
+    }
+    room
 }
 
 /// Tells subscribers that a room changed.
@@ -149,12 +159,7 @@ pub async fn get_room(
     ApiPath(id): ApiPath<RoomId>,
 ) -> ApiResult<Json<Room>> {
     let (r, member) = state.readable_room(id, caller.user.id).await?;
-    let mut room = Room::from(&r);
-    if let Some(m) = member {
-        room.role = Some(m.role);
-        room.last_read_seq = Some(m.last_read_seq);
-    }
-    Ok(Json(room))
+    Ok(Json(as_member(&r, member)))
 }
 
 fn can_moderate(caller: &Caller, role: Option<&str>) -> bool {
@@ -242,12 +247,7 @@ pub async fn join(
         .await?
         .ok_or_else(|| ApiError::not_found("no such room"))?;
     let m = state.store.member(id, caller.user.id).await?;
-    let mut room = Room::from(&r);
-    if let Some(m) = m {
-        room.role = Some(m.role);
-        room.last_read_seq = Some(m.last_read_seq);
-    }
-    Ok(Json(room))
+    Ok(Json(as_member(&r, m)))
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/leave", tag = "rooms",
@@ -372,11 +372,7 @@ pub async fn direct(
         .store
         .direct_room(caller.user.id, body.user_id, crate::now_ms())
         .await?;
-    let mut room = Room::from(&r);
-    if let Some(m) = state.store.member(r.id, caller.user.id).await? {
-        room.role = Some(m.role);
-        room.last_read_seq = Some(m.last_read_seq);
-    }
+    let room = as_member(&r, state.store.member(r.id, caller.user.id).await?);
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -192,12 +192,6 @@ pub struct Connection {
     receipts: HashMap<(RoomId, bool), Throttle>,
 }
 
-/// A reply written straight to this socket.
-enum Flow {
-    Continue,
-    Close(Close),
-}
-
 impl Connection {
     async fn serve(
         &mut self,
@@ -244,8 +238,8 @@ impl Connection {
                         Some(Ok(_)) => continue, // ping/pong: tungstenite answers pings itself
                     };
                     match self.handle(&text, sink).await {
-                        Ok(Flow::Continue) => {}
-                        Ok(Flow::Close(c)) => {
+                        Ok(None) => {}
+                        Ok(Some(c)) => {
                             send_close(sink, &c).await;
                             return "policy";
                         }
@@ -344,12 +338,12 @@ impl Connection {
         sink.feed(WsMessage::Text(text)).await.map_err(|_| ())
     }
 
-    async fn reply(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<Flow, ()> {
+    async fn reply(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<Option<Close>, ()> {
         sink.send(WsMessage::Text(text)).await.map_err(|_| ())?;
-        Ok(Flow::Continue)
+        Ok(None)
     }
 
-    async fn handle(&mut self, text: &str, sink: &mut Sink) -> Result<Flow, ()> {
+    async fn handle(&mut self, text: &str, sink: &mut Sink) -> Result<Option<Close>, ()> {
         let parsed = match frame::parse(text) {
             Ok(f) => f,
             Err((msg, r)) => {
@@ -412,10 +406,7 @@ impl Connection {
         };
         match result {
             Ok(Some(text)) => self.reply(sink, text).await,
-            Ok(None) => Ok(Flow::Continue),
-            Err((ApiError::Unauthorized(_), None)) if unix_now() >= self.token_exp => {
-                Ok(Flow::Close(Close::UNAUTHENTICATED))
-            }
+            Ok(None) => Ok(None),
             Err((e, r)) => self.reply(sink, error_frame(&e, r.as_deref())).await,
         }
     }

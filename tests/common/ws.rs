@@ -139,6 +139,16 @@ impl Ws {
         }
     }
 
+    /// The next `presence` event about `user` (a subscriber also hears about itself).
+    pub async fn presence_of(&mut self, user: &str) -> Value {
+        loop {
+            let p = self.expect_skipping("presence").await;
+            if p["user"] == user {
+                return p;
+            }
+        }
+    }
+
     pub async fn subscribe(&mut self, room: &str, since: Option<i64>) -> Value {
         let mut f = json!({"type": "subscribe", "room": room});
         if let Some(s) = since {
