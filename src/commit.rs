@@ -54,8 +54,8 @@ pub fn error_frame(e: &ApiError, reference: Option<&str>) -> axum::extract::ws::
     if let Some(r) = reference {
         v["ref"] = json!(r);
     }
-    if let ApiError::RateLimited { retry_after_ms, .. } = e {
-        v["retry_after_ms"] = json!(retry_after_ms);
+    if let Some(ms) = e.retry_after_ms() {
+        v["retry_after_ms"] = json!(ms);
     }
     frame(&v)
 }

@@ -129,6 +129,78 @@ pub struct Config {
     )]
     pub ws_auth_timeout_ms: u64,
 
+    /// Messages per second one connection may send (sustained); see --message-burst.
+    #[arg(
+        long,
+        env = "CONFAB_MESSAGES_PER_SECOND",
+        default_value_t = 10,
+        global = true
+    )]
+    pub messages_per_second: u32,
+
+    /// Messages one connection may send in a burst above the sustained rate.
+    #[arg(
+        long,
+        env = "CONFAB_MESSAGE_BURST",
+        default_value_t = 20,
+        global = true
+    )]
+    pub message_burst: u32,
+
+    /// HTTP requests per second per client IP (sustained).
+    #[arg(long, env = "CONFAB_HTTP_RATE", default_value_t = 50, global = true)]
+    pub http_rate: u32,
+
+    /// HTTP requests per client IP in a burst.
+    #[arg(long, env = "CONFAB_HTTP_BURST", default_value_t = 200, global = true)]
+    pub http_burst: u32,
+
+    /// Register and login attempts per minute per client IP (sustained).
+    #[arg(
+        long,
+        env = "CONFAB_AUTH_RATE_PER_MINUTE",
+        default_value_t = 30,
+        global = true
+    )]
+    pub auth_rate_per_minute: u32,
+
+    /// Register and login attempts per client IP in a burst.
+    #[arg(long, env = "CONFAB_AUTH_BURST", default_value_t = 20, global = true)]
+    pub auth_burst: u32,
+
+    /// Take the client IP for rate limits from X-Forwarded-For / X-Real-IP (only behind a proxy
+    /// that sets them; otherwise clients could pick their own IP).
+    #[arg(long, env = "CONFAB_TRUST_FORWARDED_FOR", global = true)]
+    pub trust_forwarded_for: bool,
+
+    /// Rooms one connection may be subscribed to at once.
+    #[arg(
+        long,
+        env = "CONFAB_MAX_SUBSCRIPTIONS",
+        default_value_t = 500,
+        global = true
+    )]
+    pub max_subscriptions: usize,
+
+    /// WebSocket connections one user may hold on one pod.
+    #[arg(
+        long,
+        env = "CONFAB_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 20,
+        global = true
+    )]
+    pub max_connections_per_user: usize,
+
+    /// Origins browsers may open WebSockets from, besides the server's own (comma-separated,
+    /// e.g. https://chat.example.com; `*` allows any origin).
+    #[arg(
+        long,
+        env = "CONFAB_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_origins: Vec<String>,
+
     /// Largest number of messages one group commit writes in one transaction.
     #[arg(
         long,
@@ -181,6 +253,19 @@ impl Config {
         }
         if self.outbound_queue < 16 {
             return Err("CONFAB_OUTBOUND_QUEUE (--outbound-queue) must be at least 16".into());
+        }
+        if self.messages_per_second == 0 || self.message_burst == 0 {
+            return Err(
+                "CONFAB_MESSAGES_PER_SECOND and CONFAB_MESSAGE_BURST must be at least 1".into(),
+            );
+        }
+        if self.http_rate == 0 || self.http_burst == 0 {
+            return Err("CONFAB_HTTP_RATE and CONFAB_HTTP_BURST must be at least 1".into());
+        }
+        if self.auth_rate_per_minute == 0 || self.auth_burst == 0 {
+            return Err(
+                "CONFAB_AUTH_RATE_PER_MINUTE and CONFAB_AUTH_BURST must be at least 1".into(),
+            );
         }
         if self.commit_batch == 0 {
             return Err("CONFAB_COMMIT_BATCH (--commit-batch) must be at least 1".into());

@@ -28,6 +28,13 @@ pub enum ApiError {
         retry_after_ms: u64,
     },
     #[error("{0}")]
+    Muted(String),
+    #[error("{message}")]
+    SlowMode {
+        message: String,
+        retry_after_ms: u64,
+    },
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -52,6 +59,16 @@ impl ApiError {
         Self::Unauthorized(m.into())
     }
 
+    /// How long the client should wait, for errors that say so.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_ms, .. } | Self::SlowMode { retry_after_ms, .. } => {
+                Some(*retry_after_ms)
+            }
+            _ => None,
+        }
+    }
+
     /// The protocol's error code, shared by REST bodies and WebSocket `error` frames.
     pub fn code(&self) -> &'static str {
         match self {
@@ -62,6 +79,8 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Muted(_) => "muted",
+            Self::SlowMode { .. } => "slow_mode",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -75,7 +94,8 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::SlowMode { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Muted(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -112,7 +132,9 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
         let mut resp = (status, Json(body)).into_response();
-        if let Self::RateLimited { retry_after_ms, .. } = &self {
+        if let Self::RateLimited { retry_after_ms, .. } | Self::SlowMode { retry_after_ms, .. } =
+            &self
+        {
             let secs = retry_after_ms.div_ceil(1000).max(1);
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));

@@ -13,6 +13,7 @@
 //! - [`bus`]: how events reach the other pods (in-process or Redis Pub/Sub).
 //! - [`store`]: durable state (SQLite or PostgreSQL) behind one trait.
 //! - [`auth`]: passwords, access tokens and refresh-token families.
+//! - [`moderation`]: what a user may do in a room right now (mutes, bans, slow mode).
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`server`]: wiring it all together, startup and graceful shutdown.
 
@@ -25,6 +26,7 @@ pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod model;
+pub mod moderation;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -46,6 +46,10 @@ pub struct Room {
     pub last_seq: i64,
     pub archived: bool,
     pub managed_by: Option<String>,
+    /// Seconds members wait between messages (0: off). An addition to PROTOCOL.md's Room.
+    pub slow_mode_seconds: i64,
+    /// Only owners and moderators may post. An addition to PROTOCOL.md's Room.
+    pub read_only: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +71,8 @@ impl From<&RoomRecord> for Room {
             last_seq: r.last_seq,
             archived: r.archived,
             managed_by: r.managed_by.clone(),
+            slow_mode_seconds: r.slow_mode_seconds,
+            read_only: r.read_only,
             role: None,
             last_read_seq: None,
             unread: None,

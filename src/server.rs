@@ -100,6 +100,7 @@ async fn build(
                 tick.tick().await;
                 let Some(hub) = hub.upgrade() else { break };
                 hub.refresh_presence().await;
+                hub.announce().await;
             }
         });
     }

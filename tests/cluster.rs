@@ -19,8 +19,8 @@ struct Cluster {
 async fn two_pods() -> Cluster {
     let pg = Postgres::start();
     let redis = Redis::start();
-    let a = Server::start(cluster(&pg, &redis)).await;
-    let b = Server::start(cluster(&pg, &redis)).await;
+    let a = Server::start(common::unlimited(cluster(&pg, &redis))).await;
+    let b = Server::start(common::unlimited(cluster(&pg, &redis))).await;
     Cluster {
         a,
         b,

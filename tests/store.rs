@@ -73,6 +73,9 @@ async fn user(store: &dyn Store, name: &str) -> UserId {
         display_name: name.into(),
         password_hash: "x".into(),
         created_at: confab::now_ms(),
+        banned_until: None,
+        ban_reason: None,
+        muted_until: None,
     };
     store.create_user(&u).await.unwrap();
     u.id
@@ -124,6 +127,9 @@ async fn usernames_are_unique(s: &dyn Store) {
         display_name: "A".into(),
         password_hash: "y".into(),
         created_at: 0,
+        banned_until: None,
+        ban_reason: None,
+        muted_until: None,
     };
     assert!(matches!(
         s.create_user(&again).await,

@@ -153,7 +153,7 @@ async fn ack_comes_first_then_the_message_reaches_every_subscriber() {
 
 #[tokio::test]
 async fn pipelined_sends_keep_their_order() {
-    let s = Server::embedded().await;
+    let s = common::flood_server().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let room = alice.create_room("general", "public").await;
@@ -215,7 +215,7 @@ async fn resume_with_since_replays_in_order_without_gaps_or_duplicates() {
 
 #[tokio::test]
 async fn a_resume_beyond_1000_is_not_replayed() {
-    let s = Server::embedded().await;
+    let s = common::flood_server().await;
     let alice = s.user("alice").await;
     let room = alice.create_room("busy", "public").await;
     let mut a = alice.subscribed(&room).await;
@@ -494,7 +494,7 @@ async fn kicked_users_stop_receiving_at_once() {
 async fn a_reader_that_never_reads_is_closed_1008() {
     let (mut config, dir) = common::embedded();
     config.outbound_queue = 16;
-    let s = Server::start_with(config, Some(dir)).await;
+    let s = Server::start_with(common::unlimited(config), Some(dir)).await;
     let alice = s.user("alice").await;
     let room = alice.create_room("flood", "public").await;
     // A client with a tiny receive buffer that stops reading after subscribing.

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use super::{Bus, Envelope};
+use crate::hub::PodStats;
 use crate::ids::{RoomId, UserId};
 
 #[derive(Default)]
@@ -21,6 +22,10 @@ impl Bus for LocalBus {
     }
     async fn presence_set(&self, _room: RoomId, _user: UserId, _online: bool) {}
     async fn presence_remote(&self, _room: RoomId) -> Vec<UserId> {
+        Vec::new()
+    }
+    async fn announce(&self, _stats: &PodStats) {}
+    async fn pods_remote(&self) -> Vec<PodStats> {
         Vec::new()
     }
 }

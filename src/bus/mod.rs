@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
+use crate::hub::PodStats;
 use crate::ids::{PodId, RoomId, UserId};
 
 pub use local::LocalBus;
@@ -96,6 +97,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn presence_set(&self, room: RoomId, user: UserId, online: bool);
     /// Users online in `room` on other pods.
     async fn presence_remote(&self, room: RoomId) -> Vec<UserId>;
+    /// Publishes this pod's stats for the admin API (refreshed every few seconds).
+    async fn announce(&self, stats: &PodStats);
+    /// The other live pods' latest stats.
+    async fn pods_remote(&self) -> Vec<PodStats>;
 }
 
 #[cfg(test)]

@@ -19,9 +19,14 @@ use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::{Bus, Envelope};
+use crate::hub::PodStats;
 use crate::ids::{PodId, RoomId, UserId};
 
 pub const CONTROL_CHANNEL: &str = "confab:control";
+/// Hash of pod id → JSON stats with the time they were written.
+const PODS_KEY: &str = "confab:pods";
+/// A pod that has not announced itself for this long is gone.
+pub const POD_TTL_MS: i64 = 15_000;
 /// How long a presence entry lives without a refresh.
 pub const PRESENCE_TTL_MS: i64 = 30_000;
 const PIPELINE_MAX: usize = 512;
@@ -215,5 +220,39 @@ impl Bus for RedisBus {
         users.sort();
         users.dedup();
         users
+    }
+
+    async fn announce(&self, stats: &PodStats) {
+        let mut con = self.commands.clone();
+        let entry = serde_json::json!({"stats": stats, "seen_ms": crate::now_ms()}).to_string();
+        let done: redis::RedisResult<()> = con.hset(PODS_KEY, self.pod.to_string(), entry).await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "pod announcement failed");
+        }
+    }
+
+    async fn pods_remote(&self) -> Vec<PodStats> {
+        let mut con = self.commands.clone();
+        let entries: redis::RedisResult<Vec<(String, String)>> = con.hgetall(PODS_KEY).await;
+        let now = crate::now_ms();
+        let mut stale = Vec::new();
+        let mut pods = Vec::new();
+        for (pod, entry) in entries.unwrap_or_default() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&entry) else {
+                continue;
+            };
+            let seen = v["seen_ms"].as_i64().unwrap_or(0);
+            if now - seen > POD_TTL_MS {
+                stale.push(pod);
+            } else if pod != self.pod.to_string()
+                && let Ok(stats) = serde_json::from_value::<PodStats>(v["stats"].clone())
+            {
+                pods.push(stats);
+            }
+        }
+        if !stale.is_empty() {
+            let _: redis::RedisResult<()> = con.hdel(PODS_KEY, stale).await;
+        }
+        pods
     }
 }

@@ -13,10 +13,15 @@ use crate::ids::UserId;
 use crate::model::{Tokens, User};
 use crate::store::UserRecord;
 
-pub fn router() -> Router<AppState> {
+/// Register and login: the endpoints that take passwords get a stricter rate limit.
+pub fn credentials_router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/users/me", get(me))
@@ -79,6 +84,9 @@ pub async fn register(
         display_name,
         password_hash: hash_password(body.password).await?,
         created_at: crate::now_ms(),
+        banned_until: None,
+        ban_reason: None,
+        muted_until: None,
     };
     state.store.create_user(&record).await?;
     tracing::info!(user = %record.id, "user registered");
@@ -103,6 +111,9 @@ pub async fn login(
         Some(u) if ok => u,
         _ => return Err(ApiError::unauthorized("wrong username or password")),
     };
+    if user.banned_at(crate::now_ms()) {
+        return Err(ApiError::forbidden("the user is banned"));
+    }
     Ok(Json(
         state.auth.issue_pair(&*state.store, user.id, None).await?,
     ))

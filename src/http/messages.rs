@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::{Json, Router, routing::get, routing::post};
+use axum::{Json, Router, routing::get, routing::patch, routing::post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -13,12 +13,18 @@ use crate::error::{ApiError, ApiResult};
 use crate::hub::frame;
 use crate::ids::{MessageId, RoomId};
 use crate::model::Message;
-use crate::store::{CommitOutcome, Marker, NewMessage};
+use crate::store::{CommitOutcome, Marker, MessageRecord, NewMessage, UserRecord};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/rooms/{id}/messages", get(history).post(send))
+        .route(
+            "/api/v1/rooms/{id}/messages/{seq}",
+            patch(edit).delete(delete),
+        )
         .route("/api/v1/rooms/{id}/read", post(read))
+        .route("/api/v1/rooms/{id}/search", get(search_room))
+        .route("/api/v1/search", get(search_all))
 }
 
 pub const DEFAULT_PAGE: i64 = 50;
@@ -47,6 +53,21 @@ pub struct SendBody {
 pub struct ReadBody {
     seq: i64,
 }
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct EditBody {
+    body: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct SearchQuery {
+    q: Option<String>,
+    limit: Option<i64>,
+}
+
+pub const DEFAULT_SEARCH: i64 = 20;
+pub const MAX_SEARCH: i64 = 100;
+pub const MAX_QUERY: usize = 256;
 
 #[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "messages",
     params(("id" = String, Path, description = "room id"), HistoryQuery),
@@ -133,7 +154,17 @@ pub async fn send(
     ApiJson(body): ApiJson<SendBody>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
     check_message(&body.body, body.client_id.as_deref(), body.reply_to)?;
-    state.writable_room(id, caller.user.id).await?;
+    let rules = state.writable_room(id, caller.user.id).await?;
+    rules.check(caller.user.muted_until, crate::now_ms())?;
+    if let Some(interval) = rules.slow_mode() {
+        state
+            .hub
+            .slow_mode(id, caller.user.id, interval)
+            .map_err(|ms| ApiError::SlowMode {
+                message: format!("slow mode: one message every {} s", interval.as_secs()),
+                retry_after_ms: ms,
+            })?;
+    }
     state.metrics.messages_received.inc();
     let (tx, rx) = oneshot::channel();
     state
@@ -213,4 +244,144 @@ pub async fn read(
         );
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces a message's body: the author only, while allowed to send. Subscribers get
+/// `message_edited` with the whole message.
+pub async fn edit_message(
+    state: &AppState,
+    user: &UserRecord,
+    room: RoomId,
+    seq: i64,
+    body: &str,
+) -> ApiResult<MessageRecord> {
+    check_message(body, None, None)?;
+    let rules = state.writable_room(room, user.id).await?;
+    rules.check(user.muted_until, crate::now_ms())?;
+    let existing = state
+        .store
+        .message(room, seq)
+        .await?
+        .filter(|m| !m.deleted)
+        .ok_or_else(|| ApiError::not_found("no such message"))?;
+    if existing.user_id != user.id {
+        return Err(ApiError::forbidden("only the author may edit a message"));
+    }
+    let edited = state
+        .store
+        .edit_message(room, seq, body, crate::now_ms())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such message"))?;
+    let event = crate::model::Event {
+        kind: "message_edited",
+        body: &Message::from(&edited),
+    };
+    state.hub.publish_event(room, frame(&event), None);
+    Ok(edited)
+}
+
+/// Deletes a message (it keeps its seq, with an empty body): the author, a room owner or
+/// moderator, or an admin. Subscribers get `message_deleted`.
+pub async fn delete_message(
+    state: &AppState,
+    user: &UserRecord,
+    is_admin: bool,
+    room: RoomId,
+    seq: i64,
+) -> ApiResult<()> {
+    let (_, member) = state.readable_room(room, user.id).await?;
+    let existing = state
+        .store
+        .message(room, seq)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such message"))?;
+    let moderator = member
+        .as_ref()
+        .is_some_and(|m| m.role == "owner" || m.role == "moderator");
+    if !(existing.user_id == user.id || moderator || is_admin) {
+        return Err(ApiError::forbidden(
+            "only the author, a moderator or an admin may delete a message",
+        ));
+    }
+    if let Some(deleted) = state.store.delete_message(room, seq).await? {
+        let event =
+            json!({"type": "message_deleted", "room": room, "seq": deleted.seq, "id": deleted.id});
+        state.hub.publish_event(room, frame(&event), None);
+    }
+    Ok(())
+}
+
+#[utoipa::path(patch, path = "/api/v1/rooms/{id}/messages/{seq}", tag = "messages", request_body = EditBody,
+    params(("id" = String, Path, description = "room id"), ("seq" = i64, Path, description = "message seq")),
+    responses((status = 200, body = Message), (status = 403), (status = 404)))]
+pub async fn edit(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((id, seq)): ApiPath<(RoomId, i64)>,
+    ApiJson(body): ApiJson<EditBody>,
+) -> ApiResult<Json<Message>> {
+    let m = edit_message(&state, &caller.user, id, seq, &body.body).await?;
+    Ok(Json(Message::from(&m)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}/messages/{seq}", tag = "messages",
+    params(("id" = String, Path, description = "room id"), ("seq" = i64, Path, description = "message seq")),
+    responses((status = 204), (status = 403), (status = 404)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((id, seq)): ApiPath<(RoomId, i64)>,
+) -> ApiResult<StatusCode> {
+    delete_message(&state, &caller.user, caller.is_admin, id, seq).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn search_params(q: SearchQuery) -> ApiResult<(String, i64)> {
+    let text = q.q.unwrap_or_default();
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(ApiError::bad_request("q must not be empty"));
+    }
+    if text.len() > MAX_QUERY {
+        return Err(ApiError::bad_request(format!(
+            "q must be at most {MAX_QUERY} bytes"
+        )));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_SEARCH);
+    if limit < 1 {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    Ok((text.to_string(), limit.min(MAX_SEARCH)))
+}
+
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/search", tag = "messages",
+    params(("id" = String, Path, description = "room id"), SearchQuery),
+    responses((status = 200, description = "{\"messages\": [Message]}, best match first"), (status = 400), (status = 404)))]
+pub async fn search_room(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RoomId>,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<Value>> {
+    let (text, limit) = search_params(q)?;
+    state.readable_room(id, caller.user.id).await?;
+    let rows = state.store.search_room(id, &text, limit).await?;
+    let messages: Vec<Message> = rows.iter().map(Message::from).collect();
+    Ok(Json(json!({"messages": messages})))
+}
+
+#[utoipa::path(get, path = "/api/v1/search", tag = "messages", params(SearchQuery),
+    responses((status = 200, description = "{\"messages\": [Message]} over the caller's rooms, best match first"), (status = 400)))]
+pub async fn search_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<Value>> {
+    let (text, limit) = search_params(q)?;
+    let rows = state
+        .store
+        .search_rooms_of(caller.user.id, &text, limit)
+        .await?;
+    let messages: Vec<Message> = rows.iter().map(Message::from).collect();
+    Ok(Json(json!({"messages": messages})))
 }

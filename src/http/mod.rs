@@ -4,6 +4,7 @@
 //! Handlers check access and shape answers; they never touch SQL (that is `store`) or sockets
 //! (that is `hub`).
 
+pub mod admin;
 pub mod auth;
 pub mod messages;
 pub mod openapi;
@@ -11,9 +12,17 @@ pub mod ops;
 pub mod rooms;
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use governor::middleware::NoOpMiddleware;
+use tower_governor::GovernorError;
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::{KeyExtractor, PeerIpKeyExtractor, SmartIpKeyExtractor};
 
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -30,6 +39,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::hub::Hub;
 use crate::ids::{RoomId, UserId};
 use crate::model::User;
+use crate::moderation::SendRules;
 use crate::store::{MemberRecord, RoomRecord, Store, UserRecord};
 use crate::telemetry::Metrics;
 
@@ -75,18 +85,12 @@ impl AppState {
         Ok((r, member))
     }
 
-    /// The room if `user` may post in it (a member; the room not archived).
-    pub async fn writable_room(
-        &self,
-        room: RoomId,
-        user: UserId,
-    ) -> ApiResult<(RoomRecord, MemberRecord)> {
+    /// The rules `user` posts under in a room it belongs to; `forbidden` for a readable room
+    /// it is not in. Callers still `check` them (mutes, read-only, archived).
+    pub async fn writable_room(&self, room: RoomId, user: UserId) -> ApiResult<SendRules> {
         let (r, member) = self.readable_room(room, user).await?;
         let member = member.ok_or_else(|| ApiError::forbidden("join the room first"))?;
-        if r.archived {
-            return Err(ApiError::forbidden("the room is archived"));
-        }
-        Ok((r, member))
+        Ok(SendRules::new(&r, &member))
     }
 }
 
@@ -115,6 +119,9 @@ impl AppState {
             .user(claims.sub)
             .await?
             .ok_or_else(|| ApiError::unauthorized("the user no longer exists"))?;
+        if user.banned_at(crate::now_ms()) {
+            return Err(ApiError::forbidden("the user is banned"));
+        }
         Ok((user, claims))
     }
 }
@@ -197,21 +204,110 @@ async fn fallback() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// The client address rate limits are keyed on: the peer, or (behind a trusted proxy) the
+/// address the proxy reports.
+#[derive(Clone, Copy)]
+pub struct ClientIp {
+    trust_forwarded: bool,
+}
+
+impl KeyExtractor for ClientIp {
+    type Key = IpAddr;
+    fn extract<T>(&self, req: &axum::http::Request<T>) -> Result<IpAddr, GovernorError> {
+        if self.trust_forwarded {
+            SmartIpKeyExtractor.extract(req)
+        } else {
+            PeerIpKeyExtractor.extract(req)
+        }
+    }
+}
+
+type RateLimit = GovernorLayer<ClientIp, NoOpMiddleware, axum::body::Body>;
+
+/// A per-client-IP limit of `burst` requests, one more every `period`.
+fn rate_limit(period: Duration, burst: u32, trust_forwarded: bool) -> RateLimit {
+    let config = GovernorConfigBuilder::default()
+        .period(period)
+        .burst_size(burst)
+        .key_extractor(ClientIp { trust_forwarded })
+        .finish()
+        .expect("rate limit settings are validated at startup");
+    // Forget idle clients now and then, so the table does not grow with every address seen.
+    let limiter = Arc::downgrade(config.limiter());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let Some(l) = limiter.upgrade() else { break };
+            l.retain_recent();
+        }
+    });
+    GovernorLayer::new(config).error_handler(|e| match e {
+        GovernorError::TooManyRequests { wait_time, .. } => ApiError::RateLimited {
+            message: "too many requests; slow down".into(),
+            retry_after_ms: wait_time.max(1) * 1000,
+        }
+        .into_response(),
+        GovernorError::UnableToExtractKey => {
+            ApiError::bad_request("cannot tell the client address").into_response()
+        }
+        GovernorError::Other { msg, .. } => {
+            ApiError::Internal(anyhow::anyhow!("rate limiter: {msg:?}")).into_response()
+        }
+    })
+}
+
+/// Headers every answer carries unless a handler set its own.
+fn security_headers(router: Router) -> Router {
+    use axum::http::{HeaderName, HeaderValue, header};
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let headers: [(HeaderName, &'static str); 5] = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    headers.into_iter().fold(router, |r, (name, value)| {
+        r.layer(SetResponseHeaderLayer::if_not_present(
+            name,
+            HeaderValue::from_static(value),
+        ))
+    })
+}
+
 /// The public router: REST, WebSocket and the health endpoints.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let c = &state.config;
+    let general = rate_limit(
+        Duration::from_secs(1) / c.http_rate,
+        c.http_burst,
+        c.trust_forwarded_for,
+    );
+    let credentials = rate_limit(
+        Duration::from_secs(60) / c.auth_rate_per_minute,
+        c.auth_burst,
+        c.trust_forwarded_for,
+    );
+    let app = Router::new()
+        .merge(auth::credentials_router().layer(credentials))
         .merge(ops::router())
         .merge(auth::router())
         .merge(rooms::router())
         .merge(messages::router())
+        .merge(admin::router())
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/ws", get(crate::ws::upgrade))
         .fallback(fallback)
+        .layer(general)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             track_http,
         ))
-        .with_state(state)
+        .with_state(state);
+    security_headers(app)
 }
 
 /// The metrics router, served on its own port.

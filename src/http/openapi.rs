@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{auth, messages, rooms};
+use super::{admin, auth, messages, rooms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,7 +12,10 @@ use super::{auth, messages, rooms};
         auth::register, auth::login, auth::refresh, auth::logout, auth::me, auth::user,
         rooms::create, rooms::list, rooms::get_room, rooms::update, rooms::archive, rooms::join,
         rooms::leave, rooms::members, rooms::invite, rooms::kick, rooms::direct,
-        messages::history, messages::send, messages::read,
+        messages::history, messages::send, messages::read, messages::edit, messages::delete,
+        messages::search_room, messages::search_all,
+        rooms::mute, rooms::unmute,
+        admin::users, admin::rooms, admin::ban, admin::unban, admin::mute, admin::unmute, admin::stats,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -8,10 +8,11 @@ use serde_json::{Value, json};
 
 use super::{ApiJson, ApiPath, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::hub::frame;
+use crate::http::admin::{MuteBody, OptionalJson};
+use crate::hub::{ControlEvent, frame};
 use crate::ids::{RoomId, UserId};
 use crate::model::{Event, Room};
-use crate::store::{MemberRecord, NewRoom, RoomRecord};
+use crate::store::{MemberRecord, NewRoom, RoomChanges, RoomRecord};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,6 +28,10 @@ pub fn router() -> Router<AppState> {
             "/api/v1/rooms/{id}/members/{user_id}",
             axum::routing::delete(kick),
         )
+        .route(
+            "/api/v1/rooms/{id}/members/{user_id}/mute",
+            post(mute).delete(unmute),
+        )
         .route("/api/v1/dms", post(direct))
 }
 
@@ -41,6 +46,10 @@ pub struct CreateRoomBody {
 pub struct UpdateRoomBody {
     topic: Option<String>,
     kind: Option<String>,
+    /// Seconds a member must wait between messages (0 turns slow mode off).
+    slow_mode_seconds: Option<i64>,
+    /// Only owners and moderators may post.
+    read_only: Option<bool>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -85,8 +94,11 @@ fn as_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
     room
 }
 
-/// Tells subscribers that a room changed.
+/// Tells subscribers that a room changed, and every pod's sockets to re-read its rules.
 fn room_updated(state: &AppState, r: &RoomRecord) {
+    state
+        .hub
+        .control(crate::hub::ControlEvent::RoomChanged { room: r.id });
     let room = Room::from(r);
     state.hub.publish_event(
         r.id,
@@ -195,10 +207,20 @@ pub async fn update(
     if let Some(t) = &body.topic {
         check_topic(t)?;
     }
-    let r = state
-        .store
-        .update_room(id, body.topic.as_deref(), body.kind.as_deref())
-        .await?;
+    if let Some(s) = body.slow_mode_seconds
+        && !(0..=86_400).contains(&s)
+    {
+        return Err(ApiError::bad_request(
+            "slow_mode_seconds must be between 0 and 86400",
+        ));
+    }
+    let changes = RoomChanges {
+        topic: body.topic.as_deref(),
+        kind: body.kind.as_deref(),
+        slow_mode_seconds: body.slow_mode_seconds,
+        read_only: body.read_only,
+    };
+    let r = state.store.update_room(id, &changes).await?;
     room_updated(&state, &r);
     Ok(Json(Room::from(&r)))
 }
@@ -394,4 +416,71 @@ mod tests {
             assert!(!valid_room_name(bad), "{bad}");
         }
     }
+}
+
+/// Checks that the caller may moderate `user_id` in the room: owner, moderator or admin; the
+/// target a member who is not the owner.
+async fn moderated_member(
+    state: &AppState,
+    caller: &Caller,
+    room: RoomId,
+    user_id: UserId,
+) -> ApiResult<()> {
+    let (_, member) = state.readable_room(room, caller.user.id).await?;
+    if !can_moderate(caller, member.as_ref().map(|m| m.role.as_str())) {
+        return Err(ApiError::forbidden(
+            "only the owner or a moderator may mute members",
+        ));
+    }
+    let target = state
+        .store
+        .member(room, user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the user is not a member"))?;
+    if target.role == "owner" && !caller.is_admin {
+        return Err(ApiError::forbidden("the owner cannot be muted"));
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/members/{user_id}/mute", tag = "rooms",
+    request_body = MuteBody,
+    params(("id" = String, Path, description = "room id"), ("user_id" = String, Path, description = "user id")),
+    responses((status = 204), (status = 403), (status = 404)))]
+pub async fn mute(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((id, user_id)): ApiPath<(RoomId, UserId)>,
+    OptionalJson(body): OptionalJson<MuteBody>,
+) -> ApiResult<StatusCode> {
+    moderated_member(&state, &caller, id, user_id).await?;
+    let until = Some(crate::moderation::until(
+        crate::now_ms(),
+        body.duration_seconds,
+    ));
+    state.store.set_member_mute(id, user_id, until).await?;
+    state.hub.control(ControlEvent::MemberMuted {
+        room: id,
+        user: user_id,
+        until,
+    });
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}/mute", tag = "rooms",
+    params(("id" = String, Path, description = "room id"), ("user_id" = String, Path, description = "user id")),
+    responses((status = 204), (status = 403), (status = 404)))]
+pub async fn unmute(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((id, user_id)): ApiPath<(RoomId, UserId)>,
+) -> ApiResult<StatusCode> {
+    moderated_member(&state, &caller, id, user_id).await?;
+    state.store.set_member_mute(id, user_id, None).await?;
+    state.hub.control(ControlEvent::MemberMuted {
+        room: id,
+        user: user_id,
+        until: None,
+    });
+    Ok(StatusCode::NO_CONTENT)
 }

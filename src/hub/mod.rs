@@ -12,7 +12,7 @@ pub mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -31,7 +31,7 @@ pub use outbox::{Close, ConnId, Outbound, Outbox};
 /// store.
 pub const GAP_WAIT: Duration = Duration::from_millis(150);
 /// How often this pod re-announces its presence entries to the bus.
-pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct RoomState {
@@ -76,6 +76,8 @@ pub struct Hub {
     metrics: Metrics,
     rooms: RwLock<HashMap<RoomId, Arc<Mutex<RoomState>>>>,
     users: Mutex<HashMap<UserId, HashMap<ConnId, Outbox>>>,
+    slow: Mutex<HashMap<(RoomId, UserId), Instant>>,
+    started_ms: i64,
 }
 
 /// Encodes a text frame once, for every subscriber to share.
@@ -113,6 +115,8 @@ impl Hub {
             metrics,
             rooms: RwLock::default(),
             users: Mutex::default(),
+            slow: Mutex::default(),
+            started_ms: crate::now_ms(),
         })
     }
 
@@ -154,6 +158,15 @@ impl Hub {
             }
         }
         self.metrics.ws_connections.dec();
+    }
+
+    /// Local connections of one user.
+    pub fn connections_of(&self, user: UserId) -> usize {
+        self.users
+            .lock()
+            .expect("users lock")
+            .get(&user)
+            .map_or(0, HashMap::len)
     }
 
     pub fn connection_count(&self) -> usize {
@@ -474,50 +487,98 @@ impl Hub {
         }
     }
 
-    // ---- membership control ------------------------------------------------------------
+    // ---- control ----------------------------------------------------------------------
+
+    /// Applies a control event on this pod and sends it to the others.
+    pub fn control(&self, event: ControlEvent) {
+        self.apply_control(&event);
+        self.bus.publish(Envelope {
+            kind: Kind::Control,
+            origin: self.pod,
+            room: RoomId(uuid::Uuid::nil()),
+            seq: 0,
+            except: None,
+            text: Bytes::from(serde_json::to_vec(&event).expect("control serializes")),
+        });
+    }
 
     /// A user lost membership of a room (left, or was kicked): its sockets on every pod forget
     /// the membership; `drop_subscription` also stops them receiving the room.
     pub fn member_removed(
-        self: &Arc<Self>,
+        &self,
         room: RoomId,
         user: UserId,
         kicked: bool,
         drop_subscription: bool,
     ) {
-        let control = ControlEvent::MemberRemoved {
+        self.control(ControlEvent::MemberRemoved {
             room,
             user,
             kicked,
             drop_subscription,
-        };
-        self.apply_control(&control);
-        self.bus.publish(Envelope {
-            kind: Kind::Control,
-            origin: self.pod,
-            room,
-            seq: 0,
-            except: None,
-            text: Bytes::from(serde_json::to_vec(&control).expect("control serializes")),
         });
     }
 
-    fn apply_control(&self, control: &ControlEvent) {
-        match *control {
-            ControlEvent::MemberRemoved {
-                room,
-                user,
-                kicked,
-                drop_subscription,
-            } => {
-                for o in self.outboxes_of(user) {
-                    o.push(Outbound::Removed {
-                        room,
-                        kicked,
-                        drop_subscription,
-                    });
+    fn apply_control(&self, event: &ControlEvent) {
+        match event {
+            ControlEvent::UserBanned { user } => {
+                for o in self.outboxes_of(*user) {
+                    o.close(Close::BANNED);
                 }
             }
+            ControlEvent::RoomChanged { .. } => {
+                let all: Vec<Outbox> = self
+                    .users
+                    .lock()
+                    .expect("users lock")
+                    .values()
+                    .flat_map(|c| c.values().cloned())
+                    .collect();
+                for o in all {
+                    o.push(Outbound::Control(event.clone()));
+                }
+            }
+            ControlEvent::MemberRemoved { user, .. }
+            | ControlEvent::MemberMuted { user, .. }
+            | ControlEvent::UserMuted { user, .. } => {
+                for o in self.outboxes_of(*user) {
+                    o.push(Outbound::Control(event.clone()));
+                }
+            }
+        }
+    }
+
+    // ---- slow mode and stats -----------------------------------------------------------
+
+    /// Records a message under slow mode, or says how long the user must still wait (ms).
+    /// Kept per pod: a user on two pods at once could send twice per interval.
+    pub fn slow_mode(&self, room: RoomId, user: UserId, interval: Duration) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut last = self.slow.lock().expect("slow lock");
+        if let Some(t) = last.get(&(room, user)) {
+            let next = *t + interval;
+            if next > now {
+                return Err((next - now).as_millis().max(1) as u64);
+            }
+        }
+        if last.len() > 100_000 {
+            last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(3600));
+        }
+        last.insert((room, user), now);
+        Ok(())
+    }
+
+    /// Publishes this pod's stats for the admin API on other pods.
+    pub async fn announce(&self) {
+        self.bus.announce(&self.pod_stats()).await;
+    }
+
+    /// This pod's numbers for the admin stats.
+    pub fn pod_stats(&self) -> PodStats {
+        PodStats {
+            id: self.pod,
+            connections: self.connection_count() as u64,
+            started_ms: self.started_ms,
         }
     }
 
@@ -545,7 +606,8 @@ impl Hub {
     }
 }
 
-#[derive(Serialize, serde::Deserialize, Debug)]
+/// Events that change what connections may do; every pod applies them to its sockets.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlEvent {
     MemberRemoved {
@@ -554,4 +616,27 @@ pub enum ControlEvent {
         kicked: bool,
         drop_subscription: bool,
     },
+    MemberMuted {
+        room: RoomId,
+        user: UserId,
+        until: Option<i64>,
+    },
+    UserMuted {
+        user: UserId,
+        until: Option<i64>,
+    },
+    UserBanned {
+        user: UserId,
+    },
+    RoomChanged {
+        room: RoomId,
+    },
+}
+
+/// One pod's line in the admin stats.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct PodStats {
+    pub id: PodId,
+    pub connections: u64,
+    pub started_ms: i64,
 }

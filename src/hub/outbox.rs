@@ -8,6 +8,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::ids::{RoomId, UserId};
+
 use crate::telemetry::Metrics;
 
 pub type ConnId = u64;
@@ -38,6 +39,14 @@ impl Close {
         code: 4001,
         reason: "unauthenticated or token expired",
     };
+    pub const BANNED: Close = Close {
+        code: 4003,
+        reason: "banned",
+    };
+    pub const RATE_ABUSE: Close = Close {
+        code: 4008,
+        reason: "too many messages",
+    };
 }
 
 /// One item of a connection's queue.
@@ -51,12 +60,8 @@ pub enum Outbound {
     },
     /// A frame for this connection only (an ack, an error).
     Direct(Utf8Bytes),
-    /// The user lost membership of `room`.
-    Removed {
-        room: RoomId,
-        kicked: bool,
-        drop_subscription: bool,
-    },
+    /// A moderation or membership change that concerns this connection.
+    Control(super::ControlEvent),
 }
 
 #[derive(Clone)]

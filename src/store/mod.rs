@@ -79,6 +79,20 @@ pub struct UserRecord {
     pub display_name: String,
     pub password_hash: String,
     pub created_at: i64,
+    /// Banned until this time (ms); `i64::MAX` for good. `None`: not banned.
+    pub banned_until: Option<i64>,
+    pub ban_reason: Option<String>,
+    /// Muted everywhere until this time (ms).
+    pub muted_until: Option<i64>,
+}
+
+impl UserRecord {
+    pub fn banned_at(&self, now: i64) -> bool {
+        self.banned_until.is_some_and(|t| t > now)
+    }
+    pub fn muted_at(&self, now: i64) -> bool {
+        self.muted_until.is_some_and(|t| t > now)
+    }
 }
 
 #[derive(sqlx::FromRow, Clone, Debug)]
@@ -93,6 +107,8 @@ pub struct RoomRecord {
     pub archived: bool,
     pub managed_by: Option<String>,
     pub member_count: i64,
+    pub slow_mode_seconds: i64,
+    pub read_only: bool,
 }
 
 #[derive(sqlx::FromRow, Clone, Debug)]
@@ -111,6 +127,7 @@ pub struct MemberRecord {
     pub role: String,
     pub last_read_seq: i64,
     pub last_delivered_seq: i64,
+    pub muted_until: Option<i64>,
 }
 
 #[derive(sqlx::FromRow, Clone, Debug)]
@@ -176,6 +193,23 @@ pub enum Marker {
     Delivered,
 }
 
+/// Changes to a room; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct RoomChanges<'a> {
+    pub topic: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub slow_mode_seconds: Option<i64>,
+    pub read_only: Option<bool>,
+}
+
+/// Totals for the admin stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub users: i64,
+    pub rooms: i64,
+    pub messages: i64,
+}
+
 #[derive(Clone, Debug)]
 pub struct NewRoom {
     pub id: RoomId,
@@ -219,12 +253,7 @@ pub trait Store: Send + Sync + 'static {
     async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomListing>>;
     /// Public rooms `user` does not belong to.
     async fn public_rooms_outside(&self, user: UserId) -> StoreResult<Vec<RoomRecord>>;
-    async fn update_room(
-        &self,
-        id: RoomId,
-        topic: Option<&str>,
-        kind: Option<&str>,
-    ) -> StoreResult<RoomRecord>;
+    async fn update_room(&self, id: RoomId, changes: &RoomChanges<'_>) -> StoreResult<RoomRecord>;
     async fn archive_room(&self, id: RoomId) -> StoreResult<()>;
     /// The direct room between two users, created on first use. True when created now.
     async fn direct_room(&self, a: UserId, b: UserId, now: i64) -> StoreResult<(RoomRecord, bool)>;
@@ -254,6 +283,55 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: i64,
     ) -> StoreResult<Vec<MessageRecord>>;
+    async fn message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>>;
+    /// Replaces a message's body; `None` if there is no such message (or it is deleted).
+    async fn edit_message(
+        &self,
+        room: RoomId,
+        seq: i64,
+        body: &str,
+        now: i64,
+    ) -> StoreResult<Option<MessageRecord>>;
+    /// Empties a message and marks it deleted; it keeps its seq.
+    async fn delete_message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>>;
+    /// Full-text search in one room, best match first.
+    async fn search_room(
+        &self,
+        room: RoomId,
+        query: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRecord>>;
+    /// Full-text search over every room `user` belongs to, best match first.
+    async fn search_rooms_of(
+        &self,
+        user: UserId,
+        query: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRecord>>;
+
+    /// Sets or lifts (`None`) a global ban.
+    async fn set_ban(
+        &self,
+        user: UserId,
+        until: Option<i64>,
+        reason: Option<&str>,
+    ) -> StoreResult<bool>;
+    /// Sets or lifts (`None`) a global mute.
+    async fn set_mute(&self, user: UserId, until: Option<i64>) -> StoreResult<bool>;
+    /// Sets or lifts a mute in one room. False when the user is not a member.
+    async fn set_member_mute(
+        &self,
+        room: RoomId,
+        user: UserId,
+        until: Option<i64>,
+    ) -> StoreResult<bool>;
+    /// Revokes every refresh-token family of a user.
+    async fn revoke_user_tokens(&self, user: UserId) -> StoreResult<()>;
+    /// Users whose username contains `query`, by username.
+    async fn find_users(&self, query: &str, limit: i64) -> StoreResult<Vec<UserRecord>>;
+    async fn all_rooms(&self) -> StoreResult<Vec<RoomRecord>>;
+    async fn totals(&self) -> StoreResult<Totals>;
+
     /// Moves a marker forward (never back). True when it moved.
     async fn move_marker(
         &self,

@@ -14,7 +14,8 @@ macro_rules! room_columns {
     () => {
         "r.id, r.name, r.kind, r.topic, r.created_at, r.created_by, \
      r.last_seq, r.archived, r.managed_by, \
-     (SELECT COUNT(*) FROM members c WHERE c.room_id = r.id) AS member_count"
+     (SELECT COUNT(*) FROM members c WHERE c.room_id = r.id) AS member_count, \
+     r.slow_mode_seconds, r.read_only"
     };
 }
 
@@ -74,7 +75,13 @@ fn is_retryable(e: &StoreError) -> bool {
 }
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $backend:literal, $begin_write:literal) => {
+    (
+        $store:ident, $db:ty, $backend:literal,
+        begin_write: $begin_write:literal,
+        search_query: $search_query:path,
+        search_room: $search_room:expr,
+        search_rooms_of: $search_rooms_of:expr $(,)?
+    ) => {
         impl $store {
             /// A write transaction. SQLite needs `BEGIN IMMEDIATE`: a deferred transaction that
             /// reads and then writes fails with SQLITE_BUSY_SNAPSHOT when another writer got in
@@ -433,19 +440,17 @@ macro_rules! sql_store {
                 .await?)
             }
 
-            async fn update_room(
-                &self,
-                id: RoomId,
-                topic: Option<&str>,
-                kind: Option<&str>,
-            ) -> StoreResult<RoomRecord> {
+            async fn update_room(&self, id: RoomId, c: &RoomChanges<'_>) -> StoreResult<RoomRecord> {
                 sqlx::query(
-                    "UPDATE rooms SET topic = COALESCE($2, topic), kind = COALESCE($3, kind) \
-                     WHERE id = $1",
+                    "UPDATE rooms SET topic = COALESCE($2, topic), kind = COALESCE($3, kind), \
+                     slow_mode_seconds = COALESCE($4, slow_mode_seconds), \
+                     read_only = COALESCE($5, read_only) WHERE id = $1",
                 )
                 .bind(id)
-                .bind(topic)
-                .bind(kind)
+                .bind(c.topic)
+                .bind(c.kind)
+                .bind(c.slow_mode_seconds)
+                .bind(c.read_only)
                 .execute(&self.pool)
                 .await?;
                 self.room(id).await?.ok_or(StoreError::NotFound)
@@ -505,7 +510,7 @@ macro_rules! sql_store {
 
             async fn member(&self, room: RoomId, user: UserId) -> StoreResult<Option<MemberRecord>> {
                 Ok(sqlx::query_as(
-                    "SELECT room_id, user_id, role, last_read_seq, last_delivered_seq \
+                    "SELECT room_id, user_id, role, last_read_seq, last_delivered_seq, muted_until \
                      FROM members WHERE room_id = $1 AND user_id = $2",
                 )
                 .bind(room)
@@ -596,6 +601,137 @@ macro_rules! sql_store {
                 .await?)
             }
 
+            async fn message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                     WHERE m.room_id = $1 AND m.seq = $2"
+                ))
+                .bind(room)
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn edit_message(
+                &self,
+                room: RoomId,
+                seq: i64,
+                body: &str,
+                now: i64,
+            ) -> StoreResult<Option<MessageRecord>> {
+                let done = sqlx::query(
+                    "UPDATE messages SET body = $3, edited_at = $4 \
+                     WHERE room_id = $1 AND seq = $2 AND deleted = FALSE",
+                )
+                .bind(room)
+                .bind(seq)
+                .bind(body)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                self.message(room, seq).await
+            }
+
+            async fn delete_message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>> {
+                let done = sqlx::query(
+                    "UPDATE messages SET body = '', deleted = TRUE \
+                     WHERE room_id = $1 AND seq = $2 AND deleted = FALSE",
+                )
+                .bind(room)
+                .bind(seq)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                self.message(room, seq).await
+            }
+
+            async fn search_room(&self, room: RoomId, query: &str, limit: i64) -> StoreResult<Vec<MessageRecord>> {
+                Ok(sqlx::query_as($search_room)
+                    .bind($search_query(query))
+                    .bind(room)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn search_rooms_of(&self, user: UserId, query: &str, limit: i64) -> StoreResult<Vec<MessageRecord>> {
+                Ok(sqlx::query_as($search_rooms_of)
+                    .bind($search_query(query))
+                    .bind(user)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn set_ban(&self, user: UserId, until: Option<i64>, reason: Option<&str>) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE users SET banned_until = $2, ban_reason = $3 WHERE id = $1")
+                    .bind(user)
+                    .bind(until)
+                    .bind(reason)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn set_mute(&self, user: UserId, until: Option<i64>) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE users SET muted_until = $2 WHERE id = $1")
+                    .bind(user)
+                    .bind(until)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn set_member_mute(&self, room: RoomId, user: UserId, until: Option<i64>) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE members SET muted_until = $3 WHERE room_id = $1 AND user_id = $2")
+                    .bind(room)
+                    .bind(user)
+                    .bind(until)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn revoke_user_tokens(&self, user: UserId) -> StoreResult<()> {
+                sqlx::query("UPDATE token_families SET revoked = TRUE WHERE user_id = $1")
+                    .bind(user)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn find_users(&self, query: &str, limit: i64) -> StoreResult<Vec<UserRecord>> {
+                let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+                Ok(sqlx::query_as(
+                    "SELECT * FROM users WHERE username LIKE $1 ESCAPE '\\' ORDER BY username LIMIT $2",
+                )
+                .bind(pattern)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn all_rooms(&self) -> StoreResult<Vec<RoomRecord>> {
+                Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r ORDER BY r.name"))
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn totals(&self) -> StoreResult<Totals> {
+                let (users, rooms, messages): (i64, i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM rooms), \
+                     (SELECT COUNT(*) FROM messages)",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(Totals { users, rooms, messages })
+            }
+
             async fn move_marker(
                 &self,
                 room: RoomId,
@@ -627,5 +763,51 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(PgStore, Postgres, "postgres", "BEGIN");
-sql_store!(SqliteStore, Sqlite, "sqlite", "BEGIN IMMEDIATE");
+/// PostgreSQL parses free text itself (`plainto_tsquery`).
+fn plain_text(q: &str) -> String {
+    q.to_string()
+}
+
+/// FTS5 has a query language; quoting every word makes user input plain words (all required).
+fn fts5_words(q: &str) -> String {
+    q.split_whitespace()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+sql_store!(
+    PgStore, Postgres, "postgres",
+    begin_write: "BEGIN",
+    search_query: plain_text,
+    search_room: concat!(
+        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+         WHERE m.search @@ plainto_tsquery('simple', $1) AND m.room_id = $2 AND m.deleted = FALSE \
+         ORDER BY ts_rank(m.search, plainto_tsquery('simple', $1)) DESC, m.seq DESC LIMIT $3"
+    ),
+    search_rooms_of: concat!(
+        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+         WHERE m.search @@ plainto_tsquery('simple', $1) AND m.deleted = FALSE \
+         AND m.room_id IN (SELECT room_id FROM members WHERE user_id = $2) \
+         ORDER BY ts_rank(m.search, plainto_tsquery('simple', $1)) DESC, m.created_at DESC LIMIT $3"
+    ),
+);
+
+sql_store!(
+    SqliteStore, Sqlite, "sqlite",
+    begin_write: "BEGIN IMMEDIATE",
+    search_query: fts5_words,
+    search_room: concat!(
+        "SELECT ", message_columns!(), " FROM messages_fts f \
+         JOIN messages m ON m.rowid = f.rowid JOIN users u ON u.id = m.user_id \
+         WHERE messages_fts MATCH $1 AND m.room_id = $2 AND m.deleted = FALSE \
+         ORDER BY bm25(messages_fts), m.seq DESC LIMIT $3"
+    ),
+    search_rooms_of: concat!(
+        "SELECT ", message_columns!(), " FROM messages_fts f \
+         JOIN messages m ON m.rowid = f.rowid JOIN users u ON u.id = m.user_id \
+         WHERE messages_fts MATCH $1 AND m.deleted = FALSE \
+         AND m.room_id IN (SELECT room_id FROM members WHERE user_id = $2) \
+         ORDER BY bm25(messages_fts), m.created_at DESC LIMIT $3"
+    ),
+);

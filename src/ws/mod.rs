@@ -6,7 +6,8 @@
 
 pub mod frame;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -18,12 +19,17 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
 use crate::commit::{Pending, Reply, error_frame};
 use crate::error::{ApiError, ApiResult};
-use crate::http::messages::{check_message, move_marker, receipt_frame};
+use crate::http::messages::{
+    check_message, delete_message, edit_message, move_marker, receipt_frame,
+};
 use crate::http::{ApiQuery, AppState};
-use crate::hub::{Close, Outbound, Outbox, frame, message_frame};
+use crate::hub::{Close, ControlEvent, Outbound, Outbox, frame, message_frame};
 use crate::ids::{MessageId, RoomId};
+use crate::moderation::SendRules;
 use crate::store::{Marker, NewMessage, UserRecord};
 use frame::ClientFrame;
 
@@ -35,6 +41,9 @@ pub const TYPING_TTL: Duration = Duration::from_secs(6);
 pub const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
 /// Beyond this many missed messages a resume is not replayed (`recovered: false`).
 pub const MAX_REPLAY: i64 = 1000;
+/// Rate-limited frames within [`ABUSE_WINDOW`] that close the socket with 4008.
+pub const ABUSE_LIMIT: usize = 30;
+pub const ABUSE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -61,6 +70,9 @@ pub async fn upgrade(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim().to_string());
+    if let Err(e) = check_origin(&state, &headers) {
+        return e.into_response();
+    }
     let authenticated = match header_token.or(q.token) {
         Some(token) => match state.authenticate(&token).await {
             Ok((user, claims)) => Some((user, claims.exp)),
@@ -68,11 +80,54 @@ pub async fn upgrade(
         },
         None => None,
     };
+    if let Some((user, _)) = &authenticated
+        && state.hub.connections_of(user.id) >= state.config.max_connections_per_user
+    {
+        return ApiError::RateLimited {
+            message: format!(
+                "at most {} connections per user; close one first",
+                state.config.max_connections_per_user
+            ),
+            retry_after_ms: 5_000,
+        }
+        .into_response();
+    }
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .read_buffer_size(4096)
         .write_buffer_size(4096)
         .on_upgrade(move |socket| run(state, socket, authenticated))
+}
+
+/// Browsers send `Origin`; a page on another site must not open sockets with a user's token
+/// (cross-site WebSocket hijacking). Same-origin and listed origins pass; `*` lets any through.
+/// Clients that send no `Origin` (apps, bots) are not browsers and pass.
+fn check_origin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(origin) = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let allowed = &state.config.allowed_origins;
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return Ok(());
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    if host.is_some() && origin_host.is_some_and(|o| Some(o) == host) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "origin {origin} is not allowed to open WebSockets here"
+    )))
 }
 
 fn too_big(e: &axum::Error) -> bool {
@@ -157,15 +212,21 @@ async fn run(state: AppState, socket: WebSocket, authenticated: Option<(UserReco
     let (outbox, rx, close_rx) =
         Outbox::new(user.id, state.config.outbound_queue, state.metrics.clone());
     state.hub.register(&outbox);
+    let quota =
+        Quota::per_second(NonZeroU32::new(state.config.messages_per_second).expect("validated"))
+            .allow_burst(NonZeroU32::new(state.config.message_burst).expect("validated"));
     let mut conn = Connection {
         state: state.clone(),
+        muted_until: user.muted_until,
         user,
         token_exp,
         outbox,
         subs: HashMap::new(),
-        members: HashSet::new(),
+        rules: HashMap::new(),
         typing: HashMap::new(),
         receipts: HashMap::new(),
+        limiter: RateLimiter::direct(quota),
+        limited: VecDeque::new(),
     };
     tracing::debug!(conn = conn.outbox.conn, user = %conn.user.id, "connection open");
     let reason = conn.serve(&mut sink, &mut stream, rx, close_rx).await;
@@ -186,10 +247,16 @@ pub struct Connection {
     outbox: Outbox,
     /// Subscribed rooms and the last message seq this socket was sent in each.
     subs: HashMap<RoomId, i64>,
-    /// Rooms whose membership was checked, so sending needs no query per message.
-    members: HashSet<RoomId>,
+    /// Send rules of rooms whose membership was checked, so sending needs no query per
+    /// message; control events keep them current.
+    rules: HashMap<RoomId, SendRules>,
+    /// The user's global mute, kept current by control events.
+    muted_until: Option<i64>,
     typing: HashMap<RoomId, Instant>,
     receipts: HashMap<(RoomId, bool), Throttle>,
+    limiter: DefaultDirectRateLimiter,
+    /// When recent frames were refused by the rate limit (abuse detection).
+    limited: VecDeque<Instant>,
 }
 
 impl Connection {
@@ -315,27 +382,54 @@ impl Connection {
                 }
                 text
             }
-            Outbound::Removed {
+            Outbound::Control(event) => match self.apply_control(event).await {
+                Some(text) => text,
+                None => return Ok(()),
+            },
+        };
+        sink.feed(WsMessage::Text(text)).await.map_err(|_| ())
+    }
+
+    /// Applies a control event to this connection; returns the frame to tell the client, if any.
+    async fn apply_control(&mut self, event: ControlEvent) -> Option<Utf8Bytes> {
+        match event {
+            ControlEvent::MemberRemoved {
                 room,
                 kicked,
                 drop_subscription,
+                ..
             } => {
-                self.members.remove(&room);
+                self.rules.remove(&room);
                 self.typing.remove(&room);
                 let was_subscribed = drop_subscription && self.subs.remove(&room).is_some();
                 if was_subscribed {
                     self.state.hub.unsubscribe(room, &self.outbox).await;
                 }
                 if kicked {
-                    frame(&json!({"type": "kicked", "room": room}))
+                    Some(frame(&json!({"type": "kicked", "room": room})))
                 } else if was_subscribed {
-                    frame(&json!({"type": "unsubscribed", "room": room}))
+                    Some(frame(&json!({"type": "unsubscribed", "room": room})))
                 } else {
-                    return Ok(());
+                    None
                 }
             }
-        };
-        sink.feed(WsMessage::Text(text)).await.map_err(|_| ())
+            ControlEvent::MemberMuted { room, until, .. } => {
+                if let Some(r) = self.rules.get_mut(&room) {
+                    r.member_muted_until = until;
+                }
+                None
+            }
+            ControlEvent::UserMuted { until, .. } => {
+                self.muted_until = until;
+                None
+            }
+            ControlEvent::RoomChanged { room } => {
+                // Settings changed (read-only, slow mode, archived): read them again when needed.
+                self.rules.remove(&room);
+                None
+            }
+            ControlEvent::UserBanned { .. } => None, // the hub closes banned sockets itself
+        }
     }
 
     async fn reply(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<Option<Close>, ()> {
@@ -379,15 +473,30 @@ impl Connection {
                 attachments,
             } => {
                 let reference = client_id.clone().unwrap_or_else(|| room.to_string());
+                if let Err(e) = self.rate_limit() {
+                    if self.abusive() {
+                        return Ok(Some(Close::RATE_ABUSE));
+                    }
+                    return self.reply(sink, error_frame(&e, Some(&reference))).await;
+                }
                 self.send_message(room, body, client_id, reply_to, attachments)
                     .await
                     .map(|_| None)
                     .map_err(|e| (e, Some(reference)))
             }
-            ClientFrame::Edit { room, .. } | ClientFrame::Delete { room, .. } => Err((
-                ApiError::bad_request("edit and delete are not available on this server yet"),
-                Some(room.to_string()),
-            )),
+            ClientFrame::Edit { room, seq, body } => {
+                edit_message(&self.state, &self.user, room, seq, &body)
+                    .await
+                    .map(|_| None)
+                    .map_err(|e| (e, Some(room.to_string())))
+            }
+            ClientFrame::Delete { room, seq } => {
+                let is_admin = self.state.is_admin(&self.user.username);
+                delete_message(&self.state, &self.user, is_admin, room, seq)
+                    .await
+                    .map(|_| None)
+                    .map_err(|e| (e, Some(room.to_string())))
+            }
             ClientFrame::Typing { room, active } => self
                 .typing(room, active)
                 .await
@@ -420,15 +529,49 @@ impl Connection {
         Ok(())
     }
 
+    /// Takes one message from the connection's allowance.
+    fn rate_limit(&mut self) -> ApiResult<()> {
+        let clock = governor::clock::DefaultClock::default();
+        self.limiter.check().map_err(|not_until| {
+            self.limited.push_back(Instant::now());
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
+            ApiError::RateLimited {
+                message: "too many messages; slow down".into(),
+                retry_after_ms: wait.as_millis().max(1) as u64,
+            }
+        })
+    }
+
+    /// True when refusals keep coming: the client ignores `retry_after_ms`.
+    fn abusive(&mut self) -> bool {
+        let now = Instant::now();
+        while self
+            .limited
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > ABUSE_WINDOW)
+        {
+            self.limited.pop_front();
+        }
+        self.limited.len() >= ABUSE_LIMIT
+    }
+
     async fn subscribe(
         &mut self,
         room: RoomId,
         since: Option<i64>,
         sink: &mut Sink,
     ) -> Result<(), SubscribeError> {
+        if !self.subs.contains_key(&room) && self.subs.len() >= self.state.config.max_subscriptions
+        {
+            return Err(ApiError::forbidden(format!(
+                "at most {} subscriptions per connection; unsubscribe first",
+                self.state.config.max_subscriptions
+            ))
+            .into());
+        }
         let (r, member) = self.state.readable_room(room, self.user.id).await?;
-        if member.is_some() && !r.archived {
-            self.members.insert(room);
+        if let Some(m) = &member {
+            self.rules.insert(room, SendRules::new(&r, m));
         }
         let cursor = match self.subs.get(&room) {
             Some(&c) => c,
@@ -488,13 +631,18 @@ impl Connection {
 
     /// Membership for sending, checked once per room and then kept until a control event
     /// says otherwise.
-    async fn ensure_member(&mut self, room: RoomId) -> ApiResult<()> {
-        if self.members.contains(&room) {
-            return Ok(());
-        }
-        self.state.writable_room(room, self.user.id).await?;
-        self.members.insert(room);
-        Ok(())
+    async fn ensure_member(&mut self, room: RoomId) -> ApiResult<SendRules> {
+        let rules = match self.rules.get(&room) {
+            Some(r) => r.clone(),
+            None => {
+                let (r, m) = self.state.readable_room(room, self.user.id).await?;
+                let m = m.ok_or_else(|| ApiError::forbidden("join the room first"))?;
+                let rules = SendRules::new(&r, &m);
+                self.rules.insert(room, rules.clone());
+                rules
+            }
+        };
+        Ok(rules)
     }
 
     async fn send_message(
@@ -511,7 +659,17 @@ impl Connection {
                 "attachments are not available on this server yet",
             ));
         }
-        self.ensure_member(room).await?;
+        let rules = self.ensure_member(room).await?;
+        rules.check(self.muted_until, crate::now_ms())?;
+        if let Some(interval) = rules.slow_mode() {
+            self.state
+                .hub
+                .slow_mode(room, self.user.id, interval)
+                .map_err(|ms| ApiError::SlowMode {
+                    message: format!("slow mode: one message every {} s", interval.as_secs()),
+                    retry_after_ms: ms,
+                })?;
+        }
         self.state.metrics.messages_received.inc();
         // A message ends the sender's typing indicator.
         if self.typing.remove(&room).is_some() {

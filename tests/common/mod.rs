@@ -36,6 +36,19 @@ pub fn embedded() -> (Config, tempfile::TempDir) {
     (Config::for_tests(dir.path().to_path_buf()), dir)
 }
 
+/// Lifts the per-connection message limit, for tests that send as fast as they can.
+pub fn unlimited(mut c: Config) -> Config {
+    c.messages_per_second = 1_000_000;
+    c.message_burst = 1_000_000;
+    c
+}
+
+/// An embedded-shape server without the per-connection message limit.
+pub async fn flood_server() -> Server {
+    let (config, dir) = embedded();
+    Server::start_with(unlimited(config), Some(dir)).await
+}
+
 /// A cluster-shape configuration: PostgreSQL and Redis.
 pub fn cluster(pg: &Postgres, redis: &Redis) -> Config {
     let mut c = Config::for_tests(PathBuf::from("/nonexistent-unused"));
