@@ -147,7 +147,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         axum::Json::<T>::from_request(req, state)
             .await
             .map(|j| ApiJson(j.0))
-            .map_err(|r| ApiError::bad_request(r.body_text()))
+            .map_err(|r| match r.status() {
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(r.body_text()),
+                _ => ApiError::bad_request(r.body_text()),
+            })
     }
 }
 

@@ -1,0 +1,514 @@
+//! Edits, deletes, search, moderation and administration, over real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ws::{Closed, WAIT};
+use common::{Server, embedded};
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn with_admin() -> Server {
+    let (mut config, dir) = embedded();
+    config.admins = vec!["root".into()];
+    Server::start_with(config, Some(dir)).await
+}
+
+#[tokio::test]
+async fn edits_and_deletes_reach_subscribers_and_keep_seq() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut a = alice.subscribed(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    a.say(&room, "helo", "c1").await;
+    a.expect("ack").await;
+    b.expect("message").await;
+
+    // Over the socket: only the author may edit.
+    b.send(json!({"type": "edit", "room": room, "seq": 1, "body": "mine now"}))
+        .await;
+    assert_eq!(b.expect("error").await["code"], "forbidden");
+    a.send(json!({"type": "edit", "room": room, "seq": 1, "body": "hello"}))
+        .await;
+    let edited = b.expect("message_edited").await;
+    assert_eq!(
+        (edited["seq"].as_i64(), edited["body"].as_str()),
+        (Some(1), Some("hello"))
+    );
+    assert!(edited["edited_at"].is_string());
+
+    // Over REST: the author deletes; subscribers learn; the seq stays with an empty body.
+    alice.post_message(&room, "second").await;
+    b.expect("message").await;
+    let (st, _) = bob
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/messages/2"))
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "a member cannot delete another's message"
+    );
+    let (st, _) = alice
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/messages/2"))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let d = b.expect("message_deleted").await;
+    assert_eq!(
+        (d["room"].as_str(), d["seq"].as_i64()),
+        (Some(room.as_str()), Some(2))
+    );
+    assert!(d["id"].is_string());
+    let (_, h) = bob.api.get(&format!("/api/v1/rooms/{room}/messages")).await;
+    let m = &h["messages"][1];
+    assert_eq!(
+        (
+            m["seq"].as_i64(),
+            m["body"].as_str(),
+            m["deleted"].as_bool()
+        ),
+        (Some(2), Some(""), Some(true))
+    );
+    let (st, _) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}/messages/2"),
+            json!({"body": "undead"}),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "a deleted message cannot be edited"
+    );
+    let (st, m) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}/messages/1"),
+            json!({"body": "hello!"}),
+        )
+        .await;
+    assert_eq!((st, m["body"].as_str()), (StatusCode::OK, Some("hello!")));
+    let (st, _) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}/messages/99"),
+            json!({"body": "x"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // The owner (a moderator) may delete anyone's message.
+    bob.post_message(&room, "spam").await;
+    let (st, _) = alice
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/messages/3"))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn search_finds_words_in_readable_rooms_only_and_follows_edits() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let public = alice.create_room("general", "public").await;
+    let secret = alice.create_room("secret", "private").await;
+    alice.post_message(&public, "the launch is on friday").await;
+    alice.post_message(&public, "lunch at noon").await;
+    alice.post_message(&secret, "the launch code is 1234").await;
+    let bodies = |v: &serde_json::Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["body"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (st, r) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{public}/search?q=launch"))
+        .await;
+    assert_eq!(
+        (st, bodies(&r)),
+        (StatusCode::OK, vec!["the launch is on friday".to_string()])
+    );
+    let (_, all) = alice.api.get("/api/v1/search?q=launch").await;
+    assert_eq!(bodies(&all).len(), 2, "{all}");
+    // Bob is in neither room: the global search shows him nothing, the private room is 404.
+    let (_, none) = bob.api.get("/api/v1/search?q=launch").await;
+    assert!(bodies(&none).is_empty());
+    let (st, _) = bob
+        .api
+        .get(&format!("/api/v1/rooms/{secret}/search?q=launch"))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // Public rooms are readable, so searchable.
+    let (_, r) = bob
+        .api
+        .get(&format!("/api/v1/rooms/{public}/search?q=friday"))
+        .await;
+    assert_eq!(bodies(&r).len(), 1);
+    // Edits and deletes keep the index current; query syntax is plain words.
+    alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{public}/messages/1"),
+            json!({"body": "the party is on friday"}),
+        )
+        .await;
+    let (_, r) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{public}/search?q=launch"))
+        .await;
+    assert!(bodies(&r).is_empty());
+    alice
+        .api
+        .delete(&format!("/api/v1/rooms/{public}/messages/2"))
+        .await;
+    let (_, r) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{public}/search?q=lunch"))
+        .await;
+    assert!(bodies(&r).is_empty());
+    let (st, _) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{public}/search?q=\"AND%20OR(*"))
+        .await;
+    assert_eq!(st, StatusCode::OK, "operators are words, not syntax errors");
+    let (st, _) = alice.api.get("/api/v1/search?q=").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn room_mutes_block_sending_until_lifted_or_expired() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    b.say(&room, "before", "c0").await;
+    b.expect_skipping("ack").await;
+
+    let (st, _) = bob
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/members/{}/mute", alice.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "members cannot mute");
+    let (st, _) = alice
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/members/{}/mute", bob.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    // The open socket learns at once (no reconnect), and REST agrees.
+    b.say(&room, "muted?", "c1").await;
+    let e = b.expect_skipping("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("muted"), Some("c1"))
+    );
+    let (st, body) = bob
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/messages"),
+            json!({"body": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("muted"))
+    );
+    // Muted users still read.
+    alice.post_message(&room, "you can read this").await;
+    assert_eq!(
+        b.expect_skipping("message").await["body"],
+        "you can read this"
+    );
+    // Lifted.
+    let (st, _) = alice
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/members/{}/mute", bob.id))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    b.say(&room, "free", "c2").await;
+    b.expect_skipping("ack").await;
+    // A timed mute ends by itself.
+    alice
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/members/{}/mute", bob.id),
+            json!({"duration_seconds": 1}),
+        )
+        .await;
+    b.say(&room, "now?", "c3").await;
+    assert_eq!(b.expect_skipping("error").await["code"], "muted");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    b.say(&room, "now!", "c4").await;
+    b.expect_skipping("ack").await;
+}
+
+#[tokio::test]
+async fn slow_mode_and_read_only_rooms() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    let (st, r) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}"),
+            json!({"slow_mode_seconds": 2}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["slow_mode_seconds"].as_i64()),
+        (StatusCode::OK, Some(2))
+    );
+    assert_eq!(
+        b.expect_skipping("room_updated").await["slow_mode_seconds"],
+        2
+    );
+    b.say(&room, "one", "c1").await;
+    b.expect_skipping("ack").await;
+    b.say(&room, "two", "c2").await;
+    let e = b.expect_skipping("error").await;
+    assert_eq!(e["code"], "slow_mode");
+    assert!(e["retry_after_ms"].as_u64().unwrap() > 0);
+    // The owner is not slowed.
+    alice.post_message(&room, "a").await;
+    alice.post_message(&room, "b").await;
+
+    let (st, _) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}"),
+            json!({"slow_mode_seconds": 0, "read_only": true}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    b.expect_skipping("room_updated").await;
+    b.say(&room, "may I?", "c3").await;
+    let e = b.expect_skipping("error").await;
+    assert_eq!(e["code"], "forbidden");
+    alice.post_message(&room, "announcement").await;
+    let (st, _) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}"),
+            json!({"slow_mode_seconds": -1}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_ban_closes_every_socket_with_4003_and_locks_the_user_out() {
+    let s = with_admin().await;
+    let root = s.user("root").await;
+    let bob = s.user("bob").await;
+    let room = root.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut b1 = bob.subscribed(&room).await;
+    let mut b2 = bob.connect().await;
+    let started = std::time::Instant::now();
+    let (st, _) = root
+        .api
+        .post(
+            &format!("/api/v1/admin/users/{}/ban", bob.id),
+            json!({"reason": "spam", "duration_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(b1.expect_close(WAIT).await, Closed::Code(4003));
+    assert_eq!(b2.expect_close(WAIT).await, Closed::Code(4003));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed within a second"
+    );
+    // No login, no refresh, no use of a token still in hand, no new socket.
+    let (st, body) = s
+        .api()
+        .post(
+            "/api/v1/auth/login",
+            json!({"username": "bob", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    let (st, _) = s
+        .api()
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": bob.refresh}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = bob.api.get("/api/v1/users/me").await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert!(common::Ws::connect(s.addr, Some(&bob.token)).await.is_err());
+    // The admin list shows it; unbanning restores login.
+    let (_, users) = root.api.get("/api/v1/admin/users?q=bo").await;
+    let u = &users["users"][0];
+    assert_eq!(
+        (
+            u["username"].as_str(),
+            u["banned"].as_bool(),
+            u["ban_reason"].as_str()
+        ),
+        (Some("bob"), Some(true), Some("spam"))
+    );
+    let (st, _) = root
+        .api
+        .delete(&format!("/api/v1/admin/users/{}/ban", bob.id))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    s.login("bob").await;
+}
+
+#[tokio::test]
+async fn a_global_mute_reaches_open_sockets() {
+    let s = with_admin().await;
+    let root = s.user("root").await;
+    let bob = s.user("bob").await;
+    let room = root.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    let (st, _) = root
+        .api
+        .post(&format!("/api/v1/admin/users/{}/mute", bob.id), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    b.say(&room, "hello?", "c1").await;
+    assert_eq!(b.expect("error").await["code"], "muted");
+    let (_, users) = root.api.get("/api/v1/admin/users").await;
+    let entry = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "bob")
+        .unwrap()
+        .clone();
+    assert_eq!(entry["muted"], true);
+    root.api
+        .delete(&format!("/api/v1/admin/users/{}/mute", bob.id))
+        .await;
+    b.say(&room, "hello!", "c2").await;
+    b.expect("ack").await;
+}
+
+#[tokio::test]
+async fn admin_endpoints_list_rooms_and_stats() {
+    let s = with_admin().await;
+    let root = s.user("root").await;
+    let alice = s.user("alice").await;
+    alice.create_room("hidden", "private").await;
+    let _socket = alice.connect().await;
+    let (st, rooms) = root.api.get("/api/v1/admin/rooms").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        rooms["rooms"][0]["name"], "hidden",
+        "admins see private rooms too"
+    );
+    alice
+        .post_message(rooms["rooms"][0]["id"].as_str().unwrap(), "x")
+        .await;
+    let (st, stats) = root.api.get("/api/v1/admin/stats").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        (
+            stats["users"].as_i64(),
+            stats["rooms"].as_i64(),
+            stats["messages"].as_i64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    let pods = stats["pods"].as_array().unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["connections"], 1);
+    assert!(pods[0]["uptime_seconds"].is_u64() && pods[0]["id"].is_string());
+    for path in [
+        "/api/v1/admin/users",
+        "/api/v1/admin/rooms",
+        "/api/v1/admin/stats",
+    ] {
+        let (st, _) = alice.api.get(path).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_message_rate_limit_answers_then_closes_4008() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let mut a = alice.subscribed(&room).await;
+    for i in 0..21 {
+        a.say(&room, "x", &format!("c{i}")).await;
+    }
+    let e = a.expect_skipping("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("rate_limited"), Some("c20"))
+    );
+    assert!(e["retry_after_ms"].as_u64().unwrap() > 0);
+    // Ignoring the hint for long enough closes the socket.
+    for i in 0..40 {
+        a.say(&room, "x", &format!("d{i}")).await;
+    }
+    let mut code = None;
+    for _ in 0..200 {
+        match tokio::time::timeout(WAIT, futures::StreamExt::next(&mut a.inner)).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
+                code = Some(u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    assert_eq!(code, Some(4008));
+}
+
+#[tokio::test]
+async fn http_rate_limits_answer_429_with_retry_after() {
+    let (mut config, dir) = embedded();
+    config.auth_rate_per_minute = 1;
+    config.auth_burst = 3;
+    let s = Server::start_with(config, Some(dir)).await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = client
+            .post(s.url("/api/v1/auth/login"))
+            .json(&json!({"username": "nobody", "password": "whatever1"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers().get("retry-after").is_some());
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(statuses[..3], [StatusCode::UNAUTHORIZED; 3]);
+    assert_eq!(statuses[3..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+    // Other endpoints have their own, wider allowance.
+    let (st, _) = s.api().get("/healthz").await;
+    assert_eq!(st, StatusCode::OK);
+}
