@@ -19,8 +19,13 @@ struct Cluster {
 async fn two_pods() -> Cluster {
     let pg = Postgres::start();
     let redis = Redis::start();
-    let a = Server::start(common::unlimited(cluster(&pg, &redis))).await;
-    let b = Server::start(common::unlimited(cluster(&pg, &redis))).await;
+    let config = || {
+        let mut c = common::unlimited(cluster(&pg, &redis));
+        c.admins = vec!["root".into()];
+        c
+    };
+    let a = Server::start(config()).await;
+    let b = Server::start(config()).await;
     Cluster {
         a,
         b,
@@ -260,5 +265,88 @@ async fn messages_committed_while_redis_was_down_are_filled_from_the_store() {
     assert!(
         fills >= 1.0,
         "m2 and m3 should have come from the store: {fills}"
+    );
+}
+
+#[tokio::test]
+async fn a_ban_on_one_pod_closes_sockets_on_the_other_within_a_second() {
+    let c = two_pods().await;
+    let root = c.a.user("root").await;
+    c.b.user("bob").await;
+    let bob = c.b.login("bob").await;
+    let mut on_b = bob.connect().await;
+    let started = std::time::Instant::now();
+    let (st, _) = root
+        .api
+        .post(&format!("/api/v1/admin/users/{}/ban", bob.id), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        on_b.expect_close(Duration::from_secs(2)).await,
+        common::ws::Closed::Code(4003)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn mutes_and_room_settings_on_one_pod_hold_on_the_other() {
+    let c = two_pods().await;
+    let root = c.a.user("root").await;
+    c.b.user("bob").await;
+    let bob = c.b.login("bob").await;
+    let room = root.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    b.say(&room, "hi", "c1").await;
+    b.expect_skipping("ack").await;
+    root.api
+        .post(&format!("/api/v1/admin/users/{}/mute", bob.id), json!({}))
+        .await;
+    let b_ref = &mut b;
+    // The control event crosses through Redis; the socket on pod b refuses from then on.
+    let mut muted = false;
+    for i in 0..20 {
+        b_ref.say(&room, "x", &format!("m{i}")).await;
+        let f = b_ref.expect_skipping_any(&["ack", "error"]).await;
+        if f["type"] == "error" {
+            assert_eq!(f["code"], "muted");
+            muted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(muted, "the global mute never reached pod b");
+    root.api
+        .delete(&format!("/api/v1/admin/users/{}/mute", bob.id))
+        .await;
+    root.api
+        .patch(&format!("/api/v1/rooms/{room}"), json!({"read_only": true}))
+        .await;
+    assert_eq!(b.expect_skipping("room_updated").await["read_only"], true);
+    b.say(&room, "read only?", "r1").await;
+    assert_eq!(b.expect_skipping("error").await["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn admin_stats_list_every_live_pod() {
+    let c = two_pods().await;
+    let root = c.a.user("root").await;
+    let _socket = root.connect().await;
+    let a = &c.a;
+    let token = root.token.clone();
+    assert!(
+        eventually(Duration::from_secs(12), || {
+            let token = token.clone();
+            async move {
+                let (_, stats) = a.api().with_token(&token).get("/api/v1/admin/stats").await;
+                stats["pods"].as_array().is_some_and(|p| p.len() == 2)
+            }
+        })
+        .await,
+        "both pods should be listed"
     );
 }

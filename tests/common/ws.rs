@@ -107,6 +107,19 @@ impl Ws {
         }
     }
 
+    /// Reads until a frame of one of `kinds` arrives, whatever comes first.
+    pub async fn expect_skipping_any(&mut self, kinds: &[&str]) -> Value {
+        loop {
+            let v = self
+                .next(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no {kinds:?} frame"));
+            if kinds.iter().any(|k| v["type"] == *k) {
+                return v;
+            }
+        }
+    }
+
     /// Asserts that no frame of `kind` arrives within `within`.
     pub async fn expect_none(&mut self, kind: &str, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
