@@ -129,6 +129,15 @@ pub struct Config {
     )]
     pub ws_auth_timeout_ms: u64,
 
+    /// Where attachment bytes go: `s3://bucket/prefix` (credentials, region and endpoint from
+    /// the usual AWS_* variables) or `file:///path`. Unset: a folder in the data dir.
+    #[arg(long, env = "CONFAB_ATTACHMENTS_URL", global = true)]
+    pub attachments_url: Option<String>,
+
+    /// Largest attachment, in bytes.
+    #[arg(long, env = "CONFAB_MAX_ATTACHMENT_BYTES", default_value_t = 10 * 1024 * 1024, global = true)]
+    pub max_attachment_bytes: u64,
+
     /// Messages per second one connection may send (sustained); see --message-burst.
     #[arg(
         long,

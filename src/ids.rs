@@ -44,4 +44,4 @@ macro_rules! id_type {
     )*};
 }
 
-id_type!(UserId, RoomId, MessageId, FamilyId, PodId);
+id_type!(UserId, RoomId, MessageId, FamilyId, PodId, AttachmentId);

@@ -3,8 +3,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::ids::{MessageId, RoomId, UserId};
-use crate::store::{MessageRecord, RoomRecord, UserRecord};
+use crate::ids::{AttachmentId, MessageId, RoomId, UserId};
+use crate::store::{AttachmentRecord, MessageRecord, RoomRecord, UserRecord};
 
 /// RFC 3339 UTC with milliseconds, as every time in the protocol.
 pub fn rfc3339(ms: i64) -> String {
@@ -80,9 +80,9 @@ impl From<&RoomRecord> for Room {
     }
 }
 
-#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
+#[derive(Serialize, serde::Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct Attachment {
-    pub id: String,
+    pub id: AttachmentId,
     pub room: RoomId,
     pub filename: String,
     pub content_type: String,
@@ -124,7 +124,10 @@ impl From<&MessageRecord> for Message {
             deleted: m.deleted,
             client_id: m.client_id.clone(),
             reply_to: m.reply_to,
-            attachments: Vec::new(),
+            attachments: match (&m.attachments, m.deleted) {
+                (Some(json), false) => serde_json::from_str(json).unwrap_or_default(),
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -144,4 +147,17 @@ pub struct Tokens {
     pub refresh_token: String,
     pub token_type: &'static str,
     pub expires_in: u64,
+}
+
+impl From<&AttachmentRecord> for Attachment {
+    fn from(a: &AttachmentRecord) -> Self {
+        Attachment {
+            id: a.id,
+            room: a.room_id,
+            filename: a.filename.clone(),
+            content_type: a.content_type.clone(),
+            size: a.size,
+            url: format!("/api/v1/attachments/{}", a.id),
+        }
+    }
 }

@@ -104,6 +104,10 @@ async fn build(
             }
         });
     }
+    let blobs = Arc::new(crate::store::blobs::Blobs::open(
+        config.attachments_url.as_deref(),
+        &config.data_dir,
+    )?);
     let stop = Arc::new(Notify::new());
     let (writer, writer_task) = GroupCommit::start(
         store.clone(),
@@ -128,6 +132,7 @@ async fn build(
         auth,
         metrics,
         admins: Arc::new(admins),
+        blobs,
         draining: Arc::new(AtomicBool::new(false)),
         started: Instant::now(),
     };

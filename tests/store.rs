@@ -106,6 +106,7 @@ fn msg(room: RoomId, user: UserId, body: &str, client_id: Option<&str>) -> NewMe
         client_id: client_id.map(String::from),
         reply_to: None,
         created_at: confab::now_ms(),
+        attachments: None,
     }
 }
 

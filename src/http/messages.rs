@@ -45,7 +45,7 @@ pub struct SendBody {
     body: String,
     client_id: Option<String>,
     reply_to: Option<i64>,
-    #[allow(dead_code)]
+    /// Ids of attachments the sender uploaded to this room.
     attachments: Option<Vec<String>>,
 }
 
@@ -165,6 +165,13 @@ pub async fn send(
                 retry_after_ms: ms,
             })?;
     }
+    let attachments = crate::http::attachments::for_message(
+        &state,
+        caller.user.id,
+        id,
+        body.attachments.as_deref().unwrap_or_default(),
+    )
+    .await?;
     state.metrics.messages_received.inc();
     let (tx, rx) = oneshot::channel();
     state
@@ -179,6 +186,7 @@ pub async fn send(
                 client_id: body.client_id,
                 reply_to: body.reply_to,
                 created_at: crate::now_ms(),
+                attachments,
             },
             reply: Reply::Caller(tx),
         })

@@ -5,6 +5,7 @@
 //! (that is `hub`).
 
 pub mod admin;
+pub mod attachments;
 pub mod auth;
 pub mod messages;
 pub mod openapi;
@@ -40,6 +41,7 @@ use crate::hub::Hub;
 use crate::ids::{RoomId, UserId};
 use crate::model::User;
 use crate::moderation::SendRules;
+use crate::store::blobs::Blobs;
 use crate::store::{MemberRecord, RoomRecord, Store, UserRecord};
 use crate::telemetry::Metrics;
 
@@ -54,6 +56,7 @@ pub struct AppState {
     pub auth: Auth,
     pub metrics: Metrics,
     pub admins: Arc<HashSet<String>>,
+    pub blobs: Arc<Blobs>,
     pub draining: Arc<AtomicBool>,
     pub started: Instant,
 }
@@ -301,6 +304,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rooms::router())
         .merge(messages::router())
         .merge(admin::router())
+        .merge(attachments::router())
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/ws", get(crate::ws::upgrade))
         .fallback(fallback)

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{admin, auth, messages, rooms};
+use super::{admin, attachments, auth, messages, rooms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,7 +14,7 @@ use super::{admin, auth, messages, rooms};
         rooms::leave, rooms::members, rooms::invite, rooms::kick, rooms::direct,
         messages::history, messages::send, messages::read, messages::edit, messages::delete,
         messages::search_room, messages::search_all,
-        rooms::mute, rooms::unmute,
+        rooms::mute, rooms::unmute, attachments::upload, attachments::download,
         admin::users, admin::rooms, admin::ban, admin::unban, admin::mute, admin::unmute, admin::stats,
     ),
     modifiers(&BearerAuth),

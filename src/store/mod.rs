@@ -5,6 +5,7 @@
 //! WebSockets or the bus. Times are stored as milliseconds since the epoch (BIGINT) so that both
 //! databases share one dialect.
 
+pub mod blobs;
 mod sql;
 
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::ids::{FamilyId, MessageId, RoomId, UserId};
+use crate::ids::{AttachmentId, FamilyId, MessageId, RoomId, UserId};
 
 pub use sql::{PgStore, SqliteStore};
 
@@ -150,6 +151,19 @@ pub struct MessageRecord {
     pub deleted: bool,
     pub client_id: Option<String>,
     pub reply_to: Option<i64>,
+    /// The message's attachments as a JSON array of `Attachment` objects.
+    pub attachments: Option<String>,
+}
+
+#[derive(sqlx::FromRow, Clone, Debug, PartialEq)]
+pub struct AttachmentRecord {
+    pub id: AttachmentId,
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub filename: String,
+    pub content_type: String,
+    pub size: i64,
+    pub created_at: i64,
 }
 
 /// A message waiting for the group commit; `seq` is allocated when it is written.
@@ -163,6 +177,8 @@ pub struct NewMessage {
     pub client_id: Option<String>,
     pub reply_to: Option<i64>,
     pub created_at: i64,
+    /// JSON array of `Attachment` objects, checked by the caller.
+    pub attachments: Option<String>,
 }
 
 /// What became of one message of a batch.
@@ -284,6 +300,8 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> StoreResult<Vec<MessageRecord>>;
     async fn message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>>;
+    async fn insert_attachment(&self, a: &AttachmentRecord) -> StoreResult<()>;
+    async fn attachment(&self, id: AttachmentId) -> StoreResult<Option<AttachmentRecord>>;
     /// Replaces a message's body; `None` if there is no such message (or it is deleted).
     async fn edit_message(
         &self,

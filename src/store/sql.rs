@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 
 use super::*;
+use crate::ids::AttachmentId;
 
 macro_rules! room_columns {
     () => {
@@ -22,7 +23,7 @@ macro_rules! room_columns {
 macro_rules! message_columns {
     () => {
         "m.id, m.room_id, m.seq, m.user_id, u.username, m.body, \
-     m.created_at, m.edited_at, m.deleted, m.client_id, m.reply_to"
+     m.created_at, m.edited_at, m.deleted, m.client_id, m.reply_to, m.attachments"
     };
 }
 
@@ -174,7 +175,7 @@ macro_rules! sql_store {
                 if !rows.is_empty() {
                     let mut q = QueryBuilder::<$db>::new(
                         "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
-                         client_id, reply_to) ",
+                         client_id, reply_to, attachments) ",
                     );
                     q.push_values(&rows, |mut b, &i| {
                         let m = &batch[i];
@@ -185,7 +186,8 @@ macro_rules! sql_store {
                             .push_bind(m.body.clone())
                             .push_bind(m.created_at)
                             .push_bind(m.client_id.clone())
-                            .push_bind(m.reply_to);
+                            .push_bind(m.reply_to)
+                            .push_bind(m.attachments.clone());
                     });
                     q.build().execute(&mut *tx).await?;
 
@@ -222,6 +224,7 @@ macro_rules! sql_store {
                         deleted: false,
                         client_id: m.client_id.clone(),
                         reply_to: m.reply_to,
+                        attachments: m.attachments.clone(),
                     }));
                 }
                 for (i, first) in repeats {
@@ -610,6 +613,30 @@ macro_rules! sql_store {
                 .bind(seq)
                 .fetch_optional(&self.pool)
                 .await?)
+            }
+
+            async fn insert_attachment(&self, a: &AttachmentRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO attachments (id, room_id, user_id, filename, content_type, size, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(a.id)
+                .bind(a.room_id)
+                .bind(a.user_id)
+                .bind(&a.filename)
+                .bind(&a.content_type)
+                .bind(a.size)
+                .bind(a.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn attachment(&self, id: AttachmentId) -> StoreResult<Option<AttachmentRecord>> {
+                Ok(sqlx::query_as("SELECT * FROM attachments WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
             }
 
             async fn edit_message(

@@ -654,11 +654,9 @@ impl Connection {
         attachments: Vec<String>,
     ) -> ApiResult<()> {
         check_message(&body, client_id.as_deref(), reply_to)?;
-        if !attachments.is_empty() {
-            return Err(ApiError::bad_request(
-                "attachments are not available on this server yet",
-            ));
-        }
+        let attachments =
+            crate::http::attachments::for_message(&self.state, self.user.id, room, &attachments)
+                .await?;
         let rules = self.ensure_member(room).await?;
         rules.check(self.muted_until, crate::now_ms())?;
         if let Some(interval) = rules.slow_mode() {
@@ -687,6 +685,7 @@ impl Connection {
                     client_id,
                     reply_to,
                     created_at: crate::now_ms(),
+                    attachments,
                 },
                 reply: Reply::Socket(self.outbox.clone()),
             })

@@ -105,6 +105,17 @@ impl Server {
         panic!("confab did not come up on {}", self.addr);
     }
 
+    /// A handle to a confab started elsewhere (a subprocess); `shutdown` is not available.
+    pub fn external(addr: SocketAddr) -> Server {
+        Server {
+            addr,
+            metrics_addr: addr,
+            stop: None,
+            task: None,
+            _data: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
