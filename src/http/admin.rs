@@ -234,3 +234,13 @@ pub async fn stats(State(state): State<AppState>, caller: Caller) -> ApiResult<J
         "messages": totals.messages,
     })))
 }
+
+pub(crate) fn fuzz(data: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<BanBody>(data) {
+        let _ = crate::moderation::until(crate::now_ms(), b.duration_seconds);
+        let _ = b.reason.map(|r| r.len());
+    }
+    if let Ok(b) = serde_json::from_slice::<MuteBody>(data) {
+        let _ = crate::moderation::until(crate::now_ms(), b.duration_seconds);
+    }
+}

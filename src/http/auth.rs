@@ -166,6 +166,15 @@ pub async fn user(
     Ok(Json(state.user_json(&u)))
 }
 
+pub(crate) fn fuzz(data: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<RegisterBody>(data) {
+        let _ = valid_username(&b.username);
+        let _ = b.password.chars().count();
+    }
+    let _ = serde_json::from_slice::<LoginBody>(data);
+    let _ = serde_json::from_slice::<RefreshBody>(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

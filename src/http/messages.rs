@@ -393,3 +393,16 @@ pub async fn search_all(
     let messages: Vec<Message> = rows.iter().map(Message::from).collect();
     Ok(Json(json!({"messages": messages})))
 }
+
+pub(crate) fn fuzz(data: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<SendBody>(data) {
+        let _ = check_message(&b.body, b.client_id.as_deref(), b.reply_to);
+    }
+    if let Ok(b) = serde_json::from_slice::<EditBody>(data) {
+        let _ = check_message(&b.body, None, None);
+    }
+    let _ = serde_json::from_slice::<ReadBody>(data);
+    if let Ok(q) = serde_json::from_slice::<SearchQuery>(data) {
+        let _ = search_params(q);
+    }
+}

@@ -183,6 +183,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// Feeds arbitrary bytes to every REST body type and its validation, as the handlers do.
+/// For the `rest_body` fuzz target; any panic here is a bug a client could trigger.
+#[doc(hidden)]
+pub fn fuzz_bodies(data: &[u8]) {
+    auth::fuzz(data);
+    rooms::fuzz(data);
+    messages::fuzz(data);
+    admin::fuzz(data);
+}
+
 /// Counts and times every request by route template (bounded cardinality).
 async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req

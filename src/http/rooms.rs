@@ -403,6 +403,19 @@ pub async fn direct(
     Ok((status, Json(room)))
 }
 
+pub(crate) fn fuzz(data: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<CreateRoomBody>(data) {
+        let _ = valid_room_name(&b.name);
+        let _ = check_kind(&b.kind);
+        let _ = b.topic.as_deref().map(check_topic);
+    }
+    if let Ok(b) = serde_json::from_slice::<UpdateRoomBody>(data) {
+        let _ = b.kind.as_deref().map(check_kind);
+        let _ = b.topic.as_deref().map(check_topic);
+    }
+    let _ = serde_json::from_slice::<UserIdBody>(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
