@@ -512,3 +512,68 @@ async fn http_rate_limits_answer_429_with_retry_after() {
     let (st, _) = s.api().get("/healthz").await;
     assert_eq!(st, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn owners_make_moderators_who_can_moderate() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    carol.post_message(&room, "spam").await;
+    let path = format!("/api/v1/rooms/{room}/members/{}", bob.id);
+    let (st, _) = carol.api.patch(&path, json!({"role": "moderator"})).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "members cannot promote");
+    let (st, _) = alice.api.patch(&path, json!({"role": "owner"})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = alice.api.patch(&path, json!({"role": "moderator"})).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, members) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    let b = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"]["id"] == bob.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(b["role"], "moderator");
+    // The moderator deletes Carol's message and mutes her; he cannot touch the owner.
+    let (st, _) = bob
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/messages/1"))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = bob
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/members/{}/mute", carol.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = bob
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/members/{}", alice.id))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = bob
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}/members/{}", alice.id),
+            json!({"role": "member"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Demoted, he cannot any more.
+    alice.api.patch(&path, json!({"role": "member"})).await;
+    let (st, _) = bob
+        .api
+        .delete(&format!("/api/v1/rooms/{room}/members/{}", carol.id))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+}

@@ -5,9 +5,10 @@ mod common;
 use std::sync::Arc;
 
 use common::Postgres;
-use confab::ids::{FamilyId, MessageId, RoomId, UserId};
+use confab::ids::{AttachmentId, FamilyId, MessageId, RoomId, UserId};
 use confab::store::{
-    self, CommitOutcome, Marker, NewMessage, NewRoom, RefreshOutcome, Store, StoreError, UserRecord,
+    self, AttachmentRecord, CommitOutcome, Marker, NewMessage, NewRoom, RefreshOutcome,
+    RoomChanges, Store, StoreError, UserRecord,
 };
 
 /// A store of each kind, with whatever keeps it alive.
@@ -64,6 +65,10 @@ store_tests!(
     history_pages_both_ways,
     concurrent_writers_share_one_sequence,
     settings_keep_the_first_value,
+    search_finds_words_only_where_allowed_and_follows_edits,
+    edits_and_deletes_keep_seq,
+    bans_and_mutes_are_stored_and_lifted,
+    attachments_and_totals,
 );
 
 async fn user(store: &dyn Store, name: &str) -> UserId {
@@ -433,4 +438,179 @@ async fn concurrent_writers_share_one_sequence(s: &dyn Store) {
 async fn settings_keep_the_first_value(s: &dyn Store) {
     assert_eq!(s.setting_init("k", "first").await.unwrap(), "first");
     assert_eq!(s.setting_init("k", "second").await.unwrap(), "first");
+}
+
+async fn search_finds_words_only_where_allowed_and_follows_edits(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let general = room(s, "general", "public", a).await;
+    let secret = room(s, "secret", "private", a).await;
+    s.add_member(general, b, "member").await.unwrap();
+    s.commit_messages(&[
+        msg(general, a, "The rocket launch is on Friday", None),
+        msg(general, a, "lunch at noon", None),
+        msg(secret, a, "launch codes inside", None),
+    ])
+    .await
+    .unwrap();
+    let found: Vec<String> = s
+        .search_room(general, "launch", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(found, vec!["The rocket launch is on Friday"]);
+    // Case does not matter; every word must match.
+    assert_eq!(
+        s.search_room(general, "LAUNCH friday", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.search_room(general, "launch noon", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Across rooms: only the caller's rooms.
+    assert_eq!(s.search_rooms_of(a, "launch", 10).await.unwrap().len(), 2);
+    let bobs = s.search_rooms_of(b, "launch", 10).await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0].room_id, general);
+    // Query syntax is plain text.
+    assert!(s.search_room(general, "\"launch OR * (", 10).await.is_ok());
+    // Kept current on edit and delete.
+    s.edit_message(general, 1, "the party is on Friday", 5)
+        .await
+        .unwrap();
+    assert!(
+        s.search_room(general, "launch", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.search_room(general, "party", 10).await.unwrap().len(), 1);
+    s.delete_message(general, 2).await.unwrap();
+    assert!(
+        s.search_room(general, "lunch", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn edits_and_deletes_keep_seq(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let r = room(s, "general", "public", a).await;
+    s.commit_messages(&[msg(r, a, "helo", None), msg(r, a, "two", None)])
+        .await
+        .unwrap();
+    let e = s.edit_message(r, 1, "hello", 1234).await.unwrap().unwrap();
+    assert_eq!(
+        (e.seq, e.body.as_str(), e.edited_at),
+        (1, "hello", Some(1234))
+    );
+    let d = s.delete_message(r, 2).await.unwrap().unwrap();
+    assert_eq!((d.seq, d.deleted, d.body.as_str()), (2, true, ""));
+    assert!(
+        s.delete_message(r, 2).await.unwrap().is_none(),
+        "deleting twice changes nothing"
+    );
+    assert!(s.edit_message(r, 2, "undead", 1).await.unwrap().is_none());
+    assert!(s.edit_message(r, 99, "none", 1).await.unwrap().is_none());
+    assert_eq!(s.room(r).await.unwrap().unwrap().last_seq, 2);
+    let all = s.messages_after(r, 0, 10).await.unwrap();
+    assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+async fn bans_and_mutes_are_stored_and_lifted(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let r = room(s, "general", "public", a).await;
+    s.add_member(r, b, "member").await.unwrap();
+    assert!(s.set_ban(b, Some(i64::MAX), Some("spam")).await.unwrap());
+    assert!(s.set_mute(b, Some(5_000)).await.unwrap());
+    let u = s.user(b).await.unwrap().unwrap();
+    assert!(u.banned_at(confab::now_ms()) && u.ban_reason.as_deref() == Some("spam"));
+    assert!(u.muted_at(4_999) && !u.muted_at(5_000));
+    assert!(s.set_member_mute(r, b, Some(10)).await.unwrap());
+    assert_eq!(s.member(r, b).await.unwrap().unwrap().muted_until, Some(10));
+    assert!(
+        !s.set_member_mute(r, UserId::new(), Some(10)).await.unwrap(),
+        "not a member"
+    );
+    s.set_ban(b, None, None).await.unwrap();
+    s.set_mute(b, None).await.unwrap();
+    let u = s.user(b).await.unwrap().unwrap();
+    assert!(!u.banned_at(confab::now_ms()) && !u.muted_at(0));
+    // Revoking a user's tokens ends every family.
+    s.insert_refresh("t1", FamilyId::new(), b, confab::now_ms() + 60_000, true)
+        .await
+        .unwrap();
+    s.revoke_user_tokens(b).await.unwrap();
+    assert_eq!(
+        s.spend_refresh("t1", confab::now_ms()).await.unwrap(),
+        RefreshOutcome::Invalid
+    );
+    // Room settings.
+    let changes = RoomChanges {
+        slow_mode_seconds: Some(30),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let changed = s.update_room(r, &changes).await.unwrap();
+    assert_eq!(
+        (
+            changed.slow_mode_seconds,
+            changed.read_only,
+            changed.topic.as_str()
+        ),
+        (30, true, "")
+    );
+    // Finding users: substring, and LIKE wildcards are literal.
+    user(s, "bo_b").await;
+    let names: Vec<String> = s
+        .find_users("bo", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, vec!["bo_b", "bob"]);
+    let names: Vec<String> = s
+        .find_users("_", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, vec!["bo_b"]);
+}
+
+async fn attachments_and_totals(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let r = room(s, "general", "public", a).await;
+    let rec = AttachmentRecord {
+        id: AttachmentId::new(),
+        room_id: r,
+        user_id: a,
+        filename: "cat.png".into(),
+        content_type: "image/png".into(),
+        size: 1234,
+        created_at: 7,
+    };
+    s.insert_attachment(&rec).await.unwrap();
+    assert_eq!(s.attachment(rec.id).await.unwrap(), Some(rec.clone()));
+    assert_eq!(s.attachment(AttachmentId::new()).await.unwrap(), None);
+    let mut m = msg(r, a, "look", None);
+    m.attachments = Some(r#"[{"id":"x"}]"#.into());
+    s.commit_messages(&[m]).await.unwrap();
+    let stored = s.message(r, 1).await.unwrap().unwrap();
+    assert_eq!(stored.attachments.as_deref(), Some(r#"[{"id":"x"}]"#));
+    let t = s.totals().await.unwrap();
+    assert_eq!((t.users, t.rooms, t.messages), (1, 1, 1));
+    assert_eq!(s.all_rooms().await.unwrap().len(), 1);
 }

@@ -14,7 +14,7 @@ use super::{admin, attachments, auth, messages, rooms};
         rooms::leave, rooms::members, rooms::invite, rooms::kick, rooms::direct,
         messages::history, messages::send, messages::read, messages::edit, messages::delete,
         messages::search_room, messages::search_all,
-        rooms::mute, rooms::unmute, attachments::upload, attachments::download,
+        rooms::mute, rooms::unmute, rooms::set_role, attachments::upload, attachments::download,
         admin::users, admin::rooms, admin::ban, admin::unban, admin::mute, admin::unmute, admin::stats,
     ),
     modifiers(&BearerAuth),

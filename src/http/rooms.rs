@@ -26,7 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/rooms/{id}/members", get(members).post(invite))
         .route(
             "/api/v1/rooms/{id}/members/{user_id}",
-            axum::routing::delete(kick),
+            axum::routing::delete(kick).patch(set_role),
         )
         .route(
             "/api/v1/rooms/{id}/members/{user_id}/mute",
@@ -50,6 +50,12 @@ pub struct UpdateRoomBody {
     slow_mode_seconds: Option<i64>,
     /// Only owners and moderators may post.
     read_only: Option<bool>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RoleBody {
+    /// `moderator` or `member`.
+    role: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -495,5 +501,45 @@ pub async fn unmute(
         user: user_id,
         until: None,
     });
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(patch, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "rooms", request_body = RoleBody,
+    params(("id" = String, Path, description = "room id"), ("user_id" = String, Path, description = "user id")),
+    responses((status = 204), (status = 400), (status = 403), (status = 404)))]
+pub async fn set_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((id, user_id)): ApiPath<(RoomId, UserId)>,
+    ApiJson(body): ApiJson<RoleBody>,
+) -> ApiResult<StatusCode> {
+    if !matches!(body.role.as_str(), "moderator" | "member") {
+        return Err(ApiError::bad_request(
+            "role must be \"moderator\" or \"member\"",
+        ));
+    }
+    let (r, member) = state.readable_room(id, caller.user.id).await?;
+    let is_owner = member.as_ref().is_some_and(|m| m.role == "owner");
+    if !(is_owner || caller.is_admin) {
+        return Err(ApiError::forbidden(
+            "only the owner or an admin may change roles",
+        ));
+    }
+    if let Some(managed) = &r.managed_by {
+        return Err(ApiError::conflict(format!(
+            "the room is managed by the ChatRoom resource {managed}; change it there"
+        )));
+    }
+    let target = state
+        .store
+        .member(id, user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the user is not a member"))?;
+    if target.role == "owner" {
+        return Err(ApiError::forbidden("the owner's role cannot be changed"));
+    }
+    state.store.set_role(id, user_id, &body.role).await?;
+    // The member's sockets re-read their rules (a moderator escapes slow mode and read-only).
+    state.hub.control(ControlEvent::RoomChanged { room: id });
     Ok(StatusCode::NO_CONTENT)
 }

@@ -277,6 +277,8 @@ pub trait Store: Send + Sync + 'static {
     async fn member(&self, room: RoomId, user: UserId) -> StoreResult<Option<MemberRecord>>;
     /// True when the user was not a member before.
     async fn add_member(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool>;
+    /// Changes a member's role. False when the user is not a member.
+    async fn set_role(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool>;
     /// True when the user was a member.
     async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<bool>;
     async fn members(&self, room: RoomId) -> StoreResult<Vec<MemberUser>>;

@@ -536,6 +536,16 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn set_role(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE members SET role = $3 WHERE room_id = $1 AND user_id = $2")
+                    .bind(room)
+                    .bind(user)
+                    .bind(role)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
                 let done = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
                     .bind(room)
