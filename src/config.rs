@@ -20,6 +20,8 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print the ChatRoom and ChatPolicy CRDs as YAML.
+    Crd,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -209,6 +211,29 @@ pub struct Config {
         global = true
     )]
     pub allowed_origins: Vec<String>,
+
+    /// Folder of ChatRoom / ChatPolicy YAML documents to apply and watch (outside Kubernetes).
+    #[arg(long, env = "CONFAB_CONFIG_DIR", global = true)]
+    pub config_dir: Option<PathBuf>,
+
+    /// Seconds between full re-reads of the config dir (besides reacting to changes), so that
+    /// users declared before they registered are added.
+    #[arg(
+        long,
+        env = "CONFAB_CONFIG_RESYNC_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub config_resync_secs: u64,
+
+    /// Seconds between runs of the message-retention job.
+    #[arg(
+        long,
+        env = "CONFAB_RETENTION_INTERVAL_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub retention_interval_secs: u64,
 
     /// Largest number of messages one group commit writes in one transaction.
     #[arg(

@@ -14,6 +14,8 @@
 //! - [`store`]: durable state (SQLite or PostgreSQL) behind one trait.
 //! - [`auth`]: passwords, access tokens and refresh-token families.
 //! - [`moderation`]: what a user may do in a room right now (mutes, bans, slow mode).
+//! - [`policy`]: the installation-wide limits in force; [`operator`]: `ChatRoom` and
+//!   `ChatPolicy` resources and the reconcile code that applies them.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`server`]: wiring it all together, startup and graceful shutdown.
 
@@ -27,6 +29,8 @@ pub mod hub;
 pub mod ids;
 pub mod model;
 pub mod moderation;
+pub mod operator;
+pub mod policy;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -8,10 +8,15 @@ async fn main() -> std::process::ExitCode {
         eprintln!("confab: configuration error: {e}");
         return std::process::ExitCode::from(2);
     }
+    if let Some(Command::Crd) = cli.command {
+        print!("{}", confab::operator::resources::crds_yaml());
+        return std::process::ExitCode::SUCCESS;
+    }
     confab::telemetry::init_logging(cli.config.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => confab::server::serve(cli.config).await,
         Command::Migrate => confab::server::migrate(&cli.config).await,
+        Command::Crd => unreachable!("handled above"),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

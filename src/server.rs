@@ -123,6 +123,9 @@ async fn build(
         .filter(|a| !a.is_empty())
         .collect();
     tracing::info!(backend = store.backend(), bus = bus.name(), %pod, "confab ready");
+    let policies = Arc::new(crate::policy::Policies::new(
+        crate::policy::Policy::from_config(&config),
+    ));
     let state = AppState {
         config: Arc::new(config),
         store,
@@ -133,6 +136,8 @@ async fn build(
         metrics,
         admins: Arc::new(admins),
         blobs,
+        policies,
+        config_status: Arc::default(),
         draining: Arc::new(AtomicBool::new(false)),
         started: Instant::now(),
     };
@@ -148,6 +153,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let drain_delay = Duration::from_secs(config.drain_delay_secs);
     let (state, writer_task, stop) = build(config).await?;
+    let mut background = Vec::new();
+    if let Some(dir) = state.config.config_dir.clone() {
+        let resync = Duration::from_secs(state.config.config_resync_secs.max(1));
+        background.push(tokio::spawn(crate::operator::config_dir::run(
+            state.clone(),
+            dir,
+            resync,
+        )));
+    }
+    let retention_every = Duration::from_secs(state.config.retention_interval_secs.max(1));
+    background.push(tokio::spawn(crate::operator::retention(
+        state.clone(),
+        retention_every,
+    )));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, metrics = %metrics_listener.local_addr()?, "listening");
 
@@ -192,6 +211,9 @@ pub async fn run(
         tracing::warn!(error = %e, "http server ended with an error");
     }
     metrics_server.abort();
+    for task in background {
+        task.abort();
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -8,7 +8,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         match confab::ws::frame::parse(text) {
             Ok(confab::ws::frame::ClientFrame::Message { body, client_id, reply_to, .. }) => {
-                let _ = confab::http::messages::check_message(&body, client_id.as_deref(), reply_to);
+                let policy = confab::policy::Policy::default();
+                let _ = confab::http::messages::check_message(&policy, &body, client_id.as_deref(), reply_to);
             }
             Ok(_) => {}
             Err((message, _)) => assert!(!message.is_empty()),

@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/admin/users/{id}/ban", post(ban).delete(unban))
         .route("/api/v1/admin/users/{id}/mute", post(mute).delete(unmute))
         .route("/api/v1/admin/stats", get(stats))
+        .route("/api/v1/admin/config", get(config))
 }
 
 /// The caller, if a global admin.
@@ -243,4 +244,32 @@ pub(crate) fn fuzz(data: &[u8]) {
     if let Ok(b) = serde_json::from_slice::<MuteBody>(data) {
         let _ = crate::moderation::until(crate::now_ms(), b.duration_seconds);
     }
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/config", tag = "admin",
+    responses((status = 200, description = "the ChatRoom / ChatPolicy resources applied, with their state, and every error; {\"source\": null} when none are configured"), (status = 403)))]
+pub async fn config(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    admin(&caller)?;
+    let status = state
+        .config_status
+        .read()
+        .expect("config status lock")
+        .clone();
+    let policy = state.policies.current();
+    let policy = json!({
+        "registration": if policy.registration_open { "open" } else { "closed" },
+        "max_message_bytes": policy.max_message_bytes,
+        "max_attachment_bytes": policy.max_attachment_bytes,
+        "messages_per_second": policy.messages_per_second,
+        "burst": policy.burst,
+        "blocked_words": policy.blocked_words.len(),
+        "default_retention_days": policy.default_retention_days,
+    });
+    Ok(Json(match status {
+        Some(mut s) => {
+            s["policy_in_force"] = policy;
+            s
+        }
+        None => json!({"source": null, "resources": [], "errors": [], "policy_in_force": policy}),
+    }))
 }

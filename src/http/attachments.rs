@@ -91,7 +91,7 @@ pub async fn upload(
 ) -> ApiResult<(StatusCode, Json<Attachment>)> {
     let rules = state.writable_room(room, caller.user.id).await?;
     rules.check(caller.user.muted_until, crate::now_ms())?;
-    let max = state.config.max_attachment_bytes;
+    let max = state.policies.current().max_attachment_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -62,6 +62,9 @@ pub async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !state.policies.current().registration_open {
+        return Err(ApiError::forbidden("registration is closed"));
+    }
     if !valid_username(&body.username) {
         return Err(ApiError::bad_request(
             "username must be 3-32 characters of a-z, 0-9, '_', '.', '-'",

@@ -13,6 +13,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::hub::frame;
 use crate::ids::{MessageId, RoomId};
 use crate::model::Message;
+use crate::policy::Policy;
 use crate::store::{CommitOutcome, Marker, MessageRecord, NewMessage, UserRecord};
 
 pub fn router() -> Router<AppState> {
@@ -29,8 +30,6 @@ pub fn router() -> Router<AppState> {
 
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 200;
-/// The default limit of a message body, in bytes (PROTOCOL.md).
-pub const MAX_BODY_BYTES: usize = 16_384;
 pub const MAX_CLIENT_ID: usize = 128;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -116,13 +115,13 @@ pub async fn history(
 }
 
 /// Checks a message body and client id against the protocol's limits.
-pub fn check_message(body: &str, client_id: Option<&str>, reply_to: Option<i64>) -> ApiResult<()> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "body is {} bytes; the limit is {MAX_BODY_BYTES}",
-            body.len()
-        )));
-    }
+pub fn check_message(
+    policy: &Policy,
+    body: &str,
+    client_id: Option<&str>,
+    reply_to: Option<i64>,
+) -> ApiResult<()> {
+    policy.check_body(body)?;
     if body.trim().is_empty() {
         return Err(ApiError::bad_request("body must not be empty"));
     }
@@ -153,7 +152,12 @@ pub async fn send(
     ApiPath(id): ApiPath<RoomId>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    check_message(&body.body, body.client_id.as_deref(), body.reply_to)?;
+    check_message(
+        &state.policies.current(),
+        &body.body,
+        body.client_id.as_deref(),
+        body.reply_to,
+    )?;
     let rules = state.writable_room(id, caller.user.id).await?;
     rules.check(caller.user.muted_until, crate::now_ms())?;
     if let Some(interval) = rules.slow_mode() {
@@ -263,7 +267,7 @@ pub async fn edit_message(
     seq: i64,
     body: &str,
 ) -> ApiResult<MessageRecord> {
-    check_message(body, None, None)?;
+    check_message(&state.policies.current(), body, None, None)?;
     let rules = state.writable_room(room, user.id).await?;
     rules.check(user.muted_until, crate::now_ms())?;
     let existing = state
@@ -396,10 +400,15 @@ pub async fn search_all(
 
 pub(crate) fn fuzz(data: &[u8]) {
     if let Ok(b) = serde_json::from_slice::<SendBody>(data) {
-        let _ = check_message(&b.body, b.client_id.as_deref(), b.reply_to);
+        let _ = check_message(
+            &Policy::default(),
+            &b.body,
+            b.client_id.as_deref(),
+            b.reply_to,
+        );
     }
     if let Ok(b) = serde_json::from_slice::<EditBody>(data) {
-        let _ = check_message(&b.body, None, None);
+        let _ = check_message(&Policy::default(), &b.body, None, None);
     }
     let _ = serde_json::from_slice::<ReadBody>(data);
     if let Ok(q) = serde_json::from_slice::<SearchQuery>(data) {

@@ -41,6 +41,7 @@ use crate::hub::Hub;
 use crate::ids::{RoomId, UserId};
 use crate::model::User;
 use crate::moderation::SendRules;
+use crate::policy::Policies;
 use crate::store::blobs::Blobs;
 use crate::store::{MemberRecord, RoomRecord, Store, UserRecord};
 use crate::telemetry::Metrics;
@@ -57,6 +58,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub admins: Arc<HashSet<String>>,
     pub blobs: Arc<Blobs>,
+    pub policies: Arc<Policies>,
+    /// What `--config-dir` (or the controller) applied last, for `GET /api/v1/admin/config`.
+    pub config_status: Arc<std::sync::RwLock<Option<serde_json::Value>>>,
     pub draining: Arc<AtomicBool>,
     pub started: Instant,
 }

@@ -15,7 +15,7 @@ use super::{admin, attachments, auth, messages, rooms};
         messages::history, messages::send, messages::read, messages::edit, messages::delete,
         messages::search_room, messages::search_all,
         rooms::mute, rooms::unmute, rooms::set_role, attachments::upload, attachments::download,
-        admin::users, admin::rooms, admin::ban, admin::unban, admin::mute, admin::unmute, admin::stats,
+        admin::users, admin::rooms, admin::ban, admin::unban, admin::mute, admin::unmute, admin::stats, admin::config,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

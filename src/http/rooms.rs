@@ -90,6 +90,16 @@ fn check_topic(topic: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Rooms declared by a `ChatRoom` resource change only through the resource: 409 naming it.
+fn refuse_if_managed(r: &RoomRecord) -> ApiResult<()> {
+    match &r.managed_by {
+        Some(managed) => Err(ApiError::conflict(format!(
+            "the room is managed by the ChatRoom resource {managed}; change it there"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A room as its member sees it: with role and read marker.
 fn as_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
     let mut room = Room::from(r);
@@ -101,7 +111,7 @@ fn as_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
 }
 
 /// Tells subscribers that a room changed, and every pod's sockets to re-read its rules.
-fn room_updated(state: &AppState, r: &RoomRecord) {
+pub(crate) fn room_updated(state: &AppState, r: &RoomRecord) {
     state
         .hub
         .control(crate::hub::ControlEvent::RoomChanged { room: r.id });
@@ -199,11 +209,7 @@ pub async fn update(
             "only the owner, a moderator or an admin may change the room",
         ));
     }
-    if let Some(managed) = &r.managed_by {
-        return Err(ApiError::conflict(format!(
-            "the room is managed by the ChatRoom resource {managed}; change it there"
-        )));
-    }
+    refuse_if_managed(&r)?;
     if r.kind == "direct" {
         return Err(ApiError::bad_request("a direct room cannot be changed"));
     }
@@ -225,6 +231,7 @@ pub async fn update(
         kind: body.kind.as_deref(),
         slow_mode_seconds: body.slow_mode_seconds,
         read_only: body.read_only,
+        ..Default::default()
     };
     let r = state.store.update_room(id, &changes).await?;
     room_updated(&state, &r);
@@ -239,13 +246,14 @@ pub async fn archive(
     caller: Caller,
     ApiPath(id): ApiPath<RoomId>,
 ) -> ApiResult<StatusCode> {
-    let (_, member) = state.readable_room(id, caller.user.id).await?;
+    let (r, member) = state.readable_room(id, caller.user.id).await?;
     let is_owner = member.as_ref().is_some_and(|m| m.role == "owner");
     if !(is_owner || caller.is_admin) {
         return Err(ApiError::forbidden(
             "only the owner or an admin may archive the room",
         ));
     }
+    refuse_if_managed(&r)?;
     state.store.archive_room(id).await?;
     if let Some(r) = state.store.room(id).await? {
         room_updated(&state, &r);
@@ -525,11 +533,7 @@ pub async fn set_role(
             "only the owner or an admin may change roles",
         ));
     }
-    if let Some(managed) = &r.managed_by {
-        return Err(ApiError::conflict(format!(
-            "the room is managed by the ChatRoom resource {managed}; change it there"
-        )));
-    }
+    refuse_if_managed(&r)?;
     let target = state
         .store
         .member(id, user_id)

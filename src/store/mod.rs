@@ -110,6 +110,7 @@ pub struct RoomRecord {
     pub member_count: i64,
     pub slow_mode_seconds: i64,
     pub read_only: bool,
+    pub retention_days: Option<i64>,
 }
 
 #[derive(sqlx::FromRow, Clone, Debug)]
@@ -216,6 +217,10 @@ pub struct RoomChanges<'a> {
     pub kind: Option<&'a str>,
     pub slow_mode_seconds: Option<i64>,
     pub read_only: Option<bool>,
+    /// `Some(x)` sets the field to `x` (which may be `None`).
+    pub retention_days: Option<Option<i64>>,
+    pub managed_by: Option<Option<&'a str>>,
+    pub archived: Option<bool>,
 }
 
 /// Totals for the admin stats.
@@ -265,6 +270,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_room(&self, room: &NewRoom) -> StoreResult<RoomRecord>;
     async fn room(&self, id: RoomId) -> StoreResult<Option<RoomRecord>>;
+    async fn room_by_name(&self, name: &str) -> StoreResult<Option<RoomRecord>>;
+    /// Users with these usernames (unknown names are left out).
+    async fn users_by_names(&self, names: &[String]) -> StoreResult<Vec<UserRecord>>;
+    /// Marks messages past their room's retention (or `default_days` for rooms without one)
+    /// as deleted; they keep their seq. Returns how many.
+    async fn expire_messages(&self, now: i64, default_days: Option<i64>) -> StoreResult<u64>;
     /// The rooms `user` belongs to, with role, read marker and unread count.
     async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomListing>>;
     /// Public rooms `user` does not belong to.

@@ -16,7 +16,7 @@ macro_rules! room_columns {
         "r.id, r.name, r.kind, r.topic, r.created_at, r.created_by, \
      r.last_seq, r.archived, r.managed_by, \
      (SELECT COUNT(*) FROM members c WHERE c.room_id = r.id) AS member_count, \
-     r.slow_mode_seconds, r.read_only"
+     r.slow_mode_seconds, r.read_only, r.retention_days"
     };
 }
 
@@ -417,6 +417,53 @@ macro_rules! sql_store {
                     .await?)
             }
 
+            async fn room_by_name(&self, name: &str) -> StoreResult<Option<RoomRecord>> {
+                Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.name = $1"))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn users_by_names(&self, names: &[String]) -> StoreResult<Vec<UserRecord>> {
+                if names.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = QueryBuilder::<$db>::new("SELECT * FROM users WHERE username IN (");
+                let mut sep = q.separated(", ");
+                for n in names {
+                    sep.push_bind(n.clone());
+                }
+                q.push(")");
+                Ok(q.build_query_as().fetch_all(&self.pool).await?)
+            }
+
+            async fn expire_messages(&self, now: i64, default_days: Option<i64>) -> StoreResult<u64> {
+                const DAY: i64 = 86_400_000;
+                let mut n = sqlx::query(
+                    "UPDATE messages SET body = '', deleted = TRUE, attachments = NULL \
+                     WHERE deleted = FALSE AND room_id IN \
+                       (SELECT id FROM rooms WHERE retention_days IS NOT NULL) \
+                     AND created_at < $1 - (SELECT retention_days FROM rooms WHERE id = messages.room_id) * $2",
+                )
+                .bind(now)
+                .bind(DAY)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if let Some(days) = default_days {
+                    n += sqlx::query(
+                        "UPDATE messages SET body = '', deleted = TRUE, attachments = NULL \
+                         WHERE deleted = FALSE AND created_at < $1 AND room_id IN \
+                           (SELECT id FROM rooms WHERE retention_days IS NULL)",
+                    )
+                    .bind(now - days.saturating_mul(DAY))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                }
+                Ok(n)
+            }
+
             async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomListing>> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT ", room_columns!(), ", m.role, m.last_read_seq, \
@@ -447,13 +494,21 @@ macro_rules! sql_store {
                 sqlx::query(
                     "UPDATE rooms SET topic = COALESCE($2, topic), kind = COALESCE($3, kind), \
                      slow_mode_seconds = COALESCE($4, slow_mode_seconds), \
-                     read_only = COALESCE($5, read_only) WHERE id = $1",
+                     read_only = COALESCE($5, read_only), \
+                     retention_days = CASE WHEN $6 THEN $7 ELSE retention_days END, \
+                     managed_by = CASE WHEN $8 THEN $9 ELSE managed_by END, \
+                     archived = COALESCE($10, archived) WHERE id = $1",
                 )
                 .bind(id)
                 .bind(c.topic)
                 .bind(c.kind)
                 .bind(c.slow_mode_seconds)
                 .bind(c.read_only)
+                .bind(c.retention_days.is_some())
+                .bind(c.retention_days.flatten())
+                .bind(c.managed_by.is_some())
+                .bind(c.managed_by.flatten())
+                .bind(c.archived)
                 .execute(&self.pool)
                 .await?;
                 self.room(id).await?.ok_or(StoreError::NotFound)

@@ -130,6 +130,11 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     )))
 }
 
+fn quota(per_second: u32, burst: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(per_second.max(1)).expect("non-zero"))
+        .allow_burst(NonZeroU32::new(burst.max(1)).expect("non-zero"))
+}
+
 fn too_big(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
@@ -212,9 +217,7 @@ async fn run(state: AppState, socket: WebSocket, authenticated: Option<(UserReco
     let (outbox, rx, close_rx) =
         Outbox::new(user.id, state.config.outbound_queue, state.metrics.clone());
     state.hub.register(&outbox);
-    let quota =
-        Quota::per_second(NonZeroU32::new(state.config.messages_per_second).expect("validated"))
-            .allow_burst(NonZeroU32::new(state.config.message_burst).expect("validated"));
+    let policy = state.policies.current();
     let mut conn = Connection {
         state: state.clone(),
         muted_until: user.muted_until,
@@ -225,7 +228,8 @@ async fn run(state: AppState, socket: WebSocket, authenticated: Option<(UserReco
         rules: HashMap::new(),
         typing: HashMap::new(),
         receipts: HashMap::new(),
-        limiter: RateLimiter::direct(quota),
+        limiter: RateLimiter::direct(quota(policy.messages_per_second, policy.burst)),
+        policy_generation: policy.generation,
         limited: VecDeque::new(),
     };
     tracing::debug!(conn = conn.outbox.conn, user = %conn.user.id, "connection open");
@@ -255,6 +259,8 @@ pub struct Connection {
     typing: HashMap<RoomId, Instant>,
     receipts: HashMap<(RoomId, bool), Throttle>,
     limiter: DefaultDirectRateLimiter,
+    /// The policy generation the limiter was built for.
+    policy_generation: u64,
     /// When recent frames were refused by the rate limit (abuse detection).
     limited: VecDeque<Instant>,
 }
@@ -529,8 +535,14 @@ impl Connection {
         Ok(())
     }
 
-    /// Takes one message from the connection's allowance.
+    /// Takes one message from the connection's allowance (rebuilt when the policy changes, so
+    /// a new limit holds on open sockets too).
     fn rate_limit(&mut self) -> ApiResult<()> {
+        let policy = self.state.policies.current();
+        if policy.generation != self.policy_generation {
+            self.limiter = RateLimiter::direct(quota(policy.messages_per_second, policy.burst));
+            self.policy_generation = policy.generation;
+        }
         let clock = governor::clock::DefaultClock::default();
         self.limiter.check().map_err(|not_until| {
             self.limited.push_back(Instant::now());
@@ -653,7 +665,12 @@ impl Connection {
         reply_to: Option<i64>,
         attachments: Vec<String>,
     ) -> ApiResult<()> {
-        check_message(&body, client_id.as_deref(), reply_to)?;
+        check_message(
+            &self.state.policies.current(),
+            &body,
+            client_id.as_deref(),
+            reply_to,
+        )?;
         let attachments =
             crate::http::attachments::for_message(&self.state, self.user.id, room, &attachments)
                 .await?;

@@ -1,0 +1,2 @@
+-- Per-room message retention (days), set by a ChatRoom resource; NULL follows the policy.
+ALTER TABLE rooms ADD COLUMN retention_days BIGINT;

@@ -1,0 +1,29 @@
+//! Operator-style configuration: `ChatRoom` and `ChatPolicy` resources ([`resources`]) made
+//! real by one reconcile function ([`reconcile`]), fed by YAML files in `--config-dir`
+//! ([`config_dir`]). Policy itself lives in `crate::policy`; this module only decides which
+//! policy is in force. Also the retention job.
+
+pub mod config_dir;
+pub mod reconcile;
+pub mod resources;
+
+use std::time::Duration;
+
+use crate::http::AppState;
+
+/// Deletes messages past their room's retention, or the policy's default, every `interval`.
+pub async fn retention(state: AppState, interval: Duration) {
+    loop {
+        let default_days = state.policies.current().default_retention_days;
+        match state
+            .store
+            .expire_messages(crate::now_ms(), default_days)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "retention: messages deleted"),
+            Err(e) => tracing::warn!(error = %e, "retention job failed; retrying next round"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

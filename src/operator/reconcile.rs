@@ -1,0 +1,260 @@
+//! Making the running system match a `ChatRoom`: the one piece of reconcile logic that both the
+//! Kubernetes controller and `--config-dir` call. It talks to the store and the hub only.
+
+use std::collections::BTreeMap;
+
+use crate::http::AppState;
+use crate::ids::{RoomId, UserId};
+use crate::operator::resources::ChatRoomSpec;
+use crate::store::{NewRoom, RoomChanges, StoreError, UserRecord};
+
+/// The account that creates rooms for resources that name no owner. Its name cannot be
+/// registered (usernames are lowercase letters, digits and `_.-`), and it cannot log in.
+pub const OPERATOR_USERNAME: &str = "confab:operator";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomApplied {
+    pub room_id: RoomId,
+    /// Declared usernames with no account yet; applied once they register.
+    pub unresolved: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ReconcileError {
+    /// The `reason` of a `Ready=False` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Invalid(_) => "InvalidSpec",
+            ReconcileError::Conflict(_) => "NameConflict",
+            ReconcileError::Store(_) => "StoreUnavailable",
+        }
+    }
+}
+
+fn valid_username(name: &str) -> bool {
+    (3..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+/// Checks what the CRD schema checks, for documents that never went through an API server.
+pub fn validate(spec: &ChatRoomSpec) -> Result<(), ReconcileError> {
+    let bad = |m: String| Err(ReconcileError::Invalid(m));
+    let name_ok = (1..=64).contains(&spec.name.len())
+        && spec
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !name_ok {
+        return bad(format!(
+            "spec.name {:?} must be 1-64 characters of a-z, 0-9, '_', '-'",
+            spec.name
+        ));
+    }
+    if spec.topic.as_ref().is_some_and(|t| t.len() > 1024) {
+        return bad("spec.topic must be at most 1024 bytes".into());
+    }
+    if spec
+        .slow_mode_seconds
+        .is_some_and(|s| !(0..=86_400).contains(&s))
+    {
+        return bad("spec.slowModeSeconds must be between 0 and 86400".into());
+    }
+    if spec
+        .retention_days
+        .is_some_and(|d| !(1..=36_500).contains(&d))
+    {
+        return bad("spec.retentionDays must be between 1 and 36500".into());
+    }
+    for (field, names) in [
+        ("owners", &spec.owners),
+        ("moderators", &spec.moderators),
+        ("members", &spec.members),
+    ] {
+        if let Some(n) = names.iter().find(|n| !valid_username(n)) {
+            return bad(format!(
+                "spec.{field} has {n:?}, which is not a valid username"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn operator_user(state: &AppState) -> Result<UserId, StoreError> {
+    if let Some(u) = state.store.user_by_name(OPERATOR_USERNAME).await? {
+        return Ok(u.id);
+    }
+    let u = UserRecord {
+        id: UserId::new(),
+        username: OPERATOR_USERNAME.into(),
+        display_name: "confab".into(),
+        password_hash: "!".into(), // not a PHC string: no password verifies against it
+        created_at: crate::now_ms(),
+        banned_until: None,
+        ban_reason: None,
+        muted_until: None,
+    };
+    match state.store.create_user(&u).await {
+        Ok(()) => Ok(u.id),
+        // Another pod created it at the same moment.
+        Err(StoreError::Conflict(_)) => state
+            .store
+            .user_by_name(OPERATOR_USERNAME)
+            .await?
+            .map(|u| u.id)
+            .ok_or(StoreError::NotFound),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates or updates the room `key` (`namespace/name` of the resource) declares.
+pub async fn apply_room(
+    state: &AppState,
+    key: &str,
+    spec: &ChatRoomSpec,
+) -> Result<RoomApplied, ReconcileError> {
+    validate(spec)?;
+    // Declared users, the highest role winning.
+    let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
+    for (role, names) in [
+        ("member", &spec.members),
+        ("moderator", &spec.moderators),
+        ("owner", &spec.owners),
+    ] {
+        for n in names {
+            wanted.insert(n, role);
+        }
+    }
+    let names: Vec<String> = wanted.keys().map(|n| n.to_string()).collect();
+    let found = state.store.users_by_names(&names).await?;
+    let unresolved: Vec<String> = names
+        .iter()
+        .filter(|n| !found.iter().any(|u| &u.username == *n))
+        .cloned()
+        .collect();
+
+    let room = match state.store.room_by_name(&spec.name).await? {
+        Some(r) if r.managed_by.as_deref() == Some(key) => r,
+        Some(r) => {
+            return Err(ReconcileError::Conflict(match r.managed_by {
+                Some(other) => format!("room {:?} is already managed by {other}", spec.name),
+                None => format!(
+                    "a room named {:?} was created through the API; rename it or the resource",
+                    spec.name
+                ),
+            }));
+        }
+        None => {
+            let creator = operator_user(state).await?;
+            let r = state
+                .store
+                .create_room(&NewRoom {
+                    id: RoomId::new(),
+                    name: spec.name.clone(),
+                    kind: spec.kind.as_str().into(),
+                    topic: String::new(),
+                    created_by: creator,
+                    created_at: crate::now_ms(),
+                })
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(_) => {
+                        ReconcileError::Conflict(format!("room {:?} exists", spec.name))
+                    }
+                    e => e.into(),
+                })?;
+            // The operator account is not a member; mark the room managed at once.
+            state.store.remove_member(r.id, creator).await?;
+            let managed = RoomChanges {
+                managed_by: Some(Some(key)),
+                ..Default::default()
+            };
+            state.store.update_room(r.id, &managed).await?;
+            tracing::info!(room = %r.id, resource = key, "room created for resource");
+            r
+        }
+    };
+
+    let changes = RoomChanges {
+        topic: Some(spec.topic.as_deref().unwrap_or("")),
+        kind: Some(spec.kind.as_str()),
+        slow_mode_seconds: Some(spec.slow_mode_seconds.unwrap_or(0)),
+        read_only: Some(spec.read_only.unwrap_or(false)),
+        retention_days: Some(spec.retention_days),
+        managed_by: Some(Some(key)),
+        archived: Some(false),
+    };
+    let before = state.store.room(room.id).await?;
+    let updated = state.store.update_room(room.id, &changes).await?;
+    let mut changed = before.as_ref().is_none_or(|b| {
+        (
+            b.topic.as_str(),
+            b.kind.as_str(),
+            b.slow_mode_seconds,
+            b.read_only,
+            b.retention_days,
+            b.archived,
+        ) != (
+            updated.topic.as_str(),
+            updated.kind.as_str(),
+            updated.slow_mode_seconds,
+            updated.read_only,
+            updated.retention_days,
+            updated.archived,
+        )
+    });
+    for user in &found {
+        let role = wanted[user.username.as_str()];
+        match state.store.member(room.id, user.id).await? {
+            None => {
+                state.store.add_member(room.id, user.id, role).await?;
+                changed = true;
+            }
+            Some(m) if m.role != role => {
+                state.store.set_role(room.id, user.id, role).await?;
+                changed = true;
+            }
+            Some(_) => {}
+        }
+    }
+    if changed {
+        let fresh = state.store.room(room.id).await?.unwrap_or(updated);
+        crate::http::rooms::room_updated(state, &fresh);
+    }
+    Ok(RoomApplied {
+        room_id: room.id,
+        unresolved,
+    })
+}
+
+/// The resource is gone: archive its room (read-only, history kept). Idempotent.
+pub async fn archive_room(state: &AppState, key: &str, name: &str) -> Result<(), ReconcileError> {
+    if let Some(r) = state.store.room_by_name(name).await?
+        && r.managed_by.as_deref() == Some(key)
+        && !r.archived
+    {
+        let archived = state
+            .store
+            .update_room(
+                r.id,
+                &RoomChanges {
+                    archived: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        crate::http::rooms::room_updated(state, &archived);
+        tracing::info!(room = %r.id, resource = key, "room archived: its resource was deleted");
+    }
+    Ok(())
+}

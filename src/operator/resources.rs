@@ -1,0 +1,161 @@
+//! The `ChatRoom` and `ChatPolicy` resources (`confab.dev/v1alpha1`). The CRDs shipped in
+//! `k8s/crds/` and the chart are generated from these types by `confab crd`; never edit them by
+//! hand. The same documents, as YAML files, configure a single process through `--config-dir`.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "confab.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const API_VERSION: &str = "confab.dev/v1alpha1";
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    Public,
+    Private,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Public => "public",
+            RoomKind::Private => "private",
+        }
+    }
+}
+
+/// A chat room kept in the state its resource declares.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "confab.dev",
+    version = "v1alpha1",
+    kind = "ChatRoom",
+    namespaced,
+    status = "ChatRoomStatus",
+    shortname = "chatroom",
+    printcolumn = r#"{"name":"Room","type":"string","jsonPath":".spec.name"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatRoomSpec {
+    /// The room's name: 1-64 of a-z, 0-9, '_', '-'. Unique in the installation.
+    #[schemars(pattern(r"^[a-z0-9_-]{1,64}$"))]
+    pub name: String,
+    pub kind: RoomKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub topic: Option<String>,
+    /// Seconds a member must wait between messages; 0 or absent turns slow mode off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub slow_mode_seconds: Option<i64>,
+    /// Only owners and moderators may post.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Messages older than this many days are deleted (they keep their seq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 36500))]
+    pub retention_days: Option<i64>,
+    /// Usernames; users that do not exist yet are added when they register.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[a-z0-9_.-]{3,32}$")))]
+    pub owners: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[a-z0-9_.-]{3,32}$")))]
+    pub moderators: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[a-z0-9_.-]{3,32}$")))]
+    pub members: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatRoomStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Declared usernames that have no account yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved_users: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    #[default]
+    Open,
+    Closed,
+}
+
+/// Installation-wide rules, applied by every pod within seconds, without a restart.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "confab.dev",
+    version = "v1alpha1",
+    kind = "ChatPolicy",
+    namespaced,
+    status = "ChatPolicyStatus",
+    shortname = "chatpolicy"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatPolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Registration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_message_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_attachment_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub messages_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 100)))]
+    pub blocked_words: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 36500))]
+    pub default_retention_days: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition, the Kubernetes way.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+}
+
+/// Both CRDs as one YAML stream (what `confab crd` prints).
+pub fn crds_yaml() -> String {
+    use kube::CustomResourceExt;
+    let mut out = String::new();
+    for crd in [ChatRoom::crd(), ChatPolicy::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("CRDs serialize"));
+    }
+    out
+}
