@@ -177,3 +177,27 @@ async fn sigterm_drains_sockets_with_1001_and_exits_zero() {
     assert!(!stdout.contains(tokens["access_token"].as_str().unwrap()));
     assert!(stdout.contains("shutdown complete"));
 }
+
+#[test]
+fn the_shipped_crds_are_generated_from_the_code() {
+    let out = confab().arg("crd").output().unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/k8s/crds/confab.dev.yaml"
+    ))
+    .unwrap();
+    assert_eq!(
+        generated, shipped,
+        "k8s/crds/confab.dev.yaml is stale: run `confab crd > k8s/crds/confab.dev.yaml`"
+    );
+    assert!(
+        generated.contains("name: chatrooms.confab.dev")
+            && generated.contains("name: chatpolicies.confab.dev")
+    );
+    assert!(
+        generated.contains("^[a-z0-9_-]{1,64}$"),
+        "validation is in the schema"
+    );
+}

@@ -69,6 +69,7 @@ store_tests!(
     edits_and_deletes_keep_seq,
     bans_and_mutes_are_stored_and_lifted,
     attachments_and_totals,
+    retention_deletes_old_messages_and_keeps_seq,
 );
 
 async fn user(store: &dyn Store, name: &str) -> UserId {
@@ -613,4 +614,48 @@ async fn attachments_and_totals(s: &dyn Store) {
     let t = s.totals().await.unwrap();
     assert_eq!((t.users, t.rooms, t.messages), (1, 1, 1));
     assert_eq!(s.all_rooms().await.unwrap().len(), 1);
+}
+
+async fn retention_deletes_old_messages_and_keeps_seq(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let keep = room(s, "keep", "public", a).await;
+    let short = room(s, "short", "public", a).await;
+    let changes = RoomChanges {
+        retention_days: Some(Some(1)),
+        ..Default::default()
+    };
+    s.update_room(short, &changes).await.unwrap();
+    let now = confab::now_ms();
+    let day = 86_400_000;
+    let mut old = msg(short, a, "old", None);
+    old.created_at = now - 2 * day;
+    let mut ancient = msg(keep, a, "ancient", None);
+    ancient.created_at = now - 400 * day;
+    s.commit_messages(&[
+        old,
+        msg(short, a, "new", None),
+        ancient,
+        msg(keep, a, "recent", None),
+    ])
+    .await
+    .unwrap();
+    // Without a default, only the room with its own retention loses messages.
+    assert_eq!(s.expire_messages(now, None).await.unwrap(), 1);
+    let short_msgs = s.messages_after(short, 0, 10).await.unwrap();
+    assert_eq!(
+        short_msgs
+            .iter()
+            .map(|m| (m.seq, m.deleted))
+            .collect::<Vec<_>>(),
+        vec![(1, true), (2, false)]
+    );
+    // With a default of 365 days, the ancient message in the other room goes too.
+    assert_eq!(s.expire_messages(now, Some(365)).await.unwrap(), 1);
+    assert!(s.message(keep, 1).await.unwrap().unwrap().deleted);
+    assert!(!s.message(keep, 2).await.unwrap().unwrap().deleted);
+    assert_eq!(
+        s.expire_messages(now, Some(365)).await.unwrap(),
+        0,
+        "idempotent"
+    );
 }

@@ -351,7 +351,10 @@ mod tests {
         assert!(matches!(&docs[0], Doc::Room { key, .. } if key == "team/a"));
         assert!(matches!(&docs[1], Doc::Policy { key, .. } if key == "default/p"));
         let err = parse_file(Path::new("x.yaml"), "apiVersion: confab.dev/v1alpha1\nkind: ChatRoom\nmetadata: {name: a}\nspec: {name: general, kind: secretive}\n").unwrap_err();
-        assert!(err.contains("document 1") && err.contains("secretive"), "{err}");
+        assert!(
+            err.contains("document 1") && err.contains("secretive"),
+            "{err}"
+        );
         let err = parse_file(
             Path::new("x.yaml"),
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
