@@ -216,6 +216,20 @@ pub struct Config {
     #[arg(long, env = "CONFAB_CONFIG_DIR", global = true)]
     pub config_dir: Option<PathBuf>,
 
+    /// Watch ChatRoom and ChatPolicy resources in the Kubernetes cluster this pod runs in
+    /// (in-cluster credentials or KUBECONFIG).
+    #[arg(long, env = "CONFAB_WATCH_RESOURCES", global = true)]
+    pub watch_resources: bool,
+
+    /// Namespace of the Lease that elects the one pod reconciling ChatRoom resources.
+    #[arg(
+        long,
+        env = "CONFAB_LEASE_NAMESPACE",
+        default_value = "default",
+        global = true
+    )]
+    pub lease_namespace: String,
+
     /// Seconds between full re-reads of the config dir (besides reacting to changes), so that
     /// users declared before they registered are added.
     #[arg(

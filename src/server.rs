@@ -162,6 +162,20 @@ pub async fn run(
             resync,
         )));
     }
+    let operator_stop = Arc::new(Notify::new());
+    let mut operator = None;
+    if state.config.watch_resources {
+        let client = kube::Client::try_default()
+            .await
+            .context("CONFAB_WATCH_RESOURCES is set but no Kubernetes API is reachable (in-cluster config or KUBECONFIG)")?;
+        let lease_ns = state.config.lease_namespace.clone();
+        operator = Some(tokio::spawn(crate::operator::controller::run(
+            state.clone(),
+            client,
+            lease_ns,
+            operator_stop.clone(),
+        )));
+    }
     let retention_every = Duration::from_secs(state.config.retention_interval_secs.max(1));
     background.push(tokio::spawn(crate::operator::retention(
         state.clone(),
@@ -190,6 +204,11 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: readiness off, draining");
     state.draining.store(true, Ordering::SeqCst);
+    if let Some(task) = operator {
+        // Hand the Lease over before the pod goes.
+        operator_stop.notify_waiters();
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     tokio::time::sleep(drain_delay).await;
     state
         .hub

@@ -4,6 +4,7 @@
 //! policy is in force. Also the retention job.
 
 pub mod config_dir;
+pub mod controller;
 pub mod reconcile;
 pub mod resources;
 
