@@ -162,7 +162,7 @@ pub async fn run(
             resync,
         )));
     }
-    let operator_stop = Arc::new(Notify::new());
+    let (operator_stop, operator_stopped) = tokio::sync::watch::channel(false);
     let mut operator = None;
     if state.config.watch_resources {
         let client = kube::Client::try_default()
@@ -173,7 +173,7 @@ pub async fn run(
             state.clone(),
             client,
             lease_ns,
-            operator_stop.clone(),
+            operator_stopped,
         )));
     }
     let retention_every = Duration::from_secs(state.config.retention_interval_secs.max(1));
@@ -206,7 +206,7 @@ pub async fn run(
     state.draining.store(true, Ordering::SeqCst);
     if let Some(task) = operator {
         // Hand the Lease over before the pod goes.
-        operator_stop.notify_waiters();
+        let _ = operator_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     tokio::time::sleep(drain_delay).await;

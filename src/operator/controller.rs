@@ -286,7 +286,7 @@ pub async fn run(
     state: AppState,
     client: Client,
     lease_namespace: String,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use kube_lease_manager::LeaseManagerBuilder;
     let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
@@ -306,19 +306,19 @@ pub async fn run(
     loop {
         // Wait to lead.
         tokio::select! {
-            _ = stop.notified() => break,
+            _ = stop.wait_for(|s| *s) => break,
             changed = leader.wait_for(|l| *l) => if changed.is_err() { break },
         }
         tracing::info!("leading: reconciling ChatRoom resources");
         let mut lost = leader.clone();
-        let stop_inner = stop.clone();
+        let mut stop_inner = stop.clone();
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped_flag = stopped.clone();
         Controller::new(Api::<ChatRoom>::all(client.clone()), watcher::Config::default())
             .graceful_shutdown_on(async move {
                 tokio::select! {
                     _ = lost.wait_for(|l| !*l) => {}
-                    _ = stop_inner.notified() => stopped_flag.store(true, std::sync::atomic::Ordering::SeqCst),
+                    _ = stop_inner.wait_for(|s| *s) => stopped_flag.store(true, std::sync::atomic::Ordering::SeqCst),
                 }
             })
             .run(reconcile, error_policy, ctx.clone())
