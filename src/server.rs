@@ -62,7 +62,7 @@ async fn shutdown_signal() {
 }
 
 /// Builds the shared state: store, secret, bus, hub and writer.
-async fn build(
+pub(crate) async fn build(
     config: Config,
 ) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>, Arc<Notify>)> {
     let metrics = Metrics::new();

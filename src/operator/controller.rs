@@ -336,3 +336,352 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// Reconcile tests against a mock Kubernetes API server (kube-rs's `tower_test` pattern), with
+/// a real store behind the reconcile code.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::resources::{ChatRoomSpec, RoomKind};
+    use http::{Method, Request, Response, StatusCode};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::client::Body;
+    use serde_json::Value;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    #[derive(Debug, Clone)]
+    struct Seen {
+        method: Method,
+        path: String,
+        body: Value,
+    }
+
+    /// Answers every request like an API server would, recording it. `fail_status` makes
+    /// status writes fail with a 500.
+    fn api_server(
+        mut handle: Handle,
+        object: ChatRoom,
+        fail_status: bool,
+    ) -> tokio::task::JoinHandle<Vec<Seen>> {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().clone();
+                let path = req.uri().path().to_string();
+                let bytes = req.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                seen.push(Seen {
+                    method: method.clone(),
+                    path: path.clone(),
+                    body: body.clone(),
+                });
+                let (status, answer) = if path.ends_with("/status") {
+                    if fail_status {
+                        (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd is sad", "reason": "InternalError", "code": 500}),
+                        )
+                    } else {
+                        let mut o = serde_json::to_value(&object).unwrap();
+                        o["status"] = body["status"].clone();
+                        (StatusCode::OK, o)
+                    }
+                } else if path.contains("/events") {
+                    (StatusCode::CREATED, body)
+                } else {
+                    (StatusCode::OK, serde_json::to_value(&object).unwrap())
+                };
+                let resp = Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap();
+                send.send_response(resp);
+            }
+            seen
+        })
+    }
+
+    struct Fixture {
+        ctx: Arc<Context>,
+        state: AppState,
+        handle: Option<Handle>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _writer, _stop) =
+            crate::server::build(crate::config::Config::for_tests(dir.path().to_path_buf()))
+                .await
+                .unwrap();
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        Fixture {
+            ctx: Context::new(state.clone(), client),
+            state,
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    fn spec() -> ChatRoomSpec {
+        ChatRoomSpec {
+            name: "general".into(),
+            kind: RoomKind::Public,
+            topic: Some("hello".into()),
+            slow_mode_seconds: None,
+            read_only: None,
+            retention_days: None,
+            owners: vec![],
+            moderators: vec![],
+            members: vec!["carol".into()],
+        }
+    }
+
+    fn resource(spec: ChatRoomSpec, generation: i64, finalizer: bool) -> ChatRoom {
+        let mut r = ChatRoom::new("general", spec);
+        r.metadata.namespace = Some("chat".into());
+        r.metadata.generation = Some(generation);
+        r.metadata.uid = Some("0b1c2d3e".into());
+        if finalizer {
+            r.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        }
+        r
+    }
+
+    /// Runs one reconcile and returns its result and every API request it made.
+    async fn run_once(
+        f: &mut Fixture,
+        object: ChatRoom,
+        fail_status: bool,
+    ) -> (Result<Action, Error>, Vec<Seen>) {
+        let server = api_server(f.handle.take().unwrap(), object.clone(), fail_status);
+        let result = reconcile(Arc::new(object), f.ctx.clone()).await;
+        // Give the mock its handle back for the next run: a fresh pair.
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let old = std::mem::replace(
+            &mut f.ctx,
+            Context::new(f.state.clone(), Client::new(service, "default")),
+        );
+        drop(old);
+        f.handle = Some(handle);
+        let seen = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("mock ends")
+            .unwrap();
+        (result, seen)
+    }
+
+    fn status_patches(seen: &[Seen]) -> Vec<&Seen> {
+        seen.iter()
+            .filter(|s| s.path.ends_with("/status"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_resource_gets_its_finalizer_first() {
+        let mut f = fixture().await;
+        let (result, seen) = run_once(&mut f, resource(spec(), 1, false), false).await;
+        assert!(result.is_ok());
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(
+            (seen[0].method.clone(), seen[0].path.as_str()),
+            (
+                Method::PATCH,
+                "/apis/confab.dev/v1alpha1/namespaces/chat/chatrooms/general"
+            )
+        );
+        assert!(seen[0].body.to_string().contains(FINALIZER));
+        assert!(
+            f.state
+                .store
+                .room_by_name("general")
+                .await
+                .unwrap()
+                .is_none(),
+            "nothing created before the finalizer"
+        );
+    }
+
+    #[tokio::test]
+    async fn create_reports_ready_with_room_id_and_generation() {
+        let mut f = fixture().await;
+        let (result, seen) = run_once(&mut f, resource(spec(), 3, true), false).await;
+        assert!(result.is_ok(), "{result:?}");
+        let room = f
+            .state
+            .store
+            .room_by_name("general")
+            .await
+            .unwrap()
+            .expect("room created");
+        assert_eq!(
+            (
+                room.managed_by.as_deref(),
+                room.topic.as_str(),
+                room.kind.as_str()
+            ),
+            (Some("chat/general"), "hello", "public")
+        );
+        let patches = status_patches(&seen);
+        assert_eq!(patches.len(), 1, "{seen:?}");
+        let status = &patches[0].body["status"];
+        assert_eq!(status["roomId"], room.id.to_string());
+        assert_eq!(status["observedGeneration"], 3);
+        assert_eq!(
+            (
+                status["conditions"][0]["type"].as_str(),
+                status["conditions"][0]["status"].as_str()
+            ),
+            (Some("Ready"), Some("True"))
+        );
+        assert_eq!(status["unresolvedUsers"], json!(["carol"]));
+        assert!(
+            seen.iter()
+                .any(|s| s.path.contains("/events") && s.body.to_string().contains("Reconciled")),
+            "an Event is published"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_update_changes_the_room_and_an_unchanged_generation_writes_nothing() {
+        let mut f = fixture().await;
+        let (_, seen) = run_once(&mut f, resource(spec(), 1, true), false).await;
+        let first = status_patches(&seen)[0].body["status"].clone();
+        // The same generation, its status already written: no API call at all.
+        let mut settled = resource(spec(), 1, true);
+        settled.status = Some(serde_json::from_value(first).unwrap());
+        let (result, seen) = run_once(&mut f, settled.clone(), false).await;
+        assert!(result.is_ok());
+        assert!(seen.is_empty(), "{seen:?}");
+        // A new generation with another topic: the room follows, the status records it.
+        let mut changed = settled;
+        changed.spec.topic = Some("launch".into());
+        changed.metadata.generation = Some(2);
+        let (_, seen) = run_once(&mut f, changed, false).await;
+        assert_eq!(
+            status_patches(&seen)[0].body["status"]["observedGeneration"],
+            2
+        );
+        assert_eq!(
+            f.state
+                .store
+                .room_by_name("general")
+                .await
+                .unwrap()
+                .unwrap()
+                .topic,
+            "launch"
+        );
+    }
+
+    #[tokio::test]
+    async fn deletion_archives_the_room_and_releases_the_finalizer() {
+        let mut f = fixture().await;
+        let _ = run_once(&mut f, resource(spec(), 1, true), false).await;
+        let mut deleting = resource(spec(), 1, true);
+        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let (result, seen) = run_once(&mut f, deleting, false).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(
+            f.state
+                .store
+                .room_by_name("general")
+                .await
+                .unwrap()
+                .unwrap()
+                .archived
+        );
+        let removal = seen
+            .iter()
+            .find(|s| s.method == Method::PATCH && s.path.ends_with("/chatrooms/general"))
+            .expect("finalizer removed");
+        assert!(
+            removal.body.to_string().contains("remove"),
+            "{:?}",
+            removal.body
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_is_ready_false_with_a_reason() {
+        let mut f = fixture().await;
+        let mut bad = spec();
+        bad.members = vec!["Not A User".into()];
+        let (result, seen) = run_once(&mut f, resource(bad, 1, true), false).await;
+        assert!(
+            result.is_ok(),
+            "an invalid spec is reported, not retried in a loop"
+        );
+        let c = &status_patches(&seen)[0].body["status"]["conditions"][0];
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("False"), Some("InvalidSpec"))
+        );
+        assert!(c["message"].as_str().unwrap().contains("Not A User"));
+        assert!(
+            seen.iter()
+                .any(|s| s.path.contains("/events") && s.body.to_string().contains("Warning"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rest_created_room_of_the_same_name_is_a_conflict() {
+        let mut f = fixture().await;
+        let owner = crate::store::UserRecord {
+            id: crate::ids::UserId::new(),
+            username: "alice".into(),
+            display_name: "alice".into(),
+            password_hash: "x".into(),
+            created_at: 0,
+            banned_until: None,
+            ban_reason: None,
+            muted_until: None,
+        };
+        f.state.store.create_user(&owner).await.unwrap();
+        let new = crate::store::NewRoom {
+            id: crate::ids::RoomId::new(),
+            name: "general".into(),
+            kind: "private".into(),
+            topic: String::new(),
+            created_by: owner.id,
+            created_at: 0,
+        };
+        f.state.store.create_room(&new).await.unwrap();
+        let (_, seen) = run_once(&mut f, resource(spec(), 1, true), false).await;
+        let c = &status_patches(&seen)[0].body["status"]["conditions"][0];
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("False"), Some("NameConflict"))
+        );
+        let room = f
+            .state
+            .store
+            .room_by_name("general")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (room.kind.as_str(), room.managed_by.is_none()),
+            ("private", true),
+            "the REST room is untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn api_errors_fail_the_reconcile_and_back_off_exponentially() {
+        let mut f = fixture().await;
+        let object = resource(spec(), 1, true);
+        let (result, _) = run_once(&mut f, object.clone(), true).await;
+        let err = result.expect_err("a failed status write fails the reconcile");
+        let policy = |ctx: &Arc<Context>| error_policy(Arc::new(object.clone()), &err, ctx.clone());
+        for secs in [5, 10, 20, 40] {
+            assert_eq!(policy(&f.ctx), Action::requeue(Duration::from_secs(secs)));
+        }
+        // Success resets the back-off.
+        let (result, _) = run_once(&mut f, object.clone(), false).await;
+        assert!(result.is_ok());
+        assert_eq!(policy(&f.ctx), Action::requeue(Duration::from_secs(5)));
+    }
+}
