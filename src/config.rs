@@ -230,6 +230,16 @@ pub struct Config {
     )]
     pub lease_namespace: String,
 
+    /// Lease duration in seconds: how long a crashed leader blocks the others at most. Pods
+    /// renew two seconds (or a fifth of it) before it runs out.
+    #[arg(
+        long,
+        env = "CONFAB_LEASE_DURATION_SECS",
+        default_value_t = 15,
+        global = true
+    )]
+    pub lease_duration_secs: u64,
+
     /// Seconds between full re-reads of the config dir (besides reacting to changes), so that
     /// users declared before they registered are added.
     #[arg(
@@ -313,6 +323,11 @@ impl Config {
         if self.auth_rate_per_minute == 0 || self.auth_burst == 0 {
             return Err(
                 "CONFAB_AUTH_RATE_PER_MINUTE and CONFAB_AUTH_BURST must be at least 1".into(),
+            );
+        }
+        if self.lease_duration_secs < 2 {
+            return Err(
+                "CONFAB_LEASE_DURATION_SECS (--lease-duration-secs) must be at least 2".into(),
             );
         }
         if self.commit_batch == 0 {

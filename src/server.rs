@@ -123,6 +123,7 @@ pub(crate) async fn build(
         .filter(|a| !a.is_empty())
         .collect();
     tracing::info!(backend = store.backend(), bus = bus.name(), %pod, "confab ready");
+    let config_watch_resources = config.watch_resources;
     let policies = Arc::new(crate::policy::Policies::new(
         crate::policy::Policy::from_config(&config),
     ));
@@ -137,6 +138,7 @@ pub(crate) async fn build(
         admins: Arc::new(admins),
         blobs,
         policies,
+        leader: Arc::new(AtomicBool::new(!config_watch_resources)),
         config_status: Arc::default(),
         draining: Arc::new(AtomicBool::new(false)),
         started: Instant::now(),

@@ -59,6 +59,9 @@ pub struct AppState {
     pub admins: Arc<HashSet<String>>,
     pub blobs: Arc<Blobs>,
     pub policies: Arc<Policies>,
+    /// Whether this pod holds the controller Lease (always true outside Kubernetes): jobs that
+    /// must run once per installation, like retention, run only here.
+    pub leader: Arc<AtomicBool>,
     /// What `--config-dir` (or the controller) applied last, for `GET /api/v1/admin/config`.
     pub config_status: Arc<std::sync::RwLock<Option<serde_json::Value>>>,
     pub draining: Arc<AtomicBool>,

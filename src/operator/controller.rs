@@ -289,11 +289,13 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use kube_lease_manager::LeaseManagerBuilder;
+    let duration = state.config.lease_duration_secs.max(2);
+    let grace = (duration / 5).clamp(1, 2).min(duration - 1);
     let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
         .with_namespace(lease_namespace)
         .with_identity(state.hub.pod().to_string())
-        .with_duration(15)
-        .with_grace(5)
+        .with_duration(duration)
+        .with_grace(grace)
         .build()
         .await?;
     let (mut leader, lease_task) = manager.watch().await;
@@ -310,6 +312,9 @@ pub async fn run(
             changed = leader.wait_for(|l| *l) => if changed.is_err() { break },
         }
         tracing::info!("leading: reconciling ChatRoom resources");
+        ctx.state
+            .leader
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut lost = leader.clone();
         let mut stop_inner = stop.clone();
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -324,6 +329,9 @@ pub async fn run(
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|_| async {})
             .await;
+        ctx.state
+            .leader
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         if stopped.load(std::sync::atomic::Ordering::SeqCst) {
             break;
         }
@@ -683,5 +691,222 @@ mod tests {
         let (result, _) = run_once(&mut f, object.clone(), false).await;
         assert!(result.is_ok());
         assert_eq!(policy(&f.ctx), Action::requeue(Duration::from_secs(5)));
+    }
+}
+
+/// Leader election through `run`: two pods share one mock Lease; only the holder reconciles
+/// `ChatRoom`s, and a pod that stops hands the Lease over.
+#[cfg(test)]
+mod election {
+    use super::*;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::Value;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The one Lease both pods see, with the field manager that holds it.
+    #[derive(Default)]
+    struct LeaseStore {
+        lease: Option<Value>,
+        holder_manager: Option<String>,
+    }
+
+    fn status(code: u16, reason: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": reason})
+    }
+
+    fn merge_spec(lease: &mut Value, patch: &Value) {
+        if let Some(spec) = patch["spec"].as_object() {
+            for (k, v) in spec {
+                if v.is_null() {
+                    lease["spec"].as_object_mut().unwrap().remove(k);
+                } else {
+                    lease["spec"][k] = v.clone();
+                }
+            }
+        }
+    }
+
+    /// One pod's API server: Leases from the shared store; ChatRoom and ChatPolicy lists are
+    /// empty and their watches stay open. Counts ChatRoom lists.
+    fn api_server(
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        leases: Arc<Mutex<LeaseStore>>,
+        room_lists: Arc<AtomicUsize>,
+    ) {
+        tokio::spawn(async move {
+            let mut open_watches = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().clone();
+                let path = req.uri().path().to_string();
+                let query = req.uri().query().unwrap_or("").to_string();
+                let ctype = req
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let body: Value =
+                    serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+                        .unwrap_or(Value::Null);
+                let (code, answer) = if path.contains("/leases") {
+                    let mut store = leases.lock().unwrap();
+                    let manager = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("fieldManager="))
+                        .unwrap_or("")
+                        .to_string();
+                    match method {
+                        Method::GET => match &store.lease {
+                            Some(l) => (200, l.clone()),
+                            None => (404, status(404, "NotFound")),
+                        },
+                        Method::POST => {
+                            if store.lease.is_some() {
+                                (409, status(409, "AlreadyExists"))
+                            } else {
+                                let mut l = body.clone();
+                                l["metadata"]["resourceVersion"] = json!("1");
+                                if l.get("spec").is_none() {
+                                    l["spec"] = json!({});
+                                }
+                                store.lease = Some(l.clone());
+                                (201, l)
+                            }
+                        }
+                        Method::PATCH => {
+                            let held = store
+                                .lease
+                                .as_ref()
+                                .is_some_and(|l| !l["spec"]["holderIdentity"].is_null());
+                            let apply = ctype.contains("apply-patch");
+                            if apply
+                                && held
+                                && store.holder_manager.as_deref() != Some(manager.as_str())
+                            {
+                                (409, status(409, "Conflict"))
+                            } else if let Some(l) = store.lease.as_mut() {
+                                merge_spec(l, &body);
+                                let now_held = !l["spec"]["holderIdentity"].is_null();
+                                let l = l.clone();
+                                if apply {
+                                    store.holder_manager = Some(manager);
+                                } else if !now_held {
+                                    store.holder_manager = None;
+                                }
+                                (200, l)
+                            } else {
+                                (404, status(404, "NotFound"))
+                            }
+                        }
+                        _ => (405, status(405, "MethodNotAllowed")),
+                    }
+                } else if query.contains("watch=true") {
+                    open_watches.push(send); // a watch with nothing to say stays open
+                    continue;
+                } else {
+                    if path.ends_with("/chatrooms") {
+                        room_lists.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let kind = if path.ends_with("/chatrooms") {
+                        "ChatRoomList"
+                    } else {
+                        "ChatPolicyList"
+                    };
+                    (
+                        200,
+                        json!({"apiVersion": "confab.dev/v1alpha1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": []}),
+                    )
+                };
+                let resp = Response::builder()
+                    .status(StatusCode::from_u16(code).unwrap())
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap();
+                send.send_response(resp);
+            }
+        });
+    }
+
+    struct Pod {
+        state: AppState,
+        room_lists: Arc<AtomicUsize>,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn pod(leases: Arc<Mutex<LeaseStore>>) -> Pod {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::for_tests(dir.path().to_path_buf());
+        config.watch_resources = true;
+        config.lease_duration_secs = 3;
+        let (state, _writer, _stop) = crate::server::build(config).await.unwrap();
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let room_lists = Arc::new(AtomicUsize::new(0));
+        api_server(handle, leases, room_lists.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(
+            state.clone(),
+            Client::new(service, "default"),
+            "chat".into(),
+            stopped,
+        ));
+        Pod {
+            state,
+            room_lists,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn settle(check: impl Fn() -> bool) -> bool {
+        for _ in 0..200 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn only_the_lease_holder_reconciles_and_a_stopping_pod_hands_over() {
+        let leases = Arc::new(Mutex::new(LeaseStore::default()));
+        let a = pod(leases.clone()).await;
+        let b = pod(leases.clone()).await;
+        let leader = |p: &Pod| p.state.leader.load(Ordering::SeqCst);
+        assert!(settle(|| leader(&a) || leader(&b)).await, "somebody leads");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(leader(&a) != leader(&b), "exactly one leads");
+        let (first, second) = if leader(&a) { (a, b) } else { (b, a) };
+        assert!(
+            settle(|| first.room_lists.load(Ordering::SeqCst) > 0).await,
+            "the leader lists ChatRooms"
+        );
+        assert_eq!(
+            second.room_lists.load(Ordering::SeqCst),
+            0,
+            "the follower does not reconcile"
+        );
+
+        // The leader stops (SIGTERM): it releases the Lease and the other pod takes over.
+        first.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), first.task)
+            .await
+            .expect("stops promptly")
+            .unwrap()
+            .unwrap();
+        assert!(!first.state.leader.load(Ordering::SeqCst));
+        let lease = leases.lock().unwrap().lease.clone().unwrap();
+        assert!(
+            lease["spec"]["holderIdentity"].is_null(),
+            "the Lease was released: {lease}"
+        );
+        assert!(
+            settle(|| leader(&second)).await,
+            "the other pod takes the released Lease"
+        );
+        assert!(settle(|| second.room_lists.load(Ordering::SeqCst) > 0).await);
     }
 }

@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use crate::http::AppState;
 
-/// Deletes messages past their room's retention, or the policy's default, every `interval`.
+/// Deletes messages past their room's retention, or the policy's default, every `interval`,
+/// on the leader only.
 pub async fn retention(state: AppState, interval: Duration) {
     loop {
+        if !state.leader.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(interval).await;
+            continue;
+        }
         let default_days = state.policies.current().default_retention_days;
         match state
             .store
