@@ -22,6 +22,16 @@ pub enum Command {
     Migrate,
     /// Print the ChatRoom and ChatPolicy CRDs as YAML.
     Crd,
+    /// A real round trip through a running confab (register, room, two sockets, a message),
+    /// for `helm test` and end-to-end checks. Exits non-zero if anything fails.
+    Selftest {
+        /// Base URL of the confab to test, e.g. http://confab:80.
+        #[arg(long)]
+        url: String,
+        /// Base URL the receiving socket connects to (another pod); defaults to --url.
+        #[arg(long)]
+        peer_url: Option<String>,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -31,6 +31,7 @@ pub mod model;
 pub mod moderation;
 pub mod operator;
 pub mod policy;
+pub mod selftest;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -8,6 +8,18 @@ async fn main() -> std::process::ExitCode {
         eprintln!("confab: configuration error: {e}");
         return std::process::ExitCode::from(2);
     }
+    if let Some(Command::Selftest { url, peer_url }) = &cli.command {
+        return match confab::selftest::run(url, peer_url.as_deref()).await {
+            Ok(report) => {
+                println!("{report}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("confab selftest failed: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Crd) = cli.command {
         print!("{}", confab::operator::resources::crds_yaml());
         return std::process::ExitCode::SUCCESS;
@@ -16,7 +28,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => confab::server::serve(cli.config).await,
         Command::Migrate => confab::server::migrate(&cli.config).await,
-        Command::Crd => unreachable!("handled above"),
+        Command::Crd | Command::Selftest { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

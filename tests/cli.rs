@@ -201,3 +201,29 @@ fn the_shipped_crds_are_generated_from_the_code() {
         "validation is in the schema"
     );
 }
+
+#[tokio::test]
+async fn selftest_makes_a_real_round_trip_and_fails_loudly() {
+    let s = common::Server::embedded().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["selftest", "--url", &format!("http://{}", s.addr)])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("selftest ok"), "{stdout}");
+    // Nothing listening: a clear failure, not a hang.
+    let port = free_port();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["selftest", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("selftest failed"));
+}

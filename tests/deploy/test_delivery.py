@@ -1,0 +1,198 @@
+"""Delivery checks: the Helm chart (Helm's own SDK), rendered manifests (kubernetes-validate),
+example resources against the generated CRDs, workflows (actionlint), skaffold.yaml (its JSON
+schema), and the chart's wiring checked against a running confab."""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import helm_python as helm
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "confab"
+VALUES = sorted(glob.glob(str(CHART / "ci" / "*.yaml")))
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema here.
+KUBE_VERSIONS = ["1.33.0", "1.37.0"]
+
+
+def render(values_file):
+    values = yaml.safe_load(open(values_file))
+    out = helm.Chart.load(str(CHART)).render(values, name="confab", namespace="chat")
+    docs = []
+    for path, text in out.items():
+        if path.endswith(".yaml"):
+            docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("values_file", VALUES, ids=os.path.basename)
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+def test_chart_lints_strictly(values_file, kube):
+    report = helm.lint(str(CHART), yaml.safe_load(open(values_file)), strict=True, kube_version=f"v{kube}")
+    problems = report["errors"] + [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("values_file", VALUES, ids=os.path.basename)
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+def test_rendered_objects_are_valid_kubernetes(values_file, kube, tmp_path):
+    docs = render(values_file)
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    run = subprocess.run(["kubernetes-validate", "-k", kube, "--strict", str(manifest)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # Custom kinds (Gateway API, Prometheus Operator, KEDA) only warn; a built-in kind never may.
+    custom = ("gateway.networking.k8s.io/", "monitoring.coreos.com/", "keda.sh/")
+    output = run.stdout + run.stderr
+    warnings = [line for line in output.splitlines() if line.startswith("WARN")]
+    assert all(any(f"api version {g}" in w for g in custom) for w in warnings), warnings
+    passed = sum(1 for line in output.splitlines() if line.startswith("INFO") and "passed" in line)
+    builtin = [d for d in docs if not d["apiVersion"].startswith(custom)]
+    assert passed == len(builtin), output
+
+
+def crd_schemas():
+    schemas = {}
+    for crd in yaml.safe_load_all(open(ROOT / "k8s" / "crds" / "confab.dev.yaml")):
+        if crd:
+            schemas[crd["spec"]["names"]["kind"]] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def test_example_resources_match_the_generated_crds():
+    schemas = crd_schemas()
+    examples = sorted(glob.glob(str(ROOT / "k8s" / "examples" / "*.yaml")))
+    assert len(examples) >= 3
+    for path in examples:
+        for doc in yaml.safe_load_all(open(path)):
+            jsonschema.validate(doc["spec"], schemas[doc["kind"]]["properties"]["spec"])
+
+
+def test_the_crd_schemas_refuse_bad_specs():
+    schemas = crd_schemas()
+    room = schemas["ChatRoom"]["properties"]["spec"]
+    for bad in [{"name": "Bad Name", "kind": "public"}, {"name": "ok", "kind": "secret"}, {"name": "ok", "kind": "public", "slowModeSeconds": -1}, {"name": "ok", "kind": "public", "members": ["NOT valid"]}]:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, room)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"burst": 0}, schemas["ChatPolicy"]["properties"]["spec"])
+
+
+def test_the_chart_ships_the_generated_crds():
+    assert (CHART / "crds" / "confab.dev.yaml").read_text() == (ROOT / "k8s" / "crds" / "confab.dev.yaml").read_text()
+
+
+def test_workflows_pass_actionlint():
+    run = subprocess.run(["actionlint", *glob.glob(str(ROOT / ".github" / "workflows" / "*.yml"))], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_skaffold_matches_its_schema():
+    schema = ROOT.parent / "shared" / "schemas" / "skaffold-v4beta14.json"
+    run = subprocess.run(["check-jsonschema", "--schemafile", str(schema), str(ROOT / "skaffold.yaml")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_autoscaling_is_hpa_or_keda_never_both():
+    default = render(CHART / "ci" / "default-values.yaml")
+    assert len(by_kind(default, "HorizontalPodAutoscaler")) == 1 and not by_kind(default, "ScaledObject")
+    keda = render(CHART / "ci" / "keda-ingress-values.yaml")
+    assert len(by_kind(keda, "ScaledObject")) == 1 and not by_kind(keda, "HorizontalPodAutoscaler")
+    assert "replicas" not in by_kind(keda, "Deployment")[0]["spec"], "the autoscaler owns replicas"
+
+
+def test_pods_are_locked_down_and_roll_without_losing_capacity():
+    for values_file in VALUES:
+        dep = by_kind(render(values_file), "Deployment")[0]
+        spec = dep["spec"]["template"]["spec"]
+        assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        c = spec["containers"][0]["securityContext"]
+        assert c["readOnlyRootFilesystem"] is True and c["allowPrivilegeEscalation"] is False
+        assert c["capabilities"]["drop"] == ["ALL"]
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        drain = int(env["CONFAB_DRAIN_DELAY_SECS"]["value"])
+        assert spec["terminationGracePeriodSeconds"] >= drain + 15, "grace must cover the drain"
+        assert "checksum/secrets" in dep["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_the_websocket_route_and_service_are_marked_for_websockets():
+    docs = render(CHART / "ci" / "default-values.yaml")
+    svc = [s for s in by_kind(docs, "Service") if not s["metadata"]["name"].endswith("-metrics")][0]
+    assert svc["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/ws"
+    route = by_kind(docs, "HTTPRoute")[0]
+    assert route["spec"]["rules"][0]["timeouts"]["request"] == "0s"
+    ingress = by_kind(render(CHART / "ci" / "keda-ingress-values.yaml"), "Ingress")[0]
+    assert int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 3600
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def confab(tmp_path_factory):
+    """The real binary (embedded shape) on free ports."""
+    binary = os.environ.get("CONFAB_BIN") or str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "confab")
+    http_port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFAB_")}
+    proc = subprocess.Popen(
+        [binary, "serve", "--listen", f"127.0.0.1:{http_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}", "--data-dir", str(tmp_path_factory.mktemp("data"))],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield {"http": http_port, "metrics": metrics_port}
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_the_hpa_scales_on_a_gauge_the_server_exports(confab):
+    hpa = by_kind(render(CHART / "ci" / "default-values.yaml"), "HorizontalPodAutoscaler")[0]
+    name = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{confab['metrics']}/metrics").read().decode()
+    assert f"# TYPE {name} gauge" in text
+    adapter = yaml.safe_load(open(ROOT / "k8s" / "prometheus-adapter.yaml"))
+    assert adapter["rules"]["custom"][0]["name"]["as"] == name
+
+
+def test_probes_and_ports_match_the_server(confab):
+    dep = by_kind(render(CHART / "ci" / "default-values.yaml"), "Deployment")[0]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CONFAB_LISTEN"].endswith(f":{ports['http']}")
+    assert env["CONFAB_METRICS_LISTEN"].endswith(f":{ports['metrics']}")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["port"] == "http"
+        with urllib.request.urlopen(f"http://127.0.0.1:{confab['http']}{get['path']}") as r:
+            assert r.status == 200, probe
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_values_schema_refuses_bad_values():
+    bad = yaml.safe_load(open(CHART / "ci" / "default-values.yaml"))
+    bad["autoscaling"] = {"enabled": "yes"}
+    with pytest.raises(Exception):
+        helm.Chart.load(str(CHART)).render(bad, name="confab", namespace="chat")
