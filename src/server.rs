@@ -87,8 +87,14 @@ pub(crate) async fn build(
     {
         let hub = hub.clone();
         tokio::spawn(async move {
-            while let Some(env) = incoming_rx.recv().await {
-                hub.on_bus(env);
+            while let Some(incoming) = incoming_rx.recv().await {
+                match incoming {
+                    crate::bus::Incoming::Event(env) => hub.on_bus(env),
+                    crate::bus::Incoming::Resubscribed => {
+                        let hub = hub.clone();
+                        tokio::spawn(async move { hub.resync().await });
+                    }
+                }
             }
         });
     }
@@ -108,6 +114,18 @@ pub(crate) async fn build(
         config.attachments_url.as_deref(),
         &config.data_dir,
     )?);
+    {
+        // The safety net for lost bus messages: compare every local room with the store.
+        let hub = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::hub::RESYNC_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(hub) = hub.upgrade() else { break };
+                hub.resync().await;
+            }
+        });
+    }
     let stop = Arc::new(Notify::new());
     let (writer, writer_task) = GroupCommit::start(
         store.clone(),

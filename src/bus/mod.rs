@@ -80,6 +80,15 @@ impl Envelope {
     }
 }
 
+/// What a bus hands to the hub.
+#[derive(Debug)]
+pub enum Incoming {
+    /// An event from another pod.
+    Event(Envelope),
+    /// The bus reconnected and resubscribed: events may have been missed meanwhile.
+    Resubscribed,
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// `local` or `redis`.

@@ -18,7 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::{Bus, Envelope};
+use super::{Bus, Envelope, Incoming};
 use crate::hub::PodStats;
 use crate::ids::{PodId, RoomId, UserId};
 
@@ -59,7 +59,7 @@ impl RedisBus {
     pub async fn connect(
         url: &str,
         pod: PodId,
-        incoming: mpsc::UnboundedSender<Envelope>,
+        incoming: mpsc::UnboundedSender<Incoming>,
     ) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context;
         let config = ConnectionManagerConfig::new()
@@ -89,16 +89,31 @@ impl RedisBus {
             .context("cannot subscribe to the Redis control channel")?;
 
         tokio::spawn(async move {
+            let mut disconnected = false;
             while let Some(push) = push_rx.recv().await {
-                if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
-                    continue;
+                match push.kind {
+                    PushKind::Message | PushKind::SMessage => {}
+                    PushKind::Disconnection => {
+                        tracing::warn!("bus connection lost; reconnecting");
+                        disconnected = true;
+                        continue;
+                    }
+                    PushKind::Subscribe | PushKind::SSubscribe if disconnected => {
+                        tracing::info!("bus resubscribed; checking rooms for missed messages");
+                        disconnected = false;
+                        if incoming.send(Incoming::Resubscribed).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ => continue,
                 }
                 let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) else {
                     continue;
                 };
                 match Envelope::decode(Bytes::from(payload)) {
                     Some(env) if env.origin != pod => {
-                        if incoming.send(env).is_err() {
+                        if incoming.send(Incoming::Event(env)).is_err() {
                             break;
                         }
                     }

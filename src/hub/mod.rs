@@ -32,6 +32,8 @@ pub use outbox::{Close, ConnId, Outbound, Outbox};
 pub const GAP_WAIT: Duration = Duration::from_millis(150);
 /// How often this pod re-announces its presence entries to the bus.
 pub const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
+/// How often every local room is compared with the store, in case a bus message was lost.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct RoomState {
@@ -483,6 +485,50 @@ impl Hub {
                 s.gap_fill_scheduled = true;
                 drop(s);
                 self.schedule_gap_fill(room, last);
+            }
+        }
+    }
+
+    /// Compares every local room's delivered seq with the store's and fills what the bus lost
+    /// (a Redis outage, a dropped publish). One query for all rooms.
+    pub async fn resync(self: &Arc<Self>) {
+        let tracked: Vec<(RoomId, i64)> = self
+            .rooms
+            .read()
+            .expect("rooms lock")
+            .iter()
+            .filter_map(|(room, s)| {
+                let s = s.lock().expect("room lock");
+                s.delivered
+                    .filter(|_| !s.gap_fill_scheduled)
+                    .map(|d| (*room, d))
+            })
+            .collect();
+        if tracked.is_empty() {
+            return;
+        }
+        let ids: Vec<RoomId> = tracked.iter().map(|(r, _)| *r).collect();
+        let last = match self.store.last_seqs(&ids).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "resync skipped: store unavailable");
+                return;
+            }
+        };
+        for (room, last_seq) in last {
+            let Some(state) = self.room(room) else {
+                continue;
+            };
+            let behind = {
+                let mut s = state.lock().expect("room lock");
+                let behind = s.delivered.is_some_and(|d| d < last_seq) && !s.gap_fill_scheduled;
+                if behind {
+                    s.gap_fill_scheduled = true;
+                }
+                behind
+            };
+            if behind {
+                self.schedule_gap_fill(room, last_seq);
             }
         }
     }

@@ -424,6 +424,19 @@ macro_rules! sql_store {
                     .await?)
             }
 
+            async fn last_seqs(&self, rooms: &[RoomId]) -> StoreResult<Vec<(RoomId, i64)>> {
+                if rooms.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = QueryBuilder::<$db>::new("SELECT id, last_seq FROM rooms WHERE id IN (");
+                let mut sep = q.separated(", ");
+                for r in rooms {
+                    sep.push_bind(*r);
+                }
+                q.push(")");
+                Ok(q.build_query_as().fetch_all(&self.pool).await?)
+            }
+
             async fn users_by_names(&self, names: &[String]) -> StoreResult<Vec<UserRecord>> {
                 if names.is_empty() {
                     return Ok(Vec::new());

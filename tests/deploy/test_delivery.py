@@ -5,9 +5,7 @@ schema), and the chart's wiring checked against a running confab."""
 import glob
 import json
 import os
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -137,33 +135,6 @@ def test_the_websocket_route_and_service_are_marked_for_websockets():
     assert route["spec"]["rules"][0]["timeouts"]["request"] == "0s"
     ingress = by_kind(render(CHART / "ci" / "keda-ingress-values.yaml"), "Ingress")[0]
     assert int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 3600
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def confab(tmp_path_factory):
-    """The real binary (embedded shape) on free ports."""
-    binary = os.environ.get("CONFAB_BIN") or str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "confab")
-    http_port, metrics_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFAB_")}
-    proc = subprocess.Popen(
-        [binary, "serve", "--listen", f"127.0.0.1:{http_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}", "--data-dir", str(tmp_path_factory.mktemp("data"))],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield {"http": http_port, "metrics": metrics_port}
-    proc.terminate()
-    proc.wait(timeout=20)
 
 
 def test_the_hpa_scales_on_a_gauge_the_server_exports(confab):
