@@ -66,8 +66,10 @@ pub(crate) async fn build(
     config: Config,
 ) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>, Arc<Notify>)> {
     let metrics = Metrics::new();
-    let store: Arc<dyn Store> =
-        store::open(config.database_url.as_deref(), &config.data_dir).await?;
+    let store: Arc<dyn Store> = Arc::new(store::TimedStore::new(
+        store::open(config.database_url.as_deref(), &config.data_dir).await?,
+        metrics.clone(),
+    ));
     let secret = match &config.jwt_secret {
         Some(s) => s.clone(),
         None => store.setting_init("jwt_secret", &random_token()).await?,
@@ -80,7 +82,7 @@ pub(crate) async fn build(
     let pod = PodId::new();
     let (incoming_tx, mut incoming_rx) = mpsc::unbounded_channel();
     let bus: Arc<dyn Bus> = match &config.redis_url {
-        Some(url) => RedisBus::connect(url, pod, incoming_tx).await?,
+        Some(url) => RedisBus::connect(url, pod, incoming_tx, metrics.clone()).await?,
         None => Arc::new(LocalBus),
     };
     let hub = Hub::new(pod, store.clone(), bus.clone(), metrics.clone());
@@ -107,6 +109,7 @@ pub(crate) async fn build(
                 let Some(hub) = hub.upgrade() else { break };
                 hub.refresh_presence().await;
                 hub.announce().await;
+                hub.record_gauges();
             }
         });
     }
@@ -195,6 +198,16 @@ pub async fn run(
             lease_ns,
             operator_stopped,
         )));
+    }
+    {
+        // Keeps confab_ready current even when nothing probes the pod.
+        let state = state.clone();
+        background.push(tokio::spawn(async move {
+            loop {
+                crate::http::ops::readiness(&state).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }));
     }
     let retention_every = Duration::from_secs(state.config.retention_interval_secs.max(1));
     background.push(tokio::spawn(crate::operator::retention(

@@ -42,6 +42,16 @@ pub struct Inner {
     pub commit_seconds: Histogram,
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
+    pub delivery_latency: Histogram,
+    pub bus_lag: Histogram,
+    pub bus_publish: Histogram,
+    pub store_query: HistogramVec,
+    pub redis_command: HistogramVec,
+    pub rate_limited: IntCounterVec,
+    pub ready: IntGauge,
+    pub outbound_queue_frames: IntGauge,
+    pub outbound_queue_max_frames: IntGauge,
+    pub presence_users: IntGauge,
 }
 
 impl std::ops::Deref for Metrics {
@@ -143,8 +153,68 @@ impl Metrics {
                     "confab_http_request_duration_seconds",
                     "HTTP request latency."
                 )
-                .buckets(latency),
+                .buckets(latency.clone()),
                 &["method", "route"]
+            )),
+            delivery_latency: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "confab_delivery_latency_seconds",
+                    "From the server reading a message to writing it to a subscriber's socket."
+                )
+                .buckets(latency.clone())
+            )),
+            bus_lag: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "confab_bus_lag_seconds",
+                    "From another pod publishing an event to this pod receiving it."
+                )
+                .buckets(latency.clone())
+            )),
+            bus_publish: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "confab_bus_publish_duration_seconds",
+                    "One pipelined publish to the bus."
+                )
+                .buckets(latency.clone())
+            )),
+            store_query: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "confab_store_query_duration_seconds",
+                    "Store calls by operation."
+                )
+                .buckets(latency.clone()),
+                &["op"]
+            )),
+            redis_command: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "confab_redis_command_duration_seconds",
+                    "Redis commands by kind."
+                )
+                .buckets(latency),
+                &["command"]
+            )),
+            rate_limited: reg!(IntCounterVec::new(
+                Opts::new(
+                    "confab_rate_limited_total",
+                    "Requests and messages refused by a rate limit."
+                ),
+                &["scope"]
+            )),
+            ready: reg!(IntGauge::new(
+                "confab_ready",
+                "1 while the pod is ready (store and bus answer, not draining)."
+            )),
+            outbound_queue_frames: reg!(IntGauge::new(
+                "confab_outbound_queue_frames",
+                "Frames waiting in all connections' outbound queues on this pod."
+            )),
+            outbound_queue_max_frames: reg!(IntGauge::new(
+                "confab_outbound_queue_max_frames",
+                "The longest outbound queue on this pod."
+            )),
+            presence_users: reg!(IntGauge::new(
+                "confab_presence_users",
+                "Users online in rooms on this pod (one per user and room)."
             )),
             registry,
         }))

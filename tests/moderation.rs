@@ -482,6 +482,12 @@ async fn the_message_rate_limit_answers_then_closes_4008() {
         }
     }
     assert_eq!(code, Some(4008));
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("confab_rate_limited_total{scope=\"ws\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("confab_ws_connections_closed_total{reason=\"policy\"} 1"));
 }
 
 #[tokio::test]

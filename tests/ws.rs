@@ -149,6 +149,14 @@ async fn ack_comes_first_then_the_message_reaches_every_subscriber() {
         .get(&format!("/api/v1/rooms/{room}/messages"))
         .await;
     assert_eq!(h["messages"].as_array().unwrap().len(), 2);
+    // Every socket write of a message is timed: 2 messages x 2 subscribers.
+    let timed = || async {
+        s.metrics()
+            .await
+            .lines()
+            .any(|l| l == "confab_delivery_latency_seconds_count 4")
+    };
+    assert!(common::eventually(Duration::from_secs(2), timed).await);
 }
 
 #[tokio::test]

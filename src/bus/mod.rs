@@ -40,10 +40,14 @@ pub struct Envelope {
     pub seq: i64,
     /// Connections of this user do not receive the event (typing is not echoed to its author).
     pub except: Option<UserId>,
+    /// When the server read the message (ms), for the end-to-end latency.
+    pub created_ms: i64,
+    /// When the origin pod published it (ms), for the bus lag.
+    pub sent_ms: i64,
     pub text: Bytes,
 }
 
-const HEADER: usize = 1 + 16 + 16 + 8 + 16;
+const HEADER: usize = 1 + 16 + 16 + 8 + 16 + 8 + 8;
 
 impl Envelope {
     pub fn encode(&self) -> Bytes {
@@ -53,6 +57,8 @@ impl Envelope {
         b.put_slice(self.room.0.as_bytes());
         b.put_i64(self.seq);
         b.put_slice(self.except.map(|u| u.0).unwrap_or(Uuid::nil()).as_bytes());
+        b.put_i64(self.created_ms);
+        b.put_i64(self.sent_ms);
         b.put_slice(&self.text);
         b.freeze()
     }
@@ -75,6 +81,8 @@ impl Envelope {
             room: RoomId(uuid(17)?),
             seq: i64::from_be_bytes(b[33..41].try_into().ok()?),
             except: (!except.is_nil()).then_some(UserId(except)),
+            created_ms: i64::from_be_bytes(b[57..65].try_into().ok()?),
+            sent_ms: i64::from_be_bytes(b[65..73].try_into().ok()?),
             text: b.slice(HEADER..),
         })
     }
@@ -124,6 +132,8 @@ mod tests {
             room: RoomId::new(),
             seq: 42,
             except: Some(UserId::new()),
+            created_ms: 1_700_000_000_000,
+            sent_ms: 1_700_000_000_005,
             text: Bytes::from_static(b"{\"type\":\"message\"}"),
         };
         assert_eq!(Envelope::decode(env.encode()), Some(env.clone()));

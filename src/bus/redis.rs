@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::{Bus, Envelope, Incoming};
 use crate::hub::PodStats;
 use crate::ids::{PodId, RoomId, UserId};
+use crate::telemetry::Metrics;
 
 pub const CONTROL_CHANNEL: &str = "confab:control";
 /// Hash of pod id → JSON stats with the time they were written.
@@ -44,6 +45,7 @@ pub struct RedisBus {
     commands: ConnectionManager,
     subscriber: tokio::sync::Mutex<ConnectionManager>,
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    metrics: Metrics,
     /// Rooms this pod listens to, so a resubscription after a race is idempotent.
     joined: Mutex<HashSet<RoomId>>,
 }
@@ -60,6 +62,7 @@ impl RedisBus {
         url: &str,
         pod: PodId,
         incoming: mpsc::UnboundedSender<Incoming>,
+        metrics: Metrics,
     ) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context;
         let config = ConnectionManagerConfig::new()
@@ -124,29 +127,45 @@ impl RedisBus {
         });
 
         let (outgoing, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publisher(commands.clone(), rx));
+        tokio::spawn(publisher(commands.clone(), rx, metrics.clone()));
         Ok(Arc::new(RedisBus {
             pod,
             commands,
             subscriber: tokio::sync::Mutex::new(subscriber),
             outgoing,
+            metrics,
             joined: Mutex::new(HashSet::new()),
         }))
     }
 }
 
 /// Sends queued publishes in pipelines: one round trip for everything that queued meanwhile.
-async fn publisher(mut con: ConnectionManager, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>) {
+async fn publisher(
+    mut con: ConnectionManager,
+    mut rx: mpsc::UnboundedReceiver<(String, Bytes)>,
+    metrics: Metrics,
+) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     while rx.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
         let mut pipe = redis::pipe();
         for (channel, payload) in batch.drain(..) {
             pipe.publish(channel, payload.as_ref()).ignore();
         }
+        let started = Instant::now();
         let sent: redis::RedisResult<()> = pipe.query_async(&mut con).await;
+        metrics.bus_publish.observe(started.elapsed().as_secs_f64());
         if let Err(e) = sent {
             tracing::warn!(error = %e, "bus publish failed; other pods fill the gap from the store");
         }
+    }
+}
+
+impl RedisBus {
+    fn observe(&self, command: &str, started: Instant) {
+        self.metrics
+            .redis_command
+            .with_label_values(&[command])
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -196,8 +215,10 @@ impl Bus for RedisBus {
     }
 
     async fn ping(&self) -> Result<(), String> {
+        let started = Instant::now();
         let mut con = self.commands.clone();
         let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+        self.observe("ping", started);
         pong.map(|_| ()).map_err(|e| e.to_string())
     }
 
@@ -223,8 +244,10 @@ impl Bus for RedisBus {
     }
 
     async fn presence_remote(&self, room: RoomId) -> Vec<UserId> {
+        let started = Instant::now();
         let mut con = self.commands.clone();
         let entries: redis::RedisResult<Vec<(String, i64)>> = con.hgetall(presence_key(room)).await;
+        self.observe("hgetall", started);
         let now = crate::now_ms();
         let mut users: Vec<UserId> = entries
             .unwrap_or_default()
@@ -238,17 +261,21 @@ impl Bus for RedisBus {
     }
 
     async fn announce(&self, stats: &PodStats) {
+        let started = Instant::now();
         let mut con = self.commands.clone();
         let entry = serde_json::json!({"stats": stats, "seen_ms": crate::now_ms()}).to_string();
         let done: redis::RedisResult<()> = con.hset(PODS_KEY, self.pod.to_string(), entry).await;
+        self.observe("hset", started);
         if let Err(e) = done {
             tracing::warn!(error = %e, "pod announcement failed");
         }
     }
 
     async fn pods_remote(&self) -> Vec<PodStats> {
+        let started = Instant::now();
         let mut con = self.commands.clone();
         let entries: redis::RedisResult<Vec<(String, String)>> = con.hgetall(PODS_KEY).await;
+        self.observe("hgetall", started);
         let now = crate::now_ms();
         let mut stale = Vec::new();
         let mut pods = Vec::new();

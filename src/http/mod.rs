@@ -248,7 +248,7 @@ impl KeyExtractor for ClientIp {
 type RateLimit = GovernorLayer<ClientIp, NoOpMiddleware, axum::body::Body>;
 
 /// A per-client-IP limit of `burst` requests, one more every `period`.
-fn rate_limit(period: Duration, burst: u32, trust_forwarded: bool) -> RateLimit {
+fn rate_limit(period: Duration, burst: u32, trust_forwarded: bool, metrics: Metrics) -> RateLimit {
     let config = GovernorConfigBuilder::default()
         .period(period)
         .burst_size(burst)
@@ -264,12 +264,15 @@ fn rate_limit(period: Duration, burst: u32, trust_forwarded: bool) -> RateLimit 
             l.retain_recent();
         }
     });
-    GovernorLayer::new(config).error_handler(|e| match e {
-        GovernorError::TooManyRequests { wait_time, .. } => ApiError::RateLimited {
-            message: "too many requests; slow down".into(),
-            retry_after_ms: wait_time.max(1) * 1000,
+    GovernorLayer::new(config).error_handler(move |e| match e {
+        GovernorError::TooManyRequests { wait_time, .. } => {
+            metrics.rate_limited.with_label_values(&["http"]).inc();
+            ApiError::RateLimited {
+                message: "too many requests; slow down".into(),
+                retry_after_ms: wait_time.max(1) * 1000,
+            }
+            .into_response()
         }
-        .into_response(),
         GovernorError::UnableToExtractKey => {
             ApiError::bad_request("cannot tell the client address").into_response()
         }
@@ -308,11 +311,13 @@ pub fn router(state: AppState) -> Router {
         Duration::from_secs(1) / c.http_rate,
         c.http_burst,
         c.trust_forwarded_for,
+        state.metrics.clone(),
     );
     let credentials = rate_limit(
         Duration::from_secs(60) / c.auth_rate_per_minute,
         c.auth_burst,
         c.trust_forwarded_for,
+        state.metrics.clone(),
     );
     let app = Router::new()
         .merge(auth::credentials_router().layer(credentials))

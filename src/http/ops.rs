@@ -21,7 +21,9 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// Whether the pod is ready (store and bus answer within 2 s, not draining), with the checks;
+/// also sets the `confab_ready` gauge.
+pub async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let limit = Duration::from_secs(2);
     let store = match tokio::time::timeout(limit, state.store.ping()).await {
         Ok(Ok(())) => "ok".to_string(),
@@ -34,12 +36,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Err(_) => "timeout".to_string(),
     };
     let draining = state.is_draining();
-    let checks = json!({
-        "store": store,
-        "bus": bus,
-        "draining": draining,
-    });
-    if store == "ok" && bus == "ok" && !draining {
+    let ready = store == "ok" && bus == "ok" && !draining;
+    state.metrics.ready.set(i64::from(ready));
+    (
+        ready,
+        json!({"store": store, "bus": bus, "draining": draining}),
+    )
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let (ready, checks) = readiness(&state).await;
+    if ready {
         (
             StatusCode::OK,
             Json(json!({"status": "ok", "checks": checks})),

@@ -39,7 +39,8 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(2);
 struct RoomState {
     /// Last seq delivered to local subscribers; `None` until the first subscriber has read it.
     delivered: Option<i64>,
-    pending: BTreeMap<i64, Utf8Bytes>,
+    /// Early messages: seq → (frame, when the server read it).
+    pending: BTreeMap<i64, (Utf8Bytes, i64)>,
     gap_fill_scheduled: bool,
     subscribers: HashMap<ConnId, Outbox>,
     /// Local sockets per user subscribed here: presence changes on 0 <-> 1.
@@ -47,7 +48,14 @@ struct RoomState {
 }
 
 impl RoomState {
-    fn fan_out(&self, text: &Utf8Bytes, room: RoomId, seq: i64, except: Option<UserId>) -> usize {
+    fn fan_out(
+        &self,
+        text: &Utf8Bytes,
+        room: RoomId,
+        seq: i64,
+        except: Option<UserId>,
+        created_ms: i64,
+    ) -> usize {
         let mut n = 0;
         for sub in self.subscribers.values() {
             if Some(sub.user) == except {
@@ -57,6 +65,7 @@ impl RoomState {
                 room,
                 seq,
                 text: text.clone(),
+                created_ms,
             }) {
                 n += 1;
             }
@@ -366,13 +375,15 @@ impl Hub {
     /// A message this pod committed: deliver it here, then tell the other pods.
     pub fn publish_message(self: &Arc<Self>, m: &MessageRecord) {
         let text = message_frame(m);
-        self.deliver_message(m.room_id, m.seq, text.clone());
+        self.deliver_message(m.room_id, m.seq, text.clone(), m.created_at);
         self.bus.publish(Envelope {
             kind: Kind::Message,
             origin: self.pod,
             room: m.room_id,
             seq: m.seq,
             except: None,
+            created_ms: m.created_at,
+            sent_ms: crate::now_ms(),
             text: to_bytes(&text),
         });
     }
@@ -380,37 +391,41 @@ impl Hub {
     /// Any other room event made on this pod: deliver here, then tell the other pods.
     pub fn publish_event(&self, room: RoomId, text: Utf8Bytes, except: Option<UserId>) {
         self.broadcast(room, &text, except);
+        let now = crate::now_ms();
         self.bus.publish(Envelope {
             kind: Kind::RoomEvent,
             origin: self.pod,
             room,
             seq: 0,
             except,
+            created_ms: now,
+            sent_ms: now,
             text: to_bytes(&text),
         });
     }
 
     fn broadcast(&self, room: RoomId, text: &Utf8Bytes, except: Option<UserId>) {
         if let Some(state) = self.room(room) {
-            let n = state
-                .lock()
-                .expect("room lock")
-                .fan_out(text, room, 0, except);
+            let n =
+                state
+                    .lock()
+                    .expect("room lock")
+                    .fan_out(text, room, 0, except, crate::now_ms());
             self.metrics.deliveries.inc_by(n as u64);
         }
     }
 
-    fn deliver_message(self: &Arc<Self>, room: RoomId, seq: i64, text: Utf8Bytes) {
+    fn deliver_message(self: &Arc<Self>, room: RoomId, seq: i64, text: Utf8Bytes, created_ms: i64) {
         let Some(state) = self.room(room) else { return };
         let mut s = state.lock().expect("room lock");
         let Some(delivered) = s.delivered else {
-            s.pending.insert(seq, text);
+            s.pending.insert(seq, (text, created_ms));
             return;
         };
         if seq <= delivered {
             return; // already delivered: a duplicate or a message filled from the store
         }
-        s.pending.insert(seq, text);
+        s.pending.insert(seq, (text, created_ms));
         self.flush_pending(&mut s, room);
         if !s.pending.is_empty() && !s.gap_fill_scheduled {
             s.gap_fill_scheduled = true;
@@ -430,8 +445,8 @@ impl Hub {
             if seq <= delivered {
                 entry.remove();
             } else if seq == delivered + 1 {
-                let text = entry.remove();
-                let n = s.fan_out(&text, room, seq, None);
+                let (text, created_ms) = entry.remove();
+                let n = s.fan_out(&text, room, seq, None, created_ms);
                 self.metrics.deliveries.inc_by(n as u64);
                 delivered = seq;
             } else {
@@ -468,7 +483,7 @@ impl Hub {
                 Ok(rows) if !rows.is_empty() => {
                     self.metrics.gap_fills.inc();
                     for m in &rows {
-                        self.deliver_message(room, m.seq, message_frame(m));
+                        self.deliver_message(room, m.seq, message_frame(m), m.created_at);
                     }
                 }
                 Ok(_) => break,
@@ -544,6 +559,8 @@ impl Hub {
             room: RoomId(uuid::Uuid::nil()),
             seq: 0,
             except: None,
+            created_ms: crate::now_ms(),
+            sent_ms: crate::now_ms(),
             text: Bytes::from(serde_json::to_vec(&event).expect("control serializes")),
         });
     }
@@ -619,6 +636,28 @@ impl Hub {
         self.bus.announce(&self.pod_stats()).await;
     }
 
+    /// Sets the gauges that are sums over connections and rooms (called every few seconds).
+    pub fn record_gauges(&self) {
+        let (total, longest) = self
+            .users
+            .lock()
+            .expect("users lock")
+            .values()
+            .flat_map(|c| c.values())
+            .map(Outbox::queued)
+            .fold((0usize, 0usize), |(t, m), q| (t + q, m.max(q)));
+        self.metrics.outbound_queue_frames.set(total as i64);
+        self.metrics.outbound_queue_max_frames.set(longest as i64);
+        let online: usize = self
+            .rooms
+            .read()
+            .expect("rooms lock")
+            .values()
+            .map(|s| s.lock().expect("room lock").presence.len())
+            .sum();
+        self.metrics.presence_users.set(online as i64);
+    }
+
     /// This pod's numbers for the admin stats.
     pub fn pod_stats(&self) -> PodStats {
         PodStats {
@@ -633,10 +672,12 @@ impl Hub {
         if env.origin == self.pod {
             return;
         }
+        let lag = (crate::now_ms() - env.sent_ms).max(0) as f64 / 1000.0;
+        self.metrics.bus_lag.observe(lag);
         match env.kind {
             Kind::Message => {
                 if let Some(text) = from_bytes(env.text) {
-                    self.deliver_message(env.room, env.seq, text);
+                    self.deliver_message(env.room, env.seq, text, env.created_ms);
                 }
             }
             Kind::RoomEvent => {

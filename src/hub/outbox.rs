@@ -57,6 +57,8 @@ pub enum Outbound {
         room: RoomId,
         seq: i64,
         text: Utf8Bytes,
+        /// When the server read the message (ms): the delivery latency is measured at write.
+        created_ms: i64,
     },
     /// A frame for this connection only (an ack, an error).
     Direct(Utf8Bytes),
@@ -113,6 +115,11 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Frames waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Asks the connection to close; the first reason wins.

@@ -7,6 +7,9 @@
 
 pub mod blobs;
 mod sql;
+mod timed;
+
+pub use timed::TimedStore;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -376,7 +376,12 @@ impl Connection {
     async fn outbound(&mut self, item: Outbound, sink: &mut Sink) -> Result<(), ()> {
         let text = match item {
             Outbound::Direct(text) => text,
-            Outbound::Room { room, seq, text } => {
+            Outbound::Room {
+                room,
+                seq,
+                text,
+                created_ms,
+            } => {
                 let Some(cursor) = self.subs.get_mut(&room) else {
                     return Ok(());
                 };
@@ -385,6 +390,8 @@ impl Connection {
                         return Ok(()); // already sent by the replay
                     }
                     *cursor = seq;
+                    let latency = (crate::now_ms() - created_ms).max(0) as f64 / 1000.0;
+                    self.state.metrics.delivery_latency.observe(latency);
                 }
                 text
             }
@@ -546,6 +553,11 @@ impl Connection {
         let clock = governor::clock::DefaultClock::default();
         self.limiter.check().map_err(|not_until| {
             self.limited.push_back(Instant::now());
+            self.state
+                .metrics
+                .rate_limited
+                .with_label_values(&["ws"])
+                .inc();
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
             ApiError::RateLimited {
                 message: "too many messages; slow down".into(),
