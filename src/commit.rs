@@ -101,6 +101,7 @@ impl GroupCommit {
     }
 }
 
+#[tracing::instrument(name = "commit_batch", skip_all, fields(messages = batch.len()))]
 async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch: Vec<Pending>) {
     let started = Instant::now();
     let messages: Vec<NewMessage> = batch.iter().map(|p| p.message.clone()).collect();

@@ -24,7 +24,7 @@ async fn main() -> std::process::ExitCode {
         print!("{}", confab::operator::resources::crds_yaml());
         return std::process::ExitCode::SUCCESS;
     }
-    confab::telemetry::init_logging(cli.config.log_format);
+    let _traces = confab::telemetry::init_logging(cli.config.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => confab::server::serve(cli.config).await,
         Command::Migrate => confab::server::migrate(&cli.config).await,

@@ -10,16 +10,103 @@ use prometheus::{
 
 use crate::config::LogFormat;
 
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// Logging, and tracing over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Keep the guard
+/// alive until the process ends: dropping it flushes buffered spans.
+pub fn init_logging(format: LogFormat) -> TraceGuard {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("CONFAB_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = otlp_provider();
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("confab")));
+    let (json, pretty) = match format {
+        LogFormat::Json => (Some(fmt::layer().json().flatten_event(true)), None),
+        LogFormat::Pretty => (None, Some(fmt::layer())),
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(pretty)
+        .with(otel)
+        .try_init();
+    TraceGuard(provider)
+}
+
+/// The W3C `traceparent` of the current span (empty without tracing), to carry a trace to
+/// other pods in bus envelopes.
+pub fn current_traceparent() -> String {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// Makes `span` a child of the trace a `traceparent` names (from another pod).
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if traceparent.is_empty() {
+        return;
+    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    let _ = span.set_parent(cx);
+}
+
+/// Keeps the trace pipeline alive; dropping it flushes what is buffered.
+pub struct TraceGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// The OTLP trace pipeline, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
+/// variable) is set. Spans go out over OTLP/HTTP in batches; W3C trace context is the
+/// propagation format, also across pods through the bus.
+fn otlp_provider() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    let configured = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    if !configured {
+        return None;
+    }
+    // The blocking HTTP client must not be built inside the async runtime.
+    let exporter = std::thread::spawn(|| {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+    })
+    .join()
+    .ok()?;
+    let exporter = match exporter {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("confab: OTLP exporter not started: {e}");
+            return None;
+        }
+    };
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "confab".into());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    Some(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    )
 }
 
 /// Handles to every metric; cheap to clone.

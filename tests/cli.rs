@@ -227,3 +227,215 @@ async fn selftest_makes_a_real_round_trip_and_fails_loudly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("selftest failed"));
 }
+
+/// A stand-in OTLP/HTTP collector: records the bodies posted to /v1/traces.
+async fn collector() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    use axum::routing::post;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().extend_from_slice(&body);
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn traces_are_exported_over_otlp_when_configured() {
+    let (otlp, seen) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_SERVICE_NAME", "confab-under-test")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http = reqwest::Client::new();
+    assert!(
+        common::eventually(Duration::from_secs(20), || async {
+            http.get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    let s = common::Server::external(addr);
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    alice.post_message(&room, "traced").await;
+    let found = |needle: &'static [u8]| {
+        let seen = seen.clone();
+        move || {
+            let seen = seen.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            }
+        }
+    };
+    for span in [
+        &b"http_request"[..],
+        b"commit_batch",
+        b"publish_message",
+        b"confab-under-test",
+    ] {
+        assert!(
+            common::eventually(Duration::from_secs(10), found(span)).await,
+            "no {} in what the collector received",
+            String::from_utf8_lossy(span)
+        );
+    }
+    child.kill().await.unwrap();
+}
+
+/// A collector that keeps every request body, to decode them as OTLP.
+async fn collector_requests() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use axum::routing::post;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+/// (service name, span name, trace id) of every span received.
+fn spans(bodies: &[Vec<u8>]) -> Vec<(String, String, Vec<u8>)> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let mut out = Vec::new();
+    for body in bodies {
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    out.push((service.clone(), span.name, span.trace_id));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn one_messages_trace_crosses_pods() {
+    let pg = common::Postgres::start();
+    let redis = common::Redis::start();
+    let (otlp, seen) = collector_requests().await;
+    let mut pods = Vec::new();
+    for name in ["pod-a", "pod-b"] {
+        let port = free_port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--database-url", &pg.url, "--redis-url", &redis.url])
+            .env(
+                "CONFAB_JWT_SECRET",
+                "trace-test-secret-trace-test-secret-trace",
+            )
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_SERVICE_NAME", name)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let http = reqwest::Client::new();
+        assert!(
+            common::eventually(Duration::from_secs(20), || async {
+                http.get(format!("http://{addr}/healthz"))
+                    .send()
+                    .await
+                    .is_ok()
+            })
+            .await
+        );
+        pods.push((child, addr));
+    }
+    // The receiver subscribes on pod b; the sender posts on pod a.
+    let a = common::Server::external(pods[0].1);
+    let b = common::Server::external(pods[1].1);
+    let alice = a.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let alice_b = b.login("alice").await;
+    let mut ws = alice_b.subscribed(&room).await;
+    alice.post_message(&room, "across").await;
+    assert_eq!(ws.expect("message").await["body"], "across");
+    let crossed = || {
+        let seen = seen.clone();
+        async move {
+            let all = spans(&seen.lock().unwrap());
+            let commits: Vec<&Vec<u8>> = all
+                .iter()
+                .filter(|(s, n, _)| s.contains("pod-a") && n == "commit_batch")
+                .map(|(_, _, t)| t)
+                .collect();
+            all.iter()
+                .any(|(s, n, t)| s.contains("pod-b") && n == "deliver" && commits.contains(&t))
+        }
+    };
+    assert!(
+        common::eventually(Duration::from_secs(10), crossed).await,
+        "pod b's deliver span should share the trace of pod a's commit: {:?}",
+        spans(&seen.lock().unwrap())
+            .iter()
+            .map(|(s, n, _)| format!("{s}/{n}"))
+            .collect::<Vec<_>>()
+    );
+    for (mut child, _) in pods {
+        child.kill().await.unwrap();
+    }
+}

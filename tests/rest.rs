@@ -720,6 +720,25 @@ async fn read_markers_drive_unread_counts() {
 }
 
 #[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let s = Server::embedded().await;
+    let r = reqwest::get(s.url("/healthz")).await.unwrap();
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+    let r = reqwest::Client::new()
+        .get(s.url("/api/v1/rooms"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-request-id"],
+        "trace-me-42",
+        "the client's id is kept"
+    );
+}
+
+#[tokio::test]
 async fn operations_endpoints_answer() {
     let s = Server::embedded().await;
     let (st, body) = s.api().get("/healthz").await;

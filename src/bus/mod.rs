@@ -44,6 +44,8 @@ pub struct Envelope {
     pub created_ms: i64,
     /// When the origin pod published it (ms), for the bus lag.
     pub sent_ms: i64,
+    /// W3C `traceparent` of the span that made the event (empty without tracing).
+    pub trace: String,
     pub text: Bytes,
 }
 
@@ -59,12 +61,15 @@ impl Envelope {
         b.put_slice(self.except.map(|u| u.0).unwrap_or(Uuid::nil()).as_bytes());
         b.put_i64(self.created_ms);
         b.put_i64(self.sent_ms);
+        let trace = &self.trace.as_bytes()[..self.trace.len().min(255)];
+        b.put_u8(trace.len() as u8);
+        b.put_slice(trace);
         b.put_slice(&self.text);
         b.freeze()
     }
 
     pub fn decode(b: Bytes) -> Option<Envelope> {
-        if b.len() < HEADER {
+        if b.len() < HEADER + 1 {
             return None;
         }
         let kind = match b[0] {
@@ -75,6 +80,7 @@ impl Envelope {
         };
         let uuid = |at: usize| Uuid::from_slice(&b[at..at + 16]).ok();
         let except = uuid(41)?;
+        let trace_len = *b.get(HEADER)? as usize;
         Some(Envelope {
             kind,
             origin: PodId(uuid(1)?),
@@ -83,7 +89,8 @@ impl Envelope {
             except: (!except.is_nil()).then_some(UserId(except)),
             created_ms: i64::from_be_bytes(b[57..65].try_into().ok()?),
             sent_ms: i64::from_be_bytes(b[65..73].try_into().ok()?),
-            text: b.slice(HEADER..),
+            trace: String::from_utf8(b.get(HEADER + 1..HEADER + 1 + trace_len)?.to_vec()).ok()?,
+            text: b.slice(HEADER + 1 + trace_len..),
         })
     }
 }
@@ -134,6 +141,7 @@ mod tests {
             except: Some(UserId::new()),
             created_ms: 1_700_000_000_000,
             sent_ms: 1_700_000_000_005,
+            trace: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             text: Bytes::from_static(b"{\"type\":\"message\"}"),
         };
         assert_eq!(Envelope::decode(env.encode()), Some(env.clone()));

@@ -208,8 +208,16 @@ async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> 
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let span = tracing::info_span!("http_request", %method, %route, %request_id, status = tracing::field::Empty);
     let started = Instant::now();
-    let resp = next.run(req).await;
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("status", resp.status().as_u16());
     state
         .metrics
         .http_seconds
@@ -334,6 +342,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             track_http,
+        ))
+        // A request id for logs and traces: the client's, or a fresh one; echoed back.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
         ))
         .with_state(state);
     security_headers(app)

@@ -373,6 +373,7 @@ impl Hub {
     // ---- delivery ----------------------------------------------------------------------
 
     /// A message this pod committed: deliver it here, then tell the other pods.
+    #[tracing::instrument(name = "publish_message", skip_all, fields(room = %m.room_id, seq = m.seq))]
     pub fn publish_message(self: &Arc<Self>, m: &MessageRecord) {
         let text = message_frame(m);
         self.deliver_message(m.room_id, m.seq, text.clone(), m.created_at);
@@ -384,6 +385,7 @@ impl Hub {
             except: None,
             created_ms: m.created_at,
             sent_ms: crate::now_ms(),
+            trace: crate::telemetry::current_traceparent(),
             text: to_bytes(&text),
         });
     }
@@ -400,6 +402,7 @@ impl Hub {
             except,
             created_ms: now,
             sent_ms: now,
+            trace: crate::telemetry::current_traceparent(),
             text: to_bytes(&text),
         });
     }
@@ -561,6 +564,7 @@ impl Hub {
             except: None,
             created_ms: crate::now_ms(),
             sent_ms: crate::now_ms(),
+            trace: crate::telemetry::current_traceparent(),
             text: Bytes::from(serde_json::to_vec(&event).expect("control serializes")),
         });
     }
@@ -674,6 +678,11 @@ impl Hub {
         }
         let lag = (crate::now_ms() - env.sent_ms).max(0) as f64 / 1000.0;
         self.metrics.bus_lag.observe(lag);
+        // The event's trace continues here, on this pod.
+        let span =
+            tracing::info_span!("deliver", room = %env.room, seq = env.seq, lag_ms = lag * 1000.0);
+        crate::telemetry::continue_trace(&span, &env.trace);
+        let _entered = span.enter();
         match env.kind {
             Kind::Message => {
                 if let Some(text) = from_bytes(env.text) {
