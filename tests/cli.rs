@@ -439,3 +439,68 @@ async fn one_messages_trace_crosses_pods() {
         child.kill().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_bench_drives_every_scenario_through_the_real_protocol() {
+    let (mut config, dir) = common::embedded();
+    config.http_burst = 100_000;
+    config.auth_burst = 100_000;
+    config.max_connections_per_user = 1_000;
+    config.messages_per_second = 100_000;
+    config.message_burst = 100_000;
+    let s = common::Server::start_with(config, Some(dir)).await;
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab-bench"));
+        cmd.args(["--url", &format!("http://{}", s.addr), "--json"])
+            .args(args);
+        cmd
+    };
+    let json = |mut cmd: std::process::Command| async move {
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let idle = json(run(&[
+        "--bind",
+        "127.0.0.1,127.0.0.2",
+        "idle",
+        "--connections",
+        "40",
+        "--settle",
+        "0",
+    ]))
+    .await;
+    assert_eq!(idle["connections"], 40);
+    let fanout = json(run(&[
+        "fanout",
+        "--members",
+        "20",
+        "--senders",
+        "1",
+        "--rate",
+        "20",
+        "--seconds",
+        "1",
+    ]))
+    .await;
+    assert_eq!(fanout["delivery_ratio"], 1.0, "{fanout}");
+    assert!(fanout["latency_ms_p99"].as_f64().unwrap() > 0.0);
+    let ingest = json(run(&[
+        "ingest",
+        "--senders",
+        "4",
+        "--window",
+        "4",
+        "--seconds",
+        "1",
+    ]))
+    .await;
+    assert!(ingest["acked_messages"].as_u64().unwrap() > 0, "{ingest}");
+    assert!(ingest["bench_cpu_percent"].is_number());
+}

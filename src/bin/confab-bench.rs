@@ -1,0 +1,542 @@
+//! confab-bench: load through the real protocol (REST register/login, WebSocket subscribe, send
+//! with client_id), for the figures in docs/BENCHMARKS.md.
+//!
+//! Scenarios: `idle` (server memory per open, subscribed connection), `fanout` (deliveries per
+//! second and end-to-end latency in a large room), `ingest` (durably committed messages per
+//! second with acks). Client sockets are spread over several loopback addresses (--bind) to pass
+//! the per-address port limit; run several processes for more than one process's open files.
+//! The bench reports its own CPU so that a saturated load generator is not taken for a slow
+//! server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+#[command(name = "confab-bench", about = "Load confab through its real protocol")]
+struct Cli {
+    /// Base URL of the confab under test.
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// Local addresses client sockets bind to, round robin (e.g. 127.0.0.1,127.0.0.2).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1",
+        global = true
+    )]
+    bind: Vec<IpAddr>,
+    /// The server's process id, to read its memory and CPU from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Print the result as JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Open N authenticated, subscribed connections and measure the server's memory per
+    /// connection.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Seconds to hold them before measuring.
+        #[arg(long, default_value_t = 3)]
+        settle: u64,
+    },
+    /// One room with M subscribers; K senders at R messages/s each; latency from the send
+    /// time written in each body to its arrival.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Many senders, each with a window of unacknowledged messages; acks mean durable commits.
+    Ingest {
+        #[arg(long, default_value_t = 64)]
+        senders: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+struct Target {
+    http: reqwest::Client,
+    base: String,
+    ws: SocketAddr,
+    bind: Vec<IpAddr>,
+    next: AtomicU64,
+}
+
+impl Target {
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Registers and logs in a fresh user; returns its token.
+    async fn user(&self, tag: &str) -> anyhow::Result<String> {
+        let name = format!(
+            "bench-{tag}-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        self.post(
+            "/api/v1/auth/register",
+            None,
+            json!({"username": name, "password": "bench-password"}),
+        )
+        .await?;
+        let t = self
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"username": name, "password": "bench-password"}),
+            )
+            .await?;
+        Ok(t["access_token"].as_str().context("no token")?.to_string())
+    }
+
+    async fn socket(&self, token: &str) -> anyhow::Result<Socket> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        let local = self.bind[n % self.bind.len()];
+        let sock = if local.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        sock.bind(SocketAddr::new(local, 0))?;
+        let stream = sock.connect(self.ws).await?;
+        let url = format!("ws://{}/ws?token={token}", self.ws);
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+        expect(&mut ws, "hello").await?;
+        Ok(ws)
+    }
+}
+
+async fn expect(ws: &mut Socket, kind: &str) -> anyhow::Result<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == kind {
+                    return Ok(v);
+                }
+                if v["type"] == "error" {
+                    bail!("error while waiting for {kind}: {v}");
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => bail!("no {kind}: {other:?}"),
+        }
+    }
+}
+
+async fn subscribe(ws: &mut Socket, room: &str) -> anyhow::Result<()> {
+    ws.send(Message::Text(
+        json!({"type": "subscribe", "room": room})
+            .to_string()
+            .into(),
+    ))
+    .await?;
+    expect(ws, "subscribed").await?;
+    Ok(())
+}
+
+/// (user + system) CPU seconds of a process, from /proc.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Kernel slab memory (reclaimable and not), from /proc/meminfo: socket structures live there.
+fn kernel_slab_bytes() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = |key: &str| -> Option<u64> {
+        m.lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((kb("SReclaimable:")? + kb("SUnreclaim:")?) * 1024)
+}
+
+/// Kernel memory held by TCP socket buffers (all processes), from /proc/net/sockstat.
+fn tcp_kernel_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "mem" {
+            return it.next()?.parse::<u64>().ok().map(|pages| pages * 4096);
+        }
+    }
+    None
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn report(cli: &Cli, result: Value) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&result).unwrap());
+    } else {
+        for (k, v) in result.as_object().unwrap() {
+            println!("{k:<28} {v}");
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let base = cli.url.trim_end_matches('/').to_string();
+    let host = base.trim_start_matches("http://");
+    let ws: SocketAddr = tokio::net::lookup_host(host)
+        .await?
+        .next()
+        .context("cannot resolve --url")?;
+    let target = Arc::new(Target {
+        http: reqwest::Client::new(),
+        base,
+        ws,
+        bind: cli.bind.clone(),
+        next: AtomicU64::new(0),
+    });
+    let my_cpu = cpu_seconds("self").unwrap_or(0.0);
+    let server_cpu = cli.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
+    let started = Instant::now();
+    let mut result = match &cli.scenario {
+        Scenario::Idle {
+            connections,
+            settle,
+        } => idle(&cli, &target, *connections, *settle).await?,
+        Scenario::Fanout {
+            members,
+            senders,
+            rate,
+            seconds,
+        } => fanout(&target, *members, *senders, *rate, *seconds).await?,
+        Scenario::Ingest {
+            senders,
+            window,
+            seconds,
+        } => ingest(&target, *senders, *window, *seconds).await?,
+    };
+    let wall = started.elapsed().as_secs_f64();
+    result["bench_cpu_percent"] =
+        json!(((cpu_seconds("self").unwrap_or(0.0) - my_cpu) / wall * 100.0).round());
+    if let (Some(pid), Some(before)) = (cli.server_pid, server_cpu) {
+        result["server_cpu_percent"] = json!(
+            ((cpu_seconds(&pid.to_string()).unwrap_or(before) - before) / wall * 100.0).round()
+        );
+    }
+    report(&cli, result);
+    Ok(())
+}
+
+async fn idle(cli: &Cli, t: &Arc<Target>, n: usize, settle: u64) -> anyhow::Result<Value> {
+    let token = t.user("idle").await?;
+    let room = t.post("/api/v1/rooms", Some(&token), json!({"name": format!("idle-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]), "kind": "public"})).await?;
+    let room = room["id"].as_str().context("room id")?.to_string();
+    let pid = cli.server_pid;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = pid.and_then(rss_bytes);
+    let kernel_before = tcp_kernel_bytes();
+    let slab_before = kernel_slab_bytes();
+    let mut sockets = Vec::with_capacity(n);
+    let opened = Instant::now();
+    // Open in parallel batches.
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let mut batch = Vec::new();
+        for _ in chunk {
+            let t = t.clone();
+            let token = token.clone();
+            let room = room.clone();
+            batch.push(tokio::spawn(async move {
+                let mut ws = t.socket(&token).await?;
+                subscribe(&mut ws, &room).await?;
+                anyhow::Ok(ws)
+            }));
+        }
+        for b in batch {
+            sockets.push(b.await??);
+        }
+    }
+    let open_secs = opened.elapsed().as_secs_f64();
+    // Keep answering pings while settling.
+    let mut readers = Vec::new();
+    for mut ws in sockets {
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {}
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let rss_after = pid.and_then(rss_bytes);
+    let kernel_after = tcp_kernel_bytes();
+    let slab_after = kernel_slab_bytes();
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) => json!(((a as f64 - b as f64) / n as f64).round()),
+        _ => Value::Null,
+    };
+    let kernel_per_conn = match (kernel_before, kernel_after) {
+        // Both ends of each loopback connection are counted by the kernel.
+        (Some(b), Some(a)) => json!(((a as f64 - b as f64) / n as f64).round()),
+        _ => Value::Null,
+    };
+    for r in readers {
+        r.abort();
+    }
+    Ok(json!({
+        "scenario": "idle",
+        "connections": n,
+        "open_seconds": (open_secs * 100.0).round() / 100.0,
+        "server_rss_before_bytes": rss_before,
+        "server_rss_after_bytes": rss_after,
+        "server_rss_per_connection_bytes": per_conn,
+        "kernel_tcp_buffer_bytes_per_connection_both_ends": kernel_per_conn,
+        "kernel_slab_bytes_per_connection_both_ends": match (slab_before, slab_after) {
+            (Some(b), Some(a)) => json!(((a as f64 - b as f64) / n as f64).round()),
+            _ => Value::Null,
+        },
+    }))
+}
+
+async fn fanout(
+    t: &Arc<Target>,
+    members: usize,
+    senders: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Value> {
+    let token = t.user("fanout").await?;
+    let room = t.post("/api/v1/rooms", Some(&token), json!({"name": format!("fanout-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]), "kind": "public"})).await?;
+    let room = room["id"].as_str().context("room id")?.to_string();
+    let received = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut receivers = Vec::new();
+    for chunk in (0..members).collect::<Vec<_>>().chunks(200) {
+        let mut batch = Vec::new();
+        for _ in chunk {
+            let (t, token, room) = (t.clone(), token.clone(), room.clone());
+            batch.push(tokio::spawn(async move {
+                let mut ws = t.socket(&token).await?;
+                subscribe(&mut ws, &room).await?;
+                anyhow::Ok(ws)
+            }));
+        }
+        for b in batch {
+            let mut ws = b.await??;
+            let (received, latencies, mut stopped) =
+                (received.clone(), latencies.clone(), stopped.clone());
+            receivers.push(tokio::spawn(async move {
+                let mut local = Vec::new();
+                loop {
+                    let msg = tokio::select! {
+                        m = ws.next() => match m { Some(Ok(m)) => m, _ => break },
+                        _ = stopped.wait_for(|s| *s) => break,
+                    };
+                    if let Message::Text(text) = msg
+                        && let Some(i) = text.find("\"body\":\"t")
+                    {
+                        let digits: String = text[i + 9..]
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect();
+                        if let Ok(sent) = digits.parse::<u64>() {
+                            local.push((now_us().saturating_sub(sent)) as f64 / 1000.0);
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                latencies.lock().unwrap().append(&mut local);
+            }));
+        }
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for s in 0..senders {
+        let (t, token, room, sent) = (t.clone(), token.clone(), room.clone(), sent.clone());
+        writers.push(tokio::spawn(async move {
+            let mut ws = t.socket(&token).await?;
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let frame = json!({"type": "message", "room": room, "body": format!("t{}", now_us()), "client_id": format!("{s}-{i}")});
+                ws.send(Message::Text(frame.to_string().into())).await?;
+                sent.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                // Drain acks and echoes without blocking the pace.
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(0), ws.next()).await {}
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await; // the last messages arrive
+    let _ = stop.send(true);
+    for r in receivers {
+        let _ = r.await;
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    let got = received.load(Ordering::Relaxed);
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let expected = sent * members as u64;
+    Ok(json!({
+        "scenario": "fanout",
+        "members": members,
+        "messages_sent": sent,
+        "deliveries": got,
+        "delivery_ratio": if expected > 0 { (got as f64 / expected as f64 * 10000.0).round() / 10000.0 } else { 0.0 },
+        "deliveries_per_second": (got as f64 / elapsed).round(),
+        "latency_ms_p50": percentile(&lat, 50.0),
+        "latency_ms_p90": percentile(&lat, 90.0),
+        "latency_ms_p99": percentile(&lat, 99.0),
+        "latency_ms_p99_9": percentile(&lat, 99.9),
+        "latency_ms_max": lat.last().copied().unwrap_or(0.0),
+    }))
+}
+
+async fn ingest(
+    t: &Arc<Target>,
+    senders: usize,
+    window: usize,
+    seconds: u64,
+) -> anyhow::Result<Value> {
+    let token = t.user("ingest").await?;
+    let room = t.post("/api/v1/rooms", Some(&token), json!({"name": format!("ingest-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]), "kind": "public"})).await?;
+    let room = room["id"].as_str().context("room id")?.to_string();
+    let acked = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let (t, token, room, acked, latencies) = (
+            t.clone(),
+            token.clone(),
+            room.clone(),
+            acked.clone(),
+            latencies.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut ws = t.socket(&token).await?;
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let mut in_flight = std::collections::HashMap::new();
+            let mut i = 0u64;
+            let mut local = Vec::new();
+            loop {
+                while in_flight.len() < window && Instant::now() < deadline {
+                    let cid = format!("{s}-{i}");
+                    let frame =
+                        json!({"type": "message", "room": room, "body": "x", "client_id": cid});
+                    ws.feed(Message::Text(frame.to_string().into())).await?;
+                    in_flight.insert(cid, Instant::now());
+                    i += 1;
+                }
+                ws.flush().await?;
+                if in_flight.is_empty() {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        let v: Value = serde_json::from_str(&text)?;
+                        if v["type"] == "ack"
+                            && let Some(sent) =
+                                v["client_id"].as_str().and_then(|c| in_flight.remove(c))
+                        {
+                            local.push(sent.elapsed().as_secs_f64() * 1000.0);
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        } else if v["type"] == "error" {
+                            bail!("server refused a message: {v}");
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    other => bail!("socket ended: {other:?}"),
+                }
+            }
+            latencies.lock().unwrap().append(&mut local);
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let acked = acked.load(Ordering::Relaxed);
+    Ok(json!({
+        "scenario": "ingest",
+        "senders": senders,
+        "window": window,
+        "acked_messages": acked,
+        "committed_per_second": (acked as f64 / elapsed).round(),
+        "ack_latency_ms_p50": percentile(&lat, 50.0),
+        "ack_latency_ms_p99": percentile(&lat, 99.0),
+        "ack_latency_ms_max": lat.last().copied().unwrap_or(0.0),
+    }))
+}
