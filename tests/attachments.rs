@@ -303,40 +303,24 @@ async fn attachments_round_trip_on_s3() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "create bucket: {}", r.status());
-    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--attachments-url", "s3://confab-test/uploads"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT", &moto.endpoint)
-        .env("AWS_ALLOW_HTTP", "true")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut child, s) = common::spawn_binary(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--attachments-url",
+            "s3://confab-test/uploads",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT", moto.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
-    assert!(
-        common::eventually(Duration::from_secs(20), || async {
-            http.get(format!("http://{addr}/healthz"))
-                .send()
-                .await
-                .is_ok()
-        })
-        .await,
-        "confab did not start"
-    );
-    let s = Server::external(addr);
     round_trip(&s).await;
     // The bytes are in the bucket, under the prefix.
     let listing = http

@@ -256,35 +256,16 @@ async fn collector() -> (
 async fn traces_are_exported_over_otlp_when_configured() {
     let (otlp, seen) = collector().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_SERVICE_NAME", "confab-under-test")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let http = reqwest::Client::new();
-    assert!(
-        common::eventually(Duration::from_secs(20), || async {
-            http.get(format!("http://{addr}/healthz"))
-                .send()
-                .await
-                .is_ok()
-        })
-        .await
-    );
-    let s = common::Server::external(addr);
+    let data = dir.path().to_str().unwrap();
+    let (mut child, s) = common::spawn_binary(
+        &["--data-dir", data],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OTEL_SERVICE_NAME", "confab-under-test".into()),
+        ],
+    )
+    .await;
     let alice = s.user("alice").await;
     let room = alice.create_room("general", "public").await;
     alice.post_message(&room, "traced").await;
@@ -372,42 +353,24 @@ async fn one_messages_trace_crosses_pods() {
     let (otlp, seen) = collector_requests().await;
     let mut pods = Vec::new();
     for name in ["pod-a", "pod-b"] {
-        let port = free_port();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--database-url", &pg.url, "--redis-url", &redis.url])
-            .env(
-                "CONFAB_JWT_SECRET",
-                "trace-test-secret-trace-test-secret-trace",
+        pods.push(
+            common::spawn_binary(
+                &["--database-url", &pg.url, "--redis-url", &redis.url],
+                &[
+                    (
+                        "CONFAB_JWT_SECRET",
+                        "trace-test-secret-trace-test-secret-trace".into(),
+                    ),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+                    ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+                    ("OTEL_SERVICE_NAME", name.into()),
+                ],
             )
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("OTEL_SERVICE_NAME", name)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let http = reqwest::Client::new();
-        assert!(
-            common::eventually(Duration::from_secs(20), || async {
-                http.get(format!("http://{addr}/healthz"))
-                    .send()
-                    .await
-                    .is_ok()
-            })
-            .await
+            .await,
         );
-        pods.push((child, addr));
     }
     // The receiver subscribes on pod b; the sender posts on pod a.
-    let a = common::Server::external(pods[0].1);
-    let b = common::Server::external(pods[1].1);
+    let (a, b) = (&pods[0].1, &pods[1].1);
     let alice = a.user("alice").await;
     let room = alice.create_room("general", "public").await;
     let alice_b = b.login("alice").await;

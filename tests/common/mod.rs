@@ -312,6 +312,39 @@ impl User {
     }
 }
 
+/// The real `confab` binary serving on a free port with extra arguments and environment,
+/// returned once `/healthz` answers. The process is killed when the child is dropped.
+pub async fn spawn_binary(
+    args: &[&str],
+    envs: &[(&str, String)],
+) -> (tokio::process::Child, Server) {
+    let port = services::free_port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("confab starts");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http = reqwest::Client::new();
+    let up = eventually(Duration::from_secs(20), || async {
+        http.get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "the confab binary did not come up on {addr}");
+    (child, Server::external(addr))
+}
+
 /// Polls `f` until it is true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
 where
