@@ -14,6 +14,9 @@ impl Bus for LocalBus {
     fn name(&self) -> &'static str {
         "local"
     }
+    fn has_peers(&self) -> bool {
+        false
+    }
     fn publish(&self, _env: Envelope) {}
     async fn join_room(&self, _room: RoomId) {}
     async fn leave_room(&self, _room: RoomId) {}

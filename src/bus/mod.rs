@@ -108,6 +108,8 @@ pub enum Incoming {
 pub trait Bus: Send + Sync + 'static {
     /// `local` or `redis`.
     fn name(&self) -> &'static str;
+    /// Whether there are other pods to reach; when not, the hub builds no envelope at all.
+    fn has_peers(&self) -> bool;
     /// Queues an envelope for the other pods. Never waits: a bus that is down drops it, and the
     /// store fills the gap for messages.
     fn publish(&self, env: Envelope);

@@ -175,6 +175,10 @@ impl Bus for RedisBus {
         "redis"
     }
 
+    fn has_peers(&self) -> bool {
+        true
+    }
+
     fn publish(&self, env: Envelope) {
         let channel = match env.kind {
             super::Kind::Control => CONTROL_CHANNEL.to_string(),

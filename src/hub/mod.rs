@@ -104,10 +104,6 @@ pub fn message_frame(m: &MessageRecord) -> Utf8Bytes {
     })
 }
 
-fn to_bytes(text: &Utf8Bytes) -> Bytes {
-    Bytes::copy_from_slice(text.as_bytes())
-}
-
 fn from_bytes(b: Bytes) -> Option<Utf8Bytes> {
     Utf8Bytes::try_from(b).ok()
 }
@@ -377,33 +373,43 @@ impl Hub {
     pub fn publish_message(self: &Arc<Self>, m: &MessageRecord) {
         let text = message_frame(m);
         self.deliver_message(m.room_id, m.seq, text.clone(), m.created_at);
-        self.bus.publish(Envelope {
-            kind: Kind::Message,
-            origin: self.pod,
-            room: m.room_id,
-            seq: m.seq,
-            except: None,
-            created_ms: m.created_at,
-            sent_ms: crate::now_ms(),
-            trace: crate::telemetry::current_traceparent(),
-            text: to_bytes(&text),
+        self.forward(Kind::Message, m.room_id, m.seq, None, m.created_at, || {
+            text.into()
         });
     }
 
     /// Any other room event made on this pod: deliver here, then tell the other pods.
     pub fn publish_event(&self, room: RoomId, text: Utf8Bytes, except: Option<UserId>) {
         self.broadcast(room, &text, except);
-        let now = crate::now_ms();
+        self.forward(Kind::RoomEvent, room, 0, except, crate::now_ms(), || {
+            text.into()
+        });
+    }
+
+    /// Sends an event made here to the other pods. The frame's bytes are shared, not copied,
+    /// and with no other pods (the in-process bus) nothing is built at all.
+    fn forward(
+        &self,
+        kind: Kind,
+        room: RoomId,
+        seq: i64,
+        except: Option<UserId>,
+        created_ms: i64,
+        text: impl FnOnce() -> Bytes,
+    ) {
+        if !self.bus.has_peers() {
+            return;
+        }
         self.bus.publish(Envelope {
-            kind: Kind::RoomEvent,
+            kind,
             origin: self.pod,
             room,
-            seq: 0,
+            seq,
             except,
-            created_ms: now,
-            sent_ms: now,
+            created_ms,
+            sent_ms: crate::now_ms(),
             trace: crate::telemetry::current_traceparent(),
-            text: to_bytes(&text),
+            text: text(),
         });
     }
 
@@ -556,16 +562,9 @@ impl Hub {
     /// Applies a control event on this pod and sends it to the others.
     pub fn control(&self, event: ControlEvent) {
         self.apply_control(&event);
-        self.bus.publish(Envelope {
-            kind: Kind::Control,
-            origin: self.pod,
-            room: RoomId(uuid::Uuid::nil()),
-            seq: 0,
-            except: None,
-            created_ms: crate::now_ms(),
-            sent_ms: crate::now_ms(),
-            trace: crate::telemetry::current_traceparent(),
-            text: Bytes::from(serde_json::to_vec(&event).expect("control serializes")),
+        let nobody = RoomId(uuid::Uuid::nil());
+        self.forward(Kind::Control, nobody, 0, None, crate::now_ms(), || {
+            Bytes::from(serde_json::to_vec(&event).expect("control serializes"))
         });
     }
 
