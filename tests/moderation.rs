@@ -583,3 +583,39 @@ async fn owners_make_moderators_who_can_moderate() {
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_refused_message_costs_no_slow_mode_slot() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}"),
+            json!({"slow_mode_seconds": 60}),
+        )
+        .await;
+    let mut b = bob.subscribed(&room).await;
+    let bogus = uuid::Uuid::now_v7().to_string();
+    b.send(json!({"type": "message", "room": room, "body": "look", "client_id": "c1", "attachments": [bogus]}))
+        .await;
+    assert_eq!(b.expect_skipping("error").await["code"], "bad_request");
+    // The same over REST.
+    let (st, _) = bob
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/messages"),
+            json!({"body": "look", "attachments": [bogus]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // The first message that is accepted still gets through.
+    b.say(&room, "hello", "c2").await;
+    assert_eq!(
+        b.expect_skipping_any(&["ack", "error"]).await["type"],
+        "ack"
+    );
+}

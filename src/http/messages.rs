@@ -160,15 +160,6 @@ pub async fn send(
     )?;
     let rules = state.writable_room(id, caller.user.id).await?;
     rules.check(caller.user.muted_until, crate::now_ms())?;
-    if let Some(interval) = rules.slow_mode() {
-        state
-            .hub
-            .slow_mode(id, caller.user.id, interval)
-            .map_err(|ms| ApiError::SlowMode {
-                message: format!("slow mode: one message every {} s", interval.as_secs()),
-                retry_after_ms: ms,
-            })?;
-    }
     let attachments = crate::http::attachments::for_message(
         &state,
         caller.user.id,
@@ -176,6 +167,7 @@ pub async fn send(
         body.attachments.as_deref().unwrap_or_default(),
     )
     .await?;
+    state.slow_mode(&rules, id, caller.user.id)?;
     state.metrics.messages_received.inc();
     let (tx, rx) = oneshot::channel();
     state

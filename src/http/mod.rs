@@ -95,6 +95,20 @@ impl AppState {
         Ok((r, member))
     }
 
+    /// Takes `user`'s slow-mode slot in `room` if the rules impose one: the last check before a
+    /// message is submitted, so that a message refused for another reason costs no slot.
+    pub fn slow_mode(&self, rules: &SendRules, room: RoomId, user: UserId) -> ApiResult<()> {
+        let Some(interval) = rules.slow_mode() else {
+            return Ok(());
+        };
+        self.hub
+            .slow_mode(room, user, interval)
+            .map_err(|ms| ApiError::SlowMode {
+                message: format!("slow mode: one message every {} s", interval.as_secs()),
+                retry_after_ms: ms,
+            })
+    }
+
     /// The rules `user` posts under in a room it belongs to; `forbidden` for a readable room
     /// it is not in. Callers still `check` them (mutes, read-only, archived).
     pub async fn writable_room(&self, room: RoomId, user: UserId) -> ApiResult<SendRules> {
@@ -110,9 +124,9 @@ pub struct Caller {
     pub is_admin: bool,
 }
 
-pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts
-        .headers
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
@@ -139,7 +153,7 @@ impl AppState {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let token = bearer(parts).ok_or_else(|| {
+        let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("missing Authorization: Bearer <access token>")
         })?;
         let (user, _) = state.authenticate(token).await?;

@@ -370,20 +370,7 @@ pub async fn kick(
     caller: Caller,
     ApiPath((id, user_id)): ApiPath<(RoomId, UserId)>,
 ) -> ApiResult<StatusCode> {
-    let (_, member) = state.readable_room(id, caller.user.id).await?;
-    if !can_moderate(&caller, member.as_ref().map(|m| m.role.as_str())) {
-        return Err(ApiError::forbidden(
-            "only the owner or a moderator may remove members",
-        ));
-    }
-    let target = state
-        .store
-        .member(id, user_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("the user is not a member"))?;
-    if target.role == "owner" && !caller.is_admin {
-        return Err(ApiError::forbidden("the owner cannot be removed"));
-    }
+    moderated_member(&state, &caller, id, user_id, "remove").await?;
     state.store.remove_member(id, user_id).await?;
     state.hub.member_removed(id, user_id, true, true);
     Ok(StatusCode::NO_CONTENT)
@@ -445,19 +432,20 @@ mod tests {
     }
 }
 
-/// Checks that the caller may moderate `user_id` in the room: owner, moderator or admin; the
-/// target a member who is not the owner.
+/// Checks that the caller may `action` (remove, mute) `user_id` in the room: owner,
+/// moderator or admin; the target a member who is not the owner.
 async fn moderated_member(
     state: &AppState,
     caller: &Caller,
     room: RoomId,
     user_id: UserId,
+    action: &str,
 ) -> ApiResult<()> {
     let (_, member) = state.readable_room(room, caller.user.id).await?;
     if !can_moderate(caller, member.as_ref().map(|m| m.role.as_str())) {
-        return Err(ApiError::forbidden(
-            "only the owner or a moderator may mute members",
-        ));
+        return Err(ApiError::forbidden(format!(
+            "only the owner or a moderator may {action} members"
+        )));
     }
     let target = state
         .store
@@ -465,7 +453,9 @@ async fn moderated_member(
         .await?
         .ok_or_else(|| ApiError::not_found("the user is not a member"))?;
     if target.role == "owner" && !caller.is_admin {
-        return Err(ApiError::forbidden("the owner cannot be muted"));
+        return Err(ApiError::forbidden(format!(
+            "the owner cannot be {action}d"
+        )));
     }
     Ok(())
 }
@@ -480,7 +470,7 @@ pub async fn mute(
     ApiPath((id, user_id)): ApiPath<(RoomId, UserId)>,
     OptionalJson(body): OptionalJson<MuteBody>,
 ) -> ApiResult<StatusCode> {
-    moderated_member(&state, &caller, id, user_id).await?;
+    moderated_member(&state, &caller, id, user_id, "mute").await?;
     let until = Some(crate::moderation::until(
         crate::now_ms(),
         body.duration_seconds,
@@ -502,7 +492,7 @@ pub async fn unmute(
     caller: Caller,
     ApiPath((id, user_id)): ApiPath<(RoomId, UserId)>,
 ) -> ApiResult<StatusCode> {
-    moderated_member(&state, &caller, id, user_id).await?;
+    moderated_member(&state, &caller, id, user_id, "mute").await?;
     state.store.set_member_mute(id, user_id, None).await?;
     state.hub.control(ControlEvent::MemberMuted {
         room: id,

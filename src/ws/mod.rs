@@ -64,12 +64,7 @@ pub async fn upgrade(
         return ApiError::Unavailable("the server is draining; connect again".into())
             .into_response();
     }
-    let header_token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_string());
+    let header_token = crate::http::bearer(&headers).map(str::to_string);
     if let Err(e) = check_origin(&state, &headers) {
         return e.into_response();
     }
@@ -683,20 +678,12 @@ impl Connection {
             client_id.as_deref(),
             reply_to,
         )?;
+        let rules = self.ensure_member(room).await?;
+        rules.check(self.muted_until, crate::now_ms())?;
         let attachments =
             crate::http::attachments::for_message(&self.state, self.user.id, room, &attachments)
                 .await?;
-        let rules = self.ensure_member(room).await?;
-        rules.check(self.muted_until, crate::now_ms())?;
-        if let Some(interval) = rules.slow_mode() {
-            self.state
-                .hub
-                .slow_mode(room, self.user.id, interval)
-                .map_err(|ms| ApiError::SlowMode {
-                    message: format!("slow mode: one message every {} s", interval.as_secs()),
-                    retry_after_ms: ms,
-                })?;
-        }
+        self.state.slow_mode(&rules, room, self.user.id)?;
         self.state.metrics.messages_received.inc();
         // A message ends the sender's typing indicator.
         if self.typing.remove(&room).is_some() {
