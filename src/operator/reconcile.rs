@@ -173,20 +173,17 @@ pub async fn apply_room(
                     }
                     e => e.into(),
                 })?;
-            // The operator account is not a member; mark the room managed at once.
+            // The operator account is not a member; the update below marks the room managed.
             state.store.remove_member(r.id, creator).await?;
-            let managed = RoomChanges {
-                managed_by: Some(Some(key)),
-                ..Default::default()
-            };
-            state.store.update_room(r.id, &managed).await?;
             tracing::info!(room = %r.id, resource = key, "room created for resource");
             r
         }
     };
 
+    // Write only what differs: a resync of an unchanged resource costs reads, not writes.
+    let topic = spec.topic.as_deref().unwrap_or("");
     let changes = RoomChanges {
-        topic: Some(spec.topic.as_deref().unwrap_or("")),
+        topic: Some(topic),
         kind: Some(spec.kind.as_str()),
         slow_mode_seconds: Some(spec.slow_mode_seconds.unwrap_or(0)),
         read_only: Some(spec.read_only.unwrap_or(false)),
@@ -194,25 +191,28 @@ pub async fn apply_room(
         managed_by: Some(Some(key)),
         archived: Some(false),
     };
-    let before = state.store.room(room.id).await?;
-    let updated = state.store.update_room(room.id, &changes).await?;
-    let mut changed = before.as_ref().is_none_or(|b| {
-        (
-            b.topic.as_str(),
-            b.kind.as_str(),
-            b.slow_mode_seconds,
-            b.read_only,
-            b.retention_days,
-            b.archived,
-        ) != (
-            updated.topic.as_str(),
-            updated.kind.as_str(),
-            updated.slow_mode_seconds,
-            updated.read_only,
-            updated.retention_days,
-            updated.archived,
-        )
-    });
+    let desired = (
+        topic,
+        spec.kind.as_str(),
+        spec.slow_mode_seconds.unwrap_or(0),
+        spec.read_only.unwrap_or(false),
+        spec.retention_days,
+        false,
+        Some(key),
+    );
+    let current = (
+        room.topic.as_str(),
+        room.kind.as_str(),
+        room.slow_mode_seconds,
+        room.read_only,
+        room.retention_days,
+        room.archived,
+        room.managed_by.as_deref(),
+    );
+    let mut changed = desired != current;
+    if changed {
+        state.store.update_room(room.id, &changes).await?;
+    }
     for user in &found {
         let role = wanted[user.username.as_str()];
         match state.store.member(room.id, user.id).await? {
@@ -227,8 +227,7 @@ pub async fn apply_room(
             Some(_) => {}
         }
     }
-    if changed {
-        let fresh = state.store.room(room.id).await?.unwrap_or(updated);
+    if changed && let Some(fresh) = state.store.room(room.id).await? {
         crate::http::rooms::room_updated(state, &fresh);
     }
     Ok(RoomApplied {
