@@ -371,3 +371,43 @@ async fn a_room_created_over_rest_blocks_a_resource_of_the_same_name() {
     let (st, _) = alice.api.get("/api/v1/admin/config").await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_policys_attachment_limit_holds_on_uploads() {
+    let t = setup().await;
+    let alice = t.s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let upload = |bytes: usize| {
+        let alice = alice.clone();
+        let room = room.clone();
+        async move {
+            alice
+                .api
+                .client
+                .post(format!(
+                    "{}/api/v1/rooms/{room}/attachments?filename=f.bin",
+                    alice.api.base
+                ))
+                .bearer_auth(&alice.token)
+                .body(vec![1u8; bytes])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(upload(2048).await, StatusCode::CREATED);
+    put(
+        t.dir.path(),
+        "policy.yaml",
+        &example("chatpolicy.yaml")
+            .replace("maxAttachmentBytes: 5242880", "maxAttachmentBytes: 1024"),
+    );
+    assert!(
+        eventually(WITHIN, || async {
+            upload(2048).await == StatusCode::PAYLOAD_TOO_LARGE
+        })
+        .await
+    );
+    assert_eq!(upload(1024).await, StatusCode::CREATED);
+}

@@ -619,3 +619,39 @@ async fn a_refused_message_costs_no_slow_mode_slot() {
         "ack"
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_address_gets_its_own_allowance() {
+    async fn statuses(trust: bool) -> Vec<StatusCode> {
+        let (mut config, dir) = embedded();
+        config.http_rate = 1;
+        config.http_burst = 2;
+        config.trust_forwarded_for = trust;
+        let s = Server::start_with(config, Some(dir)).await;
+        let client = reqwest::Client::new();
+        let mut out = Vec::new();
+        // Two requests from each of three clients, all through the same proxy connection.
+        for ip in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+            for _ in 0..2 {
+                let r = client
+                    .get(s.url("/healthz"))
+                    .header("x-forwarded-for", ip)
+                    .send()
+                    .await
+                    .unwrap();
+                out.push(r.status());
+            }
+        }
+        out
+    }
+    let trusted = statuses(true).await;
+    assert!(trusted.iter().all(|s| *s == StatusCode::OK), "{trusted:?}");
+    // Not trusted: the header is ignored and all six share the proxy's allowance of two (which
+    // the harness's own readiness check has already dipped into).
+    let untrusted = statuses(false).await;
+    let refused = untrusted
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(refused >= 4, "{untrusted:?}");
+}
