@@ -772,3 +772,75 @@ async fn operations_endpoints_answer() {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn the_user_directory_finds_people_by_name_and_shows_nothing_private() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let _bobby = s.user("bobby").await;
+    let (st, body) = alice.api.get("/api/v1/users?q=bob").await;
+    assert_eq!(st, StatusCode::OK);
+    let users = body["users"].as_array().unwrap();
+    let names: Vec<&str> = users
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bob", "bobby"]);
+    assert_eq!(users[0]["id"], bob.id.as_str());
+    assert!(
+        users.iter().all(|u| u.get("banned").is_none()
+            && u.get("muted").is_none()
+            && u.get("password_hash").is_none()),
+        "only the public User fields: {body}"
+    );
+    // Upper case finds the same (usernames are lower case).
+    let (_, upper) = alice.api.get("/api/v1/users?q=BOB&limit=1").await;
+    assert_eq!(upper["users"].as_array().unwrap().len(), 1);
+    // Bad input is named; no token is 401.
+    let (st, e) = alice.api.get("/api/v1/users?limit=0").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(e["error"]["message"].as_str().unwrap().contains("limit"));
+    let (st, e) = alice.api.get("/api/v1/users?limit=x").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    let (st, _) = s.api().get("/api/v1/users?q=bob").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn member_listings_carry_each_members_read_and_delivered_markers() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    for body in ["one", "two", "three"] {
+        alice.post_message(&room, body).await;
+    }
+    let (st, _) = bob
+        .api
+        .post(&format!("/api/v1/rooms/{room}/read"), json!({"seq": 2}))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let mut ws = bob.connect().await;
+    ws.send(json!({"type": "delivered", "room": room, "seq": 3}))
+        .await;
+    ws.send(json!({"type": "ping"})).await;
+    ws.expect("pong").await;
+    let (_, body) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    let members = body["members"].as_array().unwrap();
+    let of = |name: &str| {
+        members
+            .iter()
+            .find(|m| m["user"]["username"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of("bob")["last_read_seq"], 2);
+    assert_eq!(of("bob")["last_delivered_seq"], 3);
+    // Sending moves the sender's read marker to its message.
+    assert_eq!(of("alice")["last_read_seq"], 3);
+}

@@ -583,8 +583,19 @@ async fn shutdown_closes_sockets_with_1001_and_readiness_fails_first() {
     let room = alice.create_room("general", "public").await;
     let mut a = alice.subscribed(&room).await;
     let addr = s.addr;
+    let mut b = alice.subscribed(&room).await;
     let done = tokio::spawn(s.shutdown());
-    assert_eq!(a.expect_close(WAIT).await, Closed::Code(1001));
+    // The close carries a reconnect hint, drawn per socket within a 2 s window.
+    for ws in [&mut a, &mut b] {
+        let (code, reason) = ws.expect_close_reason(WAIT).await;
+        assert_eq!(code, Closed::Code(1001));
+        let hint: u64 = reason
+            .split("retry_after_ms=")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no reconnect hint in {reason:?}"));
+        assert!(hint < 2000, "hint {hint} ms is inside the window");
+    }
     done.await.unwrap().expect("run returns Ok");
     assert!(
         reqwest::get(format!("http://{addr}/healthz"))
@@ -626,4 +637,43 @@ async fn room_changes_reach_subscribers() {
         (e["code"].as_str(), e["ref"].as_str()),
         (Some("forbidden"), Some("c1"))
     );
+}
+
+#[tokio::test]
+async fn new_memberships_reach_the_members_sockets_as_room_joined() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mut bob_ws = bob.connect().await;
+    // Invited into a private room.
+    let secret = alice.create_room("secret", "private").await;
+    let (st, _) = alice
+        .api
+        .post(
+            &format!("/api/v1/rooms/{secret}/members"),
+            json!({"user_id": bob.id}),
+        )
+        .await;
+    assert_eq!(st, reqwest::StatusCode::CREATED);
+    let joined = bob_ws.expect_skipping("room_joined").await;
+    assert_eq!(joined["id"], secret.as_str());
+    assert_eq!(joined["name"], "secret");
+    assert_eq!(joined["role"], "member");
+    // A DM opened by someone else.
+    let (st, dm) = alice
+        .api
+        .post("/api/v1/dms", json!({"user_id": bob.id}))
+        .await;
+    assert_eq!(st, reqwest::StatusCode::CREATED);
+    let joined = bob_ws.expect_skipping("room_joined").await;
+    assert_eq!(joined["id"], dm["id"]);
+    assert_eq!(joined["kind"], "direct");
+    // Opening the same DM again is no news.
+    let (st, _) = alice
+        .api
+        .post("/api/v1/dms", json!({"user_id": bob.id}))
+        .await;
+    assert_eq!(st, reqwest::StatusCode::OK);
+    bob_ws.send(json!({"type": "ping"})).await;
+    bob_ws.expect("pong").await;
 }

@@ -6,7 +6,7 @@ use axum::{Json, Router, routing::get, routing::post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, ApiPath, AppState, Caller};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller};
 use crate::auth::{hash_password, verify_password};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::UserId;
@@ -25,7 +25,43 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/users/me", get(me))
+        .route("/api/v1/users", get(directory))
         .route("/api/v1/users/{id}", get(user))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct DirectoryQuery {
+    /// Part of a username; empty lists the first users by name.
+    q: Option<String>,
+    /// At most this many (default 20, at most 50).
+    limit: Option<i64>,
+}
+
+/// Users whose username contains `q`, for finding someone to message: the public `User`
+/// fields only, never ban or mute state.
+#[utoipa::path(get, path = "/api/v1/users", tag = "auth", params(DirectoryQuery),
+    responses((status = 200, description = "{\"users\": [User]}"), (status = 400)))]
+pub async fn directory(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiQuery(q): ApiQuery<DirectoryQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=50).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 50"));
+    }
+    let query = q.q.unwrap_or_default();
+    if query.len() > 64 {
+        return Err(ApiError::bad_request("q must be at most 64 bytes"));
+    }
+    let users: Vec<User> = state
+        .store
+        .find_users(&query.to_lowercase(), limit)
+        .await?
+        .iter()
+        .map(|u| state.user_json(u))
+        .collect();
+    Ok(Json(json!({"users": users})))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -11,6 +11,7 @@ pub mod messages;
 pub mod openapi;
 pub mod ops;
 pub mod rooms;
+pub mod web;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -349,6 +350,7 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::router())
         .merge(admin::router())
         .merge(attachments::router())
+        .merge(web::router())
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/ws", get(crate::ws::upgrade))
         .fallback(fallback)

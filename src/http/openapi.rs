@@ -9,7 +9,7 @@ use super::{admin, attachments, auth, messages, rooms};
 #[openapi(
     info(title = "confab", description = "Real-time multi-room chat server: REST API. The WebSocket protocol at /ws is described in docs/protocol.md."),
     paths(
-        auth::register, auth::login, auth::refresh, auth::logout, auth::me, auth::user,
+        auth::register, auth::login, auth::refresh, auth::logout, auth::me, auth::user, auth::directory,
         rooms::create, rooms::list, rooms::get_room, rooms::update, rooms::archive, rooms::join,
         rooms::leave, rooms::members, rooms::invite, rooms::kick, rooms::direct,
         messages::history, messages::send, messages::read, messages::edit, messages::delete,

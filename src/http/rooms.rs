@@ -101,7 +101,7 @@ fn refuse_if_managed(r: &RoomRecord) -> ApiResult<()> {
 }
 
 /// A room as its member sees it: with role and read marker.
-fn as_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
+pub(crate) fn as_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
     let mut room = Room::from(r);
     if let Some(m) = member {
         room.role = Some(m.role);
@@ -276,7 +276,9 @@ pub async fn join(
     if r.archived {
         return Err(ApiError::forbidden("the room is archived"));
     }
-    state.store.add_member(id, caller.user.id, "member").await?;
+    if state.store.add_member(id, caller.user.id, "member").await? {
+        state.hub.member_added(id, caller.user.id);
+    }
     let r = state
         .store
         .room(id)
@@ -324,6 +326,8 @@ pub async fn members(
                 "user": state.user_json(&m.user),
                 "role": m.role,
                 "online": online.contains(&m.user.id),
+                "last_read_seq": m.last_read_seq,
+                "last_delivered_seq": m.last_delivered_seq,
             })
         })
         .collect();
@@ -358,7 +362,9 @@ pub async fn invite(
         .user(body.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    state.store.add_member(id, body.user_id, "member").await?;
+    if state.store.add_member(id, body.user_id, "member").await? {
+        state.hub.member_added(id, body.user_id);
+    }
     Ok(StatusCode::CREATED)
 }
 
@@ -395,6 +401,11 @@ pub async fn direct(
         .store
         .direct_room(caller.user.id, body.user_id, crate::now_ms())
         .await?;
+    if created {
+        for user in [caller.user.id, body.user_id] {
+            state.hub.member_added(r.id, user);
+        }
+    }
     let room = as_member(&r, state.store.member(r.id, caller.user.id).await?);
     let status = if created {
         StatusCode::CREATED

@@ -568,6 +568,11 @@ impl Hub {
         });
     }
 
+    /// A user became a member of a room: its sockets on every pod are told (`room_joined`).
+    pub fn member_added(&self, room: RoomId, user: UserId) {
+        self.control(ControlEvent::MemberAdded { room, user });
+    }
+
     /// A user lost membership of a room (left, or was kicked): its sockets on every pod forget
     /// the membership; `drop_subscription` also stops them receiving the room.
     pub fn member_removed(
@@ -604,7 +609,8 @@ impl Hub {
                     o.push(Outbound::Control(event.clone()));
                 }
             }
-            ControlEvent::MemberRemoved { user, .. }
+            ControlEvent::MemberAdded { user, .. }
+            | ControlEvent::MemberRemoved { user, .. }
             | ControlEvent::MemberMuted { user, .. }
             | ControlEvent::UserMuted { user, .. } => {
                 for o in self.outboxes_of(*user) {
@@ -705,6 +711,12 @@ impl Hub {
 #[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlEvent {
+    /// A user became a member (joined, was invited, a DM was opened with them, a `ChatRoom`
+    /// named them): their sockets get `room_joined`.
+    MemberAdded {
+        room: RoomId,
+        user: UserId,
+    },
     MemberRemoved {
         room: RoomId,
         user: UserId,

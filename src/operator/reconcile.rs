@@ -218,6 +218,7 @@ pub async fn apply_room(
         match state.store.member(room.id, user.id).await? {
             None => {
                 state.store.add_member(room.id, user.id, role).await?;
+                state.hub.member_added(room.id, user.id);
                 changed = true;
             }
             Some(m) if m.role != role => {

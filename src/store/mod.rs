@@ -140,6 +140,8 @@ pub struct MemberUser {
     #[sqlx(flatten)]
     pub user: UserRecord,
     pub role: String,
+    pub last_read_seq: i64,
+    pub last_delivered_seq: i64,
 }
 
 #[derive(sqlx::FromRow, Clone, Debug, PartialEq)]

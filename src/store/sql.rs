@@ -625,7 +625,7 @@ macro_rules! sql_store {
 
             async fn members(&self, room: RoomId) -> StoreResult<Vec<MemberUser>> {
                 Ok(sqlx::query_as(
-                    "SELECT u.*, m.role FROM members m JOIN users u ON u.id = m.user_id \
+                    "SELECT u.*, m.role, m.last_read_seq, m.last_delivered_seq FROM members m JOIN users u ON u.id = m.user_id \
                      WHERE m.room_id = $1 ORDER BY u.username",
                 )
                 .bind(room)

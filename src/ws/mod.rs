@@ -143,10 +143,22 @@ fn too_big(e: &axum::Error) -> bool {
     false
 }
 
+/// The window the reconnect hints of a draining pod are spread over.
+pub const DRAIN_RECONNECT_SPREAD_MS: u64 = 2000;
+
+/// Sends the close frame. A draining close carries a reconnect hint,
+/// `retry_after_ms=N` with N drawn at random for each socket, so that the clients of a pod going
+/// away spread their reconnects instead of arriving elsewhere all at once.
 async fn send_close(sink: &mut Sink, close: &Close) {
+    let reason = if close.code == Close::DRAINING.code {
+        let wait = rand::random_range(0..DRAIN_RECONNECT_SPREAD_MS);
+        Utf8Bytes::from(format!("{}; retry_after_ms={wait}", close.reason))
+    } else {
+        Utf8Bytes::from_static(close.reason)
+    };
     let frame = CloseFrame {
         code: close.code,
-        reason: Utf8Bytes::from_static(close.reason),
+        reason,
     };
     let _ = sink.send(WsMessage::Close(Some(frame))).await;
 }
@@ -430,6 +442,22 @@ impl Connection {
             ControlEvent::UserMuted { until, .. } => {
                 self.muted_until = until;
                 None
+            }
+            ControlEvent::MemberAdded { room, .. } => {
+                self.rules.remove(&room);
+                let record = self.state.store.room(room).await.ok().flatten()?;
+                let member = self
+                    .state
+                    .store
+                    .member(room, self.user.id)
+                    .await
+                    .ok()
+                    .flatten();
+                let room = crate::http::rooms::as_member(&record, member);
+                Some(frame(&crate::model::Event {
+                    kind: "room_joined",
+                    body: &room,
+                }))
             }
             ControlEvent::RoomChanged { room } => {
                 // Settings changed (read-only, slow mode, archived): read them again when needed.

@@ -138,13 +138,20 @@ impl Ws {
 
     /// Reads until the server closes; returns the close code.
     pub async fn expect_close(&mut self, within: Duration) -> Closed {
+        self.expect_close_reason(within).await.0
+    }
+
+    /// The close, with the reason text of its close frame (empty when there was none).
+    pub async fn expect_close_reason(&mut self, within: Duration) -> (Closed, String) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match tokio::time::timeout(left, self.inner.next()).await {
-                Ok(Some(Ok(Message::Close(Some(f))))) => return Closed::Code(f.code.into()),
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    return (Closed::Code(f.code.into()), f.reason.to_string());
+                }
                 Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => {
-                    return Closed::Dropped;
+                    return (Closed::Dropped, String::new());
                 }
                 Ok(Some(Ok(_))) => continue,
                 Err(_) => panic!("the server did not close the socket within {within:?}"),

@@ -1,0 +1,376 @@
+// Browser tests of the web client and the admin panel: the real confab binary (embedded shape),
+// Debian's chromium driven by playwright-core, real sockets. Screenshots of the main views go to
+// target/screenshots/ at the repository root.
+//
+// CONFAB_BIN names the binary to test (scripts/test passes the one it just built);
+// CONFAB_CHROMIUM another Chromium than Debian's /usr/bin/chromium.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const SHOTS = join(ROOT, "target", "screenshots");
+const BIN = process.env.CONFAB_BIN;
+const PASSWORD = "correct horse battery";
+// A 2×2 PNG, red and blue.
+const PNG = Buffer.from(
+  "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP4z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==",
+  "base64",
+);
+
+let server; // the running confab process
+let port;
+let dataDir;
+let browser;
+const pages = {}; // username -> page
+const pageErrors = []; // uncaught errors in any page: each one fails the run
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+    s.on("error", reject);
+  });
+}
+
+const base = () => `http://127.0.0.1:${port}`;
+
+async function startServer() {
+  const metrics = await freePort();
+  server = spawn(BIN, ["serve"], {
+    env: {
+      PATH: process.env.PATH,
+      CONFAB_LISTEN: `127.0.0.1:${port}`,
+      CONFAB_METRICS_LISTEN: `127.0.0.1:${metrics}`,
+      CONFAB_DATA_DIR: dataDir,
+      CONFAB_JWT_SECRET: "browser-tests-secret-0123456789abcdef",
+      CONFAB_ADMINS: "root",
+      CONFAB_DRAIN_DELAY_SECS: "0",
+      CONFAB_LOG_FORMAT: "json",
+      RUST_LOG: "warn",
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      const res = await fetch(`${base()}/readyz`);
+      if (res.ok) return;
+    } catch (_) { /* not up yet */ }
+    if (Date.now() > deadline) throw new Error("confab did not become ready in 20 s");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function stopServer(signal = "SIGTERM") {
+  const exited = new Promise((resolve) => server.once("exit", resolve));
+  server.kill(signal);
+  await exited;
+}
+
+async function rest(method, path, token, body) {
+  const res = await fetch(base() + path, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  assert.ok(res.ok, `${method} ${path}: ${res.status} ${await res.clone().text()}`);
+  return res.status === 204 ? null : res.json();
+}
+
+async function login(username) {
+  const res = await fetch(`${base()}/api/v1/auth/login`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ username, password: PASSWORD }),
+  });
+  assert.equal(res.status, 200);
+  return (await res.json()).access_token;
+}
+
+async function shot(page, name) {
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: join(SHOTS, `${name}.png`) });
+}
+
+/** A fresh browser context (its own storage: a different person) with the page open. */
+async function person(username, displayName, viewport = { width: 1280, height: 800 }) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => pageErrors.push(`${username}'s page: ${e.message}`));
+  page.on("dialog", (d) => d.accept(page.dialogAnswers ? page.dialogAnswers.shift() : undefined));
+  await page.goto(base());
+  const form = page.locator("#auth-form");
+  await form.getByLabel("Username").fill(username);
+  await form.getByLabel("Password").fill(PASSWORD);
+  await form.getByLabel(/Display name/).fill(displayName);
+  await form.getByRole("button", { name: "Create account" }).click();
+  await connected(page);
+  pages[username] = page;
+  return page;
+}
+
+const connected = (page) => page.locator("#conn[data-state=online]").waitFor({ timeout: 15_000 });
+
+/** The seqs the page shows for the open room, in screen order. */
+const shownSeqs = (page) => page.$$eval("#messages li.message:not(.pending)", (lis) => lis.map((li) => Number(li.dataset.seq)));
+
+const messageItem = (page, text) => page.locator("#messages li.message:not(.pending)", { hasText: text });
+
+async function openRoom(page, label) {
+  await page.locator(`a.room:has-text("${label}")`).first().click();
+  await page.locator("#room-title", { hasText: label }).waitFor();
+}
+
+/** Asserts the open room shows exactly seqs from..to, in order, once each. */
+async function assertContiguous(page, from, to) {
+  await page.waitForFunction(
+    ([lo, hi]) => {
+      const seqs = [...document.querySelectorAll("#messages li.message:not(.pending)")].map((li) => Number(li.dataset.seq));
+      return seqs.length === hi - lo + 1 && seqs[0] === lo && seqs[seqs.length - 1] === hi;
+    },
+    [from, to],
+    { timeout: 15_000 },
+  ).catch(() => {});
+  const text = await page.locator("#messages").innerText();
+  assert.doesNotMatch(text, /\bnull\b|\bundefined\b|\[object /, "no placeholder leaks into the page");
+  const seqs = await shownSeqs(page);
+  const expected = Array.from({ length: to - from + 1 }, (_, i) => from + i);
+  assert.deepEqual(seqs, expected, "the room shows every message once, in seq order");
+}
+
+before(async () => {
+  assert.ok(BIN, "CONFAB_BIN must name the confab binary");
+  dataDir = mkdtempSync(join(tmpdir(), "confab-web-"));
+  port = await freePort();
+  await startServer();
+  browser = await chromium.launch({
+    executablePath: process.env.CONFAB_CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  assert.deepEqual(pageErrors, [], "no page threw an uncaught error");
+  if (browser) await browser.close();
+  if (server && server.exitCode === null) await stopServer();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+test("pages are served from the binary with their own strict CSP", async () => {
+  for (const path of ["/", "/admin", "/assets/app.js", "/assets/style.css"]) {
+    const res = await fetch(base() + path);
+    assert.equal(res.status, 200, path);
+    const csp = res.headers.get("content-security-policy");
+    assert.match(csp, /script-src 'self'/, path);
+    assert.doesNotMatch(csp, /unsafe-inline|https?:/, path);
+    const again = await fetch(base() + path, { headers: { "If-None-Match": res.headers.get("etag") } });
+    assert.equal(again.status, 304, `${path} revalidates`);
+  }
+  assert.equal((await fetch(`${base()}/assets/nope.js`)).status, 404);
+});
+
+test("two people chat in a room and a DM, with typing, presence, read ticks, edits, search and images", async () => {
+  const alice = await person("alice", "Alice");
+  const bob = await person("bob", "Bob");
+
+  // Alice creates a public room; Bob finds it in the list and joins.
+  await alice.getByText("Create a room").click();
+  const create = alice.locator("#create-form");
+  await create.getByLabel("Name").fill("general");
+  await create.getByLabel("Topic").fill("Anything goes");
+  await create.getByRole("button", { name: "Create", exact: true }).click();
+  await alice.locator("#room-title", { hasText: "#general" }).waitFor();
+  await bob.getByRole("button", { name: "Join #general" }).click({ timeout: 10_000 }).catch(async () => {
+    await bob.reload(); // the list is read when the page connects
+    await connected(bob);
+    await bob.getByRole("button", { name: "Join #general" }).click();
+  });
+  await bob.locator("#room-title", { hasText: "#general" }).waitFor();
+
+  // Presence: each sees the other online in the member list.
+  await alice.locator('#member-list li.online[data-user="bob"]').waitFor({ timeout: 10_000 });
+  await bob.locator('#member-list li.online[data-user="alice"]').waitFor();
+
+  // Typing.
+  await bob.locator("#composer-input").pressSequentially("hel");
+  await alice.locator("#typing", { hasText: "Bob is typing" }).waitFor();
+
+  // Bob sends; Alice sees it; Alice has the room open, so Bob's tick turns to read.
+  await bob.locator("#composer-input").fill("hello alice");
+  await bob.locator("#composer-input").press("Enter");
+  await messageItem(alice, "hello alice").waitFor();
+  await alice.locator("#typing").filter({ hasText: /^$/ }).waitFor();
+  await messageItem(bob, "hello alice").locator('[data-ticks="read"]').waitFor({ timeout: 10_000 });
+
+  await alice.locator("#composer-input").fill("hi bob, welcome");
+  await alice.locator("#composer-input").press("Enter");
+  await messageItem(bob, "hi bob, welcome").waitFor();
+  await assertContiguous(bob, 1, 2);
+
+  // Edit and delete reach the other page.
+  await messageItem(alice, "hi bob, welcome").getByRole("button", { name: /^Edit/ }).click();
+  await alice.getByRole("textbox", { name: "Edit message" }).fill("hi bob, welcome aboard");
+  await alice.getByRole("button", { name: "Save" }).click();
+  await messageItem(bob, "hi bob, welcome aboard").locator(".edited").waitFor();
+  await alice.locator("#composer-input").fill("oops, wrong room");
+  await alice.locator("#composer-input").press("Enter");
+  await messageItem(bob, "oops, wrong room").waitFor();
+  await messageItem(alice, "oops, wrong room").getByRole("button", { name: /^Delete/ }).click();
+  await bob.locator('#messages li[data-seq="3"]', { hasText: "This message was deleted." }).waitFor();
+
+  // An image: uploaded by Alice, previewed on Bob's page.
+  await alice.locator("#attach").setInputFiles({ name: "dot.png", mimeType: "image/png", buffer: PNG });
+  const preview = bob.locator('#messages img.preview[alt="dot.png"]');
+  await preview.waitFor();
+  await bob.waitForFunction(() => {
+    const img = document.querySelector('#messages img.preview[alt="dot.png"]');
+    return img && img.complete && img.naturalWidth === 2;
+  });
+  await shot(alice, "chat-room");
+
+  // A DM: Alice starts it by username; Bob, looking at #general, gets an unread badge.
+  await alice.getByText("New direct message").click();
+  await alice.locator("#dm-user").fill("bob");
+  await alice.getByRole("button", { name: "Start" }).click();
+  await alice.locator("#room-title", { hasText: "Bob" }).waitFor();
+  await alice.locator("#composer-input").fill("psst, a secret");
+  await alice.locator("#composer-input").press("Enter");
+  await messageItem(alice, "psst, a secret").locator('[data-ticks="delivered"], [data-ticks="read"]').waitFor({ timeout: 10_000 });
+  const dm = bob.locator("#dm-list a.room", { hasText: "Alice" });
+  await dm.locator(".badge", { hasText: "1" }).waitFor({ timeout: 10_000 });
+  await dm.click();
+  await messageItem(bob, "psst, a secret").waitFor();
+  await messageItem(alice, "psst, a secret").locator('[data-ticks="read"]').waitFor({ timeout: 10_000 });
+  await assert.equal(await dm.locator(".badge").count(), 0, "the badge goes once the DM is read");
+
+  // Search across rooms.
+  await bob.locator("#search-input").fill("hello");
+  await bob.locator("#search-input").press("Enter");
+  await bob.locator("#search-results li", { hasText: "hello alice" }).waitFor();
+  await shot(bob, "search");
+
+  // A reload keeps the session and shows the history, in order.
+  await bob.reload();
+  await connected(bob);
+  await openRoom(bob, "#general");
+  await assertContiguous(bob, 1, 4);
+  await messageItem(bob, "hello alice").locator('[data-ticks="read"]').waitFor();
+
+  // Older history loads on scroll, with no gap and no duplicate.
+  const token = await login("alice");
+  const general = (await rest("GET", "/api/v1/rooms", token)).rooms.find((r) => r.name === "general");
+  for (let i = 1; i <= 120; i++) {
+    await rest("POST", `/api/v1/rooms/${general.id}/messages`, token, { body: `filler ${i}`, client_id: `filler-${i}` });
+  }
+  await messageItem(bob, "filler 120").waitFor();
+  await bob.reload();
+  await connected(bob);
+  await openRoom(bob, "#general");
+  await messageItem(bob, "filler 120").waitFor();
+  assert.ok((await shownSeqs(bob)).length <= 60, "the first page is the newest messages only");
+  for (let i = 0; i < 10 && (await shownSeqs(bob))[0] !== 1; i++) {
+    await bob.locator("#scroller").evaluate((el) => { el.scrollTop = 0; });
+    await bob.waitForTimeout(300);
+  }
+  await bob.locator("#history-state", { hasText: "beginning of the room" }).waitFor();
+  await assertContiguous(bob, 1, 124);
+
+  // A phone-sized screen: the room list opens from a button and a room fills the screen.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const small = await phone.newPage();
+  await small.goto(base());
+  const form = small.locator("#auth-form");
+  await form.getByLabel("Username").fill("bob");
+  await form.getByLabel("Password").fill(PASSWORD);
+  await form.getByRole("button", { name: "Log in" }).click();
+  await connected(small);
+  await small.getByRole("button", { name: "Rooms" }).click();
+  await small.locator('a.room:has-text("#general")').click();
+  await messageItem(small, "filler 120").waitFor();
+  assert.ok(await small.locator("#composer-input").isVisible(), "the composer fits on a phone");
+  const overflow = await small.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no sideways scrolling on a phone (${overflow}px too wide)`);
+  await shot(small, "phone");
+  await phone.close();
+});
+
+test("the page recovers from a server restart without losing or repeating a message", async () => {
+  const alice = pages.alice;
+  const bob = pages.bob;
+  await openRoom(alice, "#general");
+  await openRoom(bob, "#general");
+  const token = await login("alice");
+  const general = (await rest("GET", "/api/v1/rooms", token)).rooms.find((r) => r.name === "general");
+  const lastBefore = general.last_seq;
+
+  await stopServer("SIGTERM");
+  await alice.locator("#conn[data-state=reconnecting]").waitFor();
+  await bob.locator("#conn[data-state=reconnecting]").waitFor();
+  await shot(bob, "reconnecting");
+  // Written while the server is down: held by the page and sent once it is back.
+  await alice.locator("#composer-input").fill("sent while offline");
+  await alice.locator("#composer-input").press("Enter");
+  await alice.locator("#messages li.pending", { hasText: "sent while offline" }).waitFor();
+
+  await startServer();
+  // Messages committed before the pages are back are replayed by `since`.
+  for (let i = 1; i <= 20; i++) {
+    await rest("POST", `/api/v1/rooms/${general.id}/messages`, token, { body: `after restart ${i}`, client_id: `restart-${i}` });
+  }
+  await connected(alice);
+  await connected(bob);
+  await messageItem(bob, "sent while offline").waitFor({ timeout: 15_000 });
+  await messageItem(bob, "after restart 20").waitFor();
+  await alice.locator("#messages li.pending").waitFor({ state: "detached" });
+
+  const history = await rest("GET", `/api/v1/rooms/${general.id}/messages?after=${lastBefore}&limit=200`, token);
+  assert.equal(history.messages.length, 21, "each message was stored once (the resend was idempotent)");
+  assert.equal(history.messages.filter((m) => m.body === "sent while offline").length, 1);
+  const last = history.messages.at(-1).seq;
+  for (const page of [alice, bob]) {
+    const seqs = await shownSeqs(page);
+    assert.equal(new Set(seqs).size, seqs.length, "no duplicate on screen");
+    assert.equal(seqs.at(-1), last);
+    assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => seqs[0] + i), "no gap on screen");
+  }
+});
+
+test("an admin bans a user from the panel and the user's page shows it was disconnected", async () => {
+  const root = await person("root", "Root");
+  await root.getByRole("link", { name: "Admin" }).click();
+  await root.locator("#users-title").waitFor();
+  const bobRow = root.locator('#user-rows tr[data-user="bob"]');
+  await bobRow.waitFor();
+  await root.locator("#pod-rows tr").first().waitFor();
+  const connections = Number(await root.locator("#pod-rows tr td:nth-child(2)").first().textContent());
+  // Alice's and Bob's pages hold a socket each (this page left the chat for the panel).
+  assert.equal(connections, 2, "the pod reports the open sockets");
+  await root.locator("#config-source").filter({ hasText: /defaults|From/ }).waitFor();
+  await shot(root, "admin");
+
+  root.dialogAnswers = ["spamming", "30"];
+  await bobRow.getByRole("button", { name: "Ban" }).click();
+  await bobRow.locator(".state", { hasText: "banned" }).waitFor();
+  const bob = pages.bob;
+  await bob.locator("#conn[data-state=banned]", { hasText: "banned" }).waitFor({ timeout: 5_000 });
+  assert.ok(await bob.locator("#composer-input").isDisabled(), "a banned user's composer is disabled");
+  await shot(bob, "banned");
+
+  // A non-admin is turned away from the panel.
+  const alice = pages.alice;
+  await alice.goto(`${base()}/admin`);
+  await alice.locator("#gate", { hasText: "not an administrator" }).waitFor();
+  writeFileSync(join(SHOTS, "README.txt"), "Screenshots of confab's web client, written by tests/web/browser.test.mjs.\n");
+});
