@@ -19,6 +19,7 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const SHOTS = join(ROOT, "target", "screenshots");
 const BIN = process.env.CONFAB_BIN;
 const PASSWORD = "correct horse battery";
+const TOKEN_TTL = 8; // seconds
 // A 2×2 PNG, red and blue.
 const PNG = Buffer.from(
   "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP4z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==",
@@ -56,6 +57,8 @@ async function startServer() {
       CONFAB_JWT_SECRET: "browser-tests-secret-0123456789abcdef",
       CONFAB_ADMINS: "root",
       CONFAB_DRAIN_DELAY_SECS: "0",
+      // Short-lived access tokens, so every page renews its session many times during the run.
+      CONFAB_ACCESS_TOKEN_TTL: String(TOKEN_TTL),
       CONFAB_LOG_FORMAT: "json",
       RUST_LOG: "warn",
     },
@@ -306,6 +309,27 @@ test("two people chat in a room and a DM, with typing, presence, read ticks, edi
   await phone.close();
 });
 
+test("a page renews its token before it expires, and its socket stays open", async () => {
+  const alice = pages.alice;
+  await openRoom(alice, "#general");
+  await openRoom(pages.bob, "#general");
+  const token = () => alice.evaluate(() => JSON.parse(localStorage.getItem("confab.session")).access_token);
+  const first = await token();
+  await alice.evaluate(() => {
+    window.connStates = [];
+    new MutationObserver(() => window.connStates.push(document.getElementById("conn").dataset.state))
+      .observe(document.getElementById("conn"), { attributes: true, childList: true, subtree: true });
+  });
+  await alice.waitForTimeout(TOKEN_TTL * 1000 * 1.6);
+  assert.notEqual(await token(), first, "the access token was renewed");
+  assert.deepEqual(await alice.evaluate(() => window.connStates.filter((s) => s !== "online")), [],
+    "the socket was never dropped for an expired token");
+  // REST calls work with the renewed token.
+  await alice.locator("#composer-input").fill("still here");
+  await alice.locator("#composer-input").press("Enter");
+  await messageItem(pages.bob, "still here").waitFor();
+});
+
 test("the page recovers from a server restart without losing or repeating a message", async () => {
   const alice = pages.alice;
   const bob = pages.bob;
@@ -366,6 +390,7 @@ test("an admin bans a user from the panel and the user's page shows it was disco
   const bob = pages.bob;
   await bob.locator("#conn[data-state=banned]", { hasText: "banned" }).waitFor({ timeout: 5_000 });
   assert.ok(await bob.locator("#composer-input").isDisabled(), "a banned user's composer is disabled");
+  await bob.locator("#scroller").evaluate((el) => { el.scrollTop = el.scrollHeight; });
   await shot(bob, "banned");
 
   // A non-admin is turned away from the panel.
