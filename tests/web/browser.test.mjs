@@ -110,6 +110,7 @@ async function shot(page, name) {
 async function person(username, displayName, viewport = { width: 1280, height: 800 }) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") console.log(`${username} console: ${m.text()}`); });
   page.on("pageerror", (e) => pageErrors.push(`${username}'s page: ${e.message}`));
   page.on("dialog", (d) => d.accept(page.dialogAnswers ? page.dialogAnswers.shift() : undefined));
   await page.goto(base());
@@ -165,6 +166,12 @@ before(async () => {
 });
 
 after(async () => {
+  // What each page showed at the end, for reading a failure.
+  for (const [name, page] of Object.entries(pages)) {
+    const state = await page.locator("#conn").textContent().catch(() => "?");
+    const toast = await page.locator("#toast").textContent().catch(() => "?");
+    console.log(`${name}: connection "${state}", last notice "${toast}"`);
+  }
   assert.deepEqual(pageErrors, [], "no page threw an uncaught error");
   if (browser) await browser.close();
   if (server && server.exitCode === null) await stopServer();
