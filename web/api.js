@@ -92,6 +92,7 @@ export class Session {
         const tokens = await this.call("POST", "/api/v1/auth/refresh", { refresh_token: this.data.refresh_token }, { anonymous: true });
         this.save({ ...this.withExpiry(tokens), user: this.data.user });
       } catch (e) {
+        console.warn(`confab: token refresh failed (${e.status || "network"}: ${e.message})`);
         if (e.status === 401 || e.status === 403) this.save(null);
         throw e;
       }
@@ -256,6 +257,7 @@ export class Connection extends EventTarget {
   closed(ev) {
     this.ws = null;
     if (this.stopped) return;
+    console.info(`confab: socket closed (${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`);
     if (ev.code === 4003) return this.stop("banned", "You have been banned and disconnected.");
     let wait;
     if (ev.code === 4001) {

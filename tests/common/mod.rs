@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod checker;
+pub mod fleet;
 pub mod services;
 pub mod ws;
 

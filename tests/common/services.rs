@@ -115,7 +115,8 @@ impl Postgres {
         pg
     }
 
-    fn launch(&mut self) {
+    /// Starts the server (again, after `stop`, on the same port and data).
+    pub fn launch(&mut self) {
         let port = if self.port == 0 {
             free_port()
         } else {
@@ -208,7 +209,7 @@ impl Redis {
         r
     }
 
-    fn launch(&mut self) {
+    pub fn launch(&mut self) {
         let port = if self.port == 0 {
             free_port()
         } else {

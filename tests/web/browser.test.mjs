@@ -32,6 +32,7 @@ let dataDir;
 let browser;
 const pages = {}; // username -> page
 const pageErrors = []; // uncaught errors in any page: each one fails the run
+const consoleLines = []; // what the pages logged, printed at the end
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -110,7 +111,7 @@ async function shot(page, name) {
 async function person(username, displayName, viewport = { width: 1280, height: 800 }) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
-  page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") console.log(`${username} console: ${m.text()}`); });
+  page.on("console", (m) => consoleLines.push(`${new Date().toISOString()} ${username} ${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => pageErrors.push(`${username}'s page: ${e.message}`));
   page.on("dialog", (d) => d.accept(page.dialogAnswers ? page.dialogAnswers.shift() : undefined));
   await page.goto(base());
@@ -172,6 +173,7 @@ after(async () => {
     const toast = await page.locator("#toast").textContent().catch(() => "?");
     console.log(`${name}: connection "${state}", last notice "${toast}"`);
   }
+  for (const line of consoleLines.slice(-40)) console.log(line);
   assert.deepEqual(pageErrors, [], "no page threw an uncaught error");
   if (browser) await browser.close();
   if (server && server.exitCode === null) await stopServer();
