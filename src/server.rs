@@ -108,6 +108,7 @@ pub(crate) async fn build(
                 tick.tick().await;
                 let Some(hub) = hub.upgrade() else { break };
                 hub.refresh_presence().await;
+                hub.sweep_presence().await;
                 hub.announce().await;
                 hub.record_gauges();
             }

@@ -227,3 +227,49 @@ async fn postgres_restart_fails_fast_and_recovers_by_itself() {
         "/readyz reflects the outage"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_a_killed_pod_go_offline_for_others_within_20_seconds() {
+    let mut fleet = Fleet::start(3).await;
+    let alice = fleet.user("alice").await;
+    let bob = fleet.user("bob").await;
+    let room = alice.create_room("lobby", "public").await;
+    bob.join(&room).await;
+    // Alice on pod 0, Bob on pod 1, directly.
+    let mut a = common::Ws::connect(fleet.pod_addr(0), Some(&alice.token))
+        .await
+        .unwrap();
+    a.expect("hello").await;
+    a.subscribe(&room, None).await;
+    let mut b = common::Ws::connect(fleet.pod_addr(1), Some(&bob.token))
+        .await
+        .unwrap();
+    b.expect("hello").await;
+    b.subscribe(&room, None).await;
+    let online = a.presence_of(&bob.id).await;
+    assert_eq!(online["status"], "online");
+    let killed = Instant::now();
+    fleet.kill9(1).await;
+    loop {
+        let left = Duration::from_secs(25).saturating_sub(killed.elapsed());
+        let f = a.next(left).await.expect("Bob goes offline for Alice");
+        if f["type"] == "presence" && f["user"] == bob.id.as_str() {
+            assert_eq!(f["status"], "offline");
+            break;
+        }
+    }
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(21),
+        "offline after {took:?}; the bound is 15 s of entry lifetime + a 5 s sweep"
+    );
+    // The presence snapshot agrees, and Alice herself is still online.
+    let (_, members) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    for m in members["members"].as_array().unwrap() {
+        let expect_online = m["user"]["id"] == alice.id.as_str();
+        assert_eq!(m["online"], expect_online, "{m}");
+    }
+}

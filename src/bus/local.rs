@@ -27,6 +27,9 @@ impl Bus for LocalBus {
     async fn presence_remote(&self, _room: RoomId) -> Vec<UserId> {
         Vec::new()
     }
+    async fn presence_sweep(&self, _room: RoomId) -> Vec<UserId> {
+        Vec::new()
+    }
     async fn announce(&self, _stats: &PodStats) {}
     async fn pods_remote(&self) -> Vec<PodStats> {
         Vec::new()

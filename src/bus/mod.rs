@@ -123,6 +123,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn presence_set(&self, room: RoomId, user: UserId, online: bool);
     /// Users online in `room` on other pods.
     async fn presence_remote(&self, room: RoomId) -> Vec<UserId>;
+    /// Removes the expired presence entries of `room` (left by a pod that died without
+    /// cleaning up) and returns the users who are now online nowhere. Of pods sweeping at the
+    /// same time, only the one whose delete took effect returns a user, so one offline event
+    /// goes out.
+    async fn presence_sweep(&self, room: RoomId) -> Vec<UserId>;
     /// Publishes this pod's stats for the admin API (refreshed every few seconds).
     async fn announce(&self, stats: &PodStats);
     /// The other live pods' latest stats.

@@ -6,7 +6,9 @@
 //! the hub; the connection manager reconnects and resubscribes by itself.
 //!
 //! Presence: a hash per room (`confab:presence:{room}`) whose fields are `{pod}/{user}` and
-//! whose values are expiry times in ms, refreshed by the hub; a crashed pod's entries expire.
+//! whose values are expiry times in ms, refreshed by the hub; a crashed pod's entries expire,
+//! and the pods that still have subscribers in the room sweep them and announce the users
+//! offline.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -28,8 +30,9 @@ pub const CONTROL_CHANNEL: &str = "confab:control";
 const PODS_KEY: &str = "confab:pods";
 /// A pod that has not announced itself for this long is gone.
 pub const POD_TTL_MS: i64 = 15_000;
-/// How long a presence entry lives without a refresh.
-pub const PRESENCE_TTL_MS: i64 = 30_000;
+/// How long a presence entry lives without a refresh: three refresh periods, so a live pod's
+/// entries never lapse, and a dead pod's users go offline within this plus one sweep period.
+pub const PRESENCE_TTL_MS: i64 = 15_000;
 const PIPELINE_MAX: usize = 512;
 
 fn room_channel(room: RoomId) -> String {
@@ -262,6 +265,37 @@ impl Bus for RedisBus {
         users.sort();
         users.dedup();
         users
+    }
+
+    async fn presence_sweep(&self, room: RoomId) -> Vec<UserId> {
+        let started = Instant::now();
+        let mut con = self.commands.clone();
+        let key = presence_key(room);
+        let entries: Vec<(String, i64)> = match con.hgetall(&key).await {
+            Ok(e) => e,
+            Err(_) => return Vec::new(),
+        };
+        self.observe("hgetall", started);
+        let now = crate::now_ms();
+        let user_of = |field: &str| field.split_once('/')?.1.parse::<UserId>().ok();
+        let live: HashSet<UserId> = entries
+            .iter()
+            .filter(|(_, expires)| *expires > now)
+            .filter_map(|(f, _)| user_of(f))
+            .collect();
+        let mut gone = Vec::new();
+        for (field, _) in entries.iter().filter(|(_, expires)| *expires <= now) {
+            let deleted: i64 = con.hdel(&key, field).await.unwrap_or(0);
+            if let Some(user) = user_of(field)
+                && deleted == 1
+                && !live.contains(&user)
+            {
+                gone.push(user);
+            }
+        }
+        gone.sort();
+        gone.dedup();
+        gone
     }
 
     async fn announce(&self, stats: &PodStats) {

@@ -340,6 +340,31 @@ impl Hub {
         self.publish_event(room, text, None);
     }
 
+    /// Announces offline the users a dead pod left online in the rooms this pod serves (their
+    /// presence entries expired without being removed), unless they are still here.
+    pub async fn sweep_presence(&self) {
+        let rooms: Vec<RoomId> = self
+            .rooms
+            .read()
+            .expect("rooms lock")
+            .keys()
+            .copied()
+            .collect();
+        for room in rooms {
+            for user in self.bus.presence_sweep(room).await {
+                let here = self
+                    .room(room)
+                    .is_some_and(|s| s.lock().expect("room lock").presence.contains_key(&user));
+                if !here {
+                    let text = frame(
+                        &json!({"type": "presence", "room": room, "user": user, "status": "offline"}),
+                    );
+                    self.publish_event(room, text, None);
+                }
+            }
+        }
+    }
+
     /// Re-announces this pod's presence entries so that they do not expire while in use.
     pub async fn refresh_presence(&self) {
         let entries: Vec<(RoomId, Vec<UserId>)> = self
