@@ -72,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "CONFAB_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
 
+    /// Treat CONFAB_REDIS_URL as a comma-separated list of Redis Cluster nodes and use sharded
+    /// Pub/Sub (SSUBSCRIBE/SPUBLISH, Redis 7 or later).
+    #[arg(long, env = "CONFAB_REDIS_CLUSTER", global = true)]
+    pub redis_cluster: bool,
+
     /// HS256 secret for access tokens. Required with --redis-url; otherwise generated once and
     /// kept in the database.
     #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true, global = true)]
@@ -310,10 +315,24 @@ impl Config {
             );
         }
         if let Some(u) = &self.redis_url
-            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+            && !u
+                .split(',')
+                .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"))
         {
             return Err(
-                "CONFAB_REDIS_URL (--redis-url) must start with redis:// or rediss://".into(),
+                "CONFAB_REDIS_URL (--redis-url) must start with redis:// or rediss:// \
+                 (with --redis-cluster: a comma-separated list of such URLs)"
+                    .into(),
+            );
+        }
+        if self.redis_cluster && self.redis_url.is_none() {
+            return Err("CONFAB_REDIS_CLUSTER (--redis-cluster) needs CONFAB_REDIS_URL".into());
+        }
+        if !self.redis_cluster && self.redis_url.as_deref().is_some_and(|u| u.contains(',')) {
+            return Err(
+                "CONFAB_REDIS_URL (--redis-url) lists several servers: set CONFAB_REDIS_CLUSTER=true \
+                 for a Redis Cluster"
+                    .into(),
             );
         }
         if self.heartbeat_ms < 100 {

@@ -82,7 +82,9 @@ pub(crate) async fn build(
     let pod = PodId::new();
     let (incoming_tx, mut incoming_rx) = mpsc::unbounded_channel();
     let bus: Arc<dyn Bus> = match &config.redis_url {
-        Some(url) => RedisBus::connect(url, pod, incoming_tx, metrics.clone()).await?,
+        Some(url) => {
+            RedisBus::connect(url, config.redis_cluster, pod, incoming_tx, metrics.clone()).await?
+        }
         None => Arc::new(LocalBus),
     };
     let hub = Hub::new(pod, store.clone(), bus.clone(), metrics.clone());

@@ -273,3 +273,43 @@ async fn users_of_a_killed_pod_go_offline_for_others_within_20_seconds() {
         assert_eq!(m["online"], expect_online, "{m}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_over_a_redis_cluster_with_sharded_pubsub() {
+    let cluster = common::services::RedisCluster::start();
+    let fleet = Fleet::start_with(
+        3,
+        &[
+            ("CONFAB_REDIS_URL", cluster.urls.as_str()),
+            ("CONFAB_REDIS_CLUSTER", "true"),
+        ],
+    )
+    .await;
+    let (writers, readers) = people(&fleet, 6, 3).await;
+    let others: Vec<&User> = writers.iter().skip(1).chain(readers.iter()).collect();
+    // Several rooms, so their channels land on different shards.
+    let rooms = rooms(&writers[0], &others, 6).await;
+    let load = Load {
+        per_writer: 60,
+        interval: Duration::from_millis(5),
+    };
+    let reports = checker::run(fleet.addr(), &rooms, &writers, &readers, load, async {}).await;
+    let v = checker::verify(&readers[0], &rooms, &reports).await;
+    assert_eq!(v.acked, 6 * 60);
+    assert_eq!(v.delivered, 9 * 6 * 60);
+    assert_eq!(v.reconnects, 0, "{:?}", v.closes);
+    // The traffic went through sharded channels on the cluster's nodes.
+    let mut sharded = 0;
+    for url in cluster.urls.split(',') {
+        let port = url.rsplit(':').next().unwrap();
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", port, "pubsub", "shardchannels"])
+            .output()
+            .unwrap();
+        sharded += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("confab:"))
+            .count();
+    }
+    assert!(sharded >= 1, "rooms are subscribed as sharded channels");
+}

@@ -1,5 +1,7 @@
 //! Redis Pub/Sub between pods: one channel per room (`confab:room:{id}`), subscribed only while
-//! this pod has local subscribers, and `confab:control`.
+//! this pod has local subscribers, and `confab:control`. Against a Redis Cluster
+//! (`--redis-cluster`) the same channels are sharded (SSUBSCRIBE / SPUBLISH): each room's
+//! traffic stays on the shard that owns its channel instead of being broadcast to every node.
 //!
 //! Publishing goes through one task that pipelines whatever has queued up, so the writer and
 //! the sockets never wait on Redis. Receiving uses a RESP3 connection whose push messages feed
@@ -17,6 +19,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
@@ -43,10 +47,63 @@ fn presence_key(room: RoomId) -> String {
     format!("confab:presence:{room}")
 }
 
+/// Commands to one Redis server, or to a Redis Cluster (routed by key slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Starts receiving a channel: SUBSCRIBE on one server; sharded SSUBSCRIBE on a cluster,
+    /// so that a room's events go only to the shard that owns its channel.
+    async fn listen(&mut self, channel: String) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.subscribe(channel).await,
+            Conn::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unlisten(&mut self, channel: String) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.unsubscribe(channel).await,
+            Conn::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
+}
+
 pub struct RedisBus {
     pod: PodId,
-    commands: ConnectionManager,
-    subscriber: tokio::sync::Mutex<ConnectionManager>,
+    commands: Conn,
+    subscriber: tokio::sync::Mutex<Conn>,
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
     metrics: Metrics,
     /// Rooms this pod listens to, so a resubscription after a race is idempotent.
@@ -63,34 +120,60 @@ impl RedisBus {
     /// from other pods are sent to `incoming`.
     pub async fn connect(
         url: &str,
+        cluster: bool,
         pod: PodId,
         incoming: mpsc::UnboundedSender<Incoming>,
         metrics: Metrics,
     ) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2));
-        let client =
-            redis::Client::open(url).context("CONFAB_REDIS_URL is not a valid Redis URL")?;
-        let commands = ConnectionManager::new_with_config(client, config.clone())
-            .await
-            .context("cannot connect to Redis (CONFAB_REDIS_URL)")?;
-
         let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let sub_client = redis::Client::open(with_resp3(url).as_str())
-            .context("CONFAB_REDIS_URL is not a valid Redis URL")?;
-        let mut subscriber = ConnectionManager::new_with_config(
-            sub_client,
-            config
-                .set_push_sender(push_tx)
-                .set_automatic_resubscription(),
-        )
-        .await
-        .context("cannot connect to Redis for Pub/Sub (CONFAB_REDIS_URL)")?;
+        let (commands, mut subscriber) = if cluster {
+            let nodes: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+            let client = |push: Option<mpsc::UnboundedSender<PushInfo>>| {
+                let mut b = ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(2));
+                if let Some(push) = push {
+                    b = b
+                        .use_protocol(redis::ProtocolVersion::RESP3)
+                        .push_sender(push);
+                }
+                b.build()
+                    .context("CONFAB_REDIS_URL is not a valid list of Redis Cluster nodes")
+            };
+            let commands = client(None)?
+                .get_async_connection()
+                .await
+                .context("cannot connect to the Redis Cluster (CONFAB_REDIS_URL)")?;
+            let subscriber = client(Some(push_tx))?
+                .get_async_connection()
+                .await
+                .context("cannot connect to the Redis Cluster for Pub/Sub (CONFAB_REDIS_URL)")?;
+            (Conn::Cluster(commands), Conn::Cluster(subscriber))
+        } else {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_max_delay(Duration::from_secs(2));
+            let client =
+                redis::Client::open(url).context("CONFAB_REDIS_URL is not a valid Redis URL")?;
+            let commands = ConnectionManager::new_with_config(client, config.clone())
+                .await
+                .context("cannot connect to Redis (CONFAB_REDIS_URL)")?;
+            let sub_client = redis::Client::open(with_resp3(url).as_str())
+                .context("CONFAB_REDIS_URL is not a valid Redis URL")?;
+            let subscriber = ConnectionManager::new_with_config(
+                sub_client,
+                config
+                    .set_push_sender(push_tx)
+                    .set_automatic_resubscription(),
+            )
+            .await
+            .context("cannot connect to Redis for Pub/Sub (CONFAB_REDIS_URL)")?;
+            (Conn::Single(commands), Conn::Single(subscriber))
+        };
         subscriber
-            .subscribe(CONTROL_CHANNEL)
+            .listen(CONTROL_CHANNEL.to_string())
             .await
             .context("cannot subscribe to the Redis control channel")?;
 
@@ -143,19 +226,49 @@ impl RedisBus {
 }
 
 /// Sends queued publishes in pipelines: one round trip for everything that queued meanwhile.
-async fn publisher(
-    mut con: ConnectionManager,
-    mut rx: mpsc::UnboundedReceiver<(String, Bytes)>,
-    metrics: Metrics,
-) {
+///
+/// On a cluster a pipeline must stay within one slot, so the batch goes as one SPUBLISH
+/// pipeline per channel (in order within the channel), all channels at once.
+async fn publisher(con: Conn, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>, metrics: Metrics) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     while rx.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch.drain(..) {
-            pipe.publish(channel, payload.as_ref()).ignore();
-        }
         let started = Instant::now();
-        let sent: redis::RedisResult<()> = pipe.query_async(&mut con).await;
+        let sent: redis::RedisResult<()> = match &con {
+            Conn::Single(_) => {
+                let mut pipe = redis::pipe();
+                for (channel, payload) in batch.drain(..) {
+                    pipe.publish(channel, payload.as_ref()).ignore();
+                }
+                pipe.query_async(&mut con.clone()).await
+            }
+            Conn::Cluster(_) => {
+                let mut per_channel: Vec<(String, redis::Pipeline)> = Vec::new();
+                for (channel, payload) in batch.drain(..) {
+                    let i = match per_channel.iter().position(|(c, _)| *c == channel) {
+                        Some(i) => i,
+                        None => {
+                            per_channel.push((channel.clone(), redis::pipe()));
+                            per_channel.len() - 1
+                        }
+                    };
+                    per_channel[i]
+                        .1
+                        .cmd("SPUBLISH")
+                        .arg(&channel)
+                        .arg(payload.as_ref())
+                        .ignore();
+                }
+                let sends = per_channel.into_iter().map(|(_, pipe)| {
+                    let mut con = con.clone();
+                    async move { pipe.query_async::<()>(&mut con).await }
+                });
+                futures::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .collect::<redis::RedisResult<Vec<()>>>()
+                    .map(|_| ())
+            }
+        };
         metrics.bus_publish.observe(started.elapsed().as_secs_f64());
         if let Err(e) = sent {
             tracing::warn!(error = %e, "bus publish failed; other pods fill the gap from the store");
@@ -198,7 +311,7 @@ impl Bus for RedisBus {
             .subscriber
             .lock()
             .await
-            .subscribe(room_channel(room))
+            .listen(room_channel(room))
             .await
         {
             tracing::warn!(error = %e, %room, "redis subscribe failed");
@@ -214,7 +327,7 @@ impl Bus for RedisBus {
             .subscriber
             .lock()
             .await
-            .unsubscribe(room_channel(room))
+            .unlisten(room_channel(room))
             .await
         {
             tracing::warn!(error = %e, %room, "redis unsubscribe failed");

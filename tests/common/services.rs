@@ -256,3 +256,106 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// A Redis Cluster of three masters (no replicas), each in its own temp dir, created with
+/// `redis-cli --cluster create`.
+pub struct RedisCluster {
+    /// The nodes as a comma-separated list of URLs (CONFAB_REDIS_URL with --redis-cluster).
+    pub urls: String,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+/// A free port whose cluster-bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("confab-redis-cluster")
+            .tempdir()
+            .expect("temp dir");
+        let mut ports = Vec::new();
+        let mut children = Vec::new();
+        for _ in 0..3 {
+            let port = free_cluster_port();
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs");
+            wait_for_port(port, "redis-server (cluster node)", &mut child);
+            ports.push(port);
+            children.push(child);
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every node must agree the cluster is up before clients use it.
+        let started = Instant::now();
+        for p in &ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the Redis Cluster did not come up"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster {
+            urls: ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            children,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
