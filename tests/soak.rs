@@ -52,7 +52,7 @@ async fn soak_with_pods_restarted_throughout() {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let pod = turn % 3;
-            if turn % 2 == 0 {
+            if turn.is_multiple_of(2) {
                 fleet.sigterm(pod);
                 assert!(fleet.wait_exit(pod, Duration::from_secs(30)).await);
             } else {
