@@ -313,3 +313,140 @@ async fn concurrent_writers_over_a_redis_cluster_with_sharded_pubsub() {
     }
     assert!(sharded >= 1, "rooms are subscribed as sharded channels");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_never_read_cost_bounded_memory_and_resume_losing_nothing() {
+    use futures::{SinkExt, StreamExt};
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const SLOW: usize = 20;
+    const MESSAGES: usize = 1000;
+    // A short outbound queue, so that the queue (not the kernel's socket buffers, which hold
+    // a few MB per socket) is what fills first.
+    let fleet = Fleet::start_with(
+        3,
+        &[
+            ("CONFAB_MAX_CONNECTIONS_PER_USER", "100"),
+            ("CONFAB_OUTBOUND_QUEUE", "64"),
+        ],
+    )
+    .await;
+    let alice = fleet.user("alice").await;
+    let room = alice.create_room("flood", "public").await;
+    let pod = fleet.pod_addr(0);
+    // Sockets with a tiny receive buffer that subscribe and then never read.
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let stream = sock.connect(pod).await.unwrap();
+        let req = format!("ws://{pod}/ws?token={}", alice.token);
+        let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+        let sub = json!({"type": "subscribe", "room": room, "since": 0});
+        ws.send(Message::Text(sub.to_string().into()))
+            .await
+            .unwrap();
+        slow.push(ws);
+    }
+    // A reader that keeps up, on the same pod.
+    let mut fast = common::Ws::connect(pod, Some(&alice.token)).await.unwrap();
+    fast.expect("hello").await;
+    fast.subscribe(&room, Some(0)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, rss_before) = fleet.memory_kib(0);
+
+    // 1000 messages of 8 KB: 8 MB of frames for each of the 20 slow sockets if nothing were
+    // bounded (160 MB in all).
+    let mut writer = common::Ws::connect(pod, Some(&alice.token)).await.unwrap();
+    writer.expect("hello").await;
+    let body = "z".repeat(8_000);
+    let mut fast_seen = 0i64;
+    for round in 0..MESSAGES / 20 {
+        for i in 0..20 {
+            writer
+                .send(json!({"type": "message", "room": room, "body": body, "client_id": format!("f{round}-{i}")}))
+                .await;
+        }
+        for _ in 0..20 {
+            writer.expect("ack").await;
+        }
+        // The fast reader keeps getting everything, in order, while the slow ones stall.
+        while fast_seen < ((round + 1) * 20) as i64 {
+            let m = fast.expect("message").await;
+            fast_seen += 1;
+            assert_eq!(m["seq"], fast_seen);
+        }
+    }
+    let (peak, rss_after) = fleet.memory_kib(0);
+    let grew_mib = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
+    let peak_grew_mib = peak.saturating_sub(rss_before) as f64 / 1024.0;
+    println!("slow readers: RSS grew {grew_mib:.1} MiB (peak +{peak_grew_mib:.1} MiB)");
+    // The stated bound (docs/reliability.md): frames are shared between sockets, and a slow
+    // socket holds at most --outbound-queue of them plus its write buffer (128 KiB) before it
+    // is closed, so 20 stalled readers cost well under 2 MiB each.
+    assert!(
+        peak_grew_mib < 40.0,
+        "20 stalled readers grew the pod by {peak_grew_mib:.1} MiB"
+    );
+    // Every slow socket was closed as a slow consumer...
+    let metrics = reqwest::get(format!(
+        "http://127.0.0.1:{}/metrics",
+        fleet.pods[0].metrics_port
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains(&format!("confab_slow_consumers_total {SLOW}")),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("slow_consumers"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // ...and, reading what reached it (in order) until the 1008 close, or the reset of a
+    // socket whose close frame could not even be written, resumes with since losing nothing.
+    let readers: Vec<_> = slow
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut last = 0i64;
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                            if v["type"] == "message" {
+                                assert_eq!(v["seq"], last + 1, "in order before the close");
+                                last += 1;
+                            }
+                        }
+                        Ok(Some(Ok(Message::Close(Some(c))))) => {
+                            assert_eq!(u16::from(c.code), 1008);
+                            break;
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        Ok(None) | Ok(Some(Err(_))) => break,
+                        Err(_) => panic!("a slow socket was left open"),
+                    }
+                }
+                last
+            })
+        })
+        .collect();
+    for r in readers {
+        let last = r.await.expect("a slow socket read to its close");
+        assert!(last < MESSAGES as i64, "the socket was cut before the end");
+        let mut again = common::Ws::connect(pod, Some(&alice.token)).await.unwrap();
+        again.expect("hello").await;
+        let sub = again.subscribe(&room, Some(last)).await;
+        assert_ne!(sub["recovered"], false, "resumed from {last}");
+        for seq in last + 1..=MESSAGES as i64 {
+            let m = again.expect("message").await;
+            assert_eq!(m["seq"], seq);
+        }
+    }
+}

@@ -657,7 +657,8 @@ impl Connection {
             }
             None => None,
         };
-        sink.feed(WsMessage::Text(frame(&reply)))
+        // The reply goes out at once; the replay follows once the store has answered.
+        sink.send(WsMessage::Text(frame(&reply)))
             .await
             .map_err(|_| SubscribeError::Socket)?;
         if let Some(since) = replay {
