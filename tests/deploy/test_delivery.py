@@ -109,6 +109,9 @@ def test_autoscaling_is_hpa_or_keda_never_both():
     keda = render(CHART / "ci" / "keda-ingress-values.yaml")
     assert len(by_kind(keda, "ScaledObject")) == 1 and not by_kind(keda, "HorizontalPodAutoscaler")
     assert "replicas" not in by_kind(keda, "Deployment")[0]["spec"], "the autoscaler owns replicas"
+    env = lambda docs: {e["name"]: e.get("value") for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env(keda).get("CONFAB_REDIS_CLUSTER") == "true", "redis.cluster turns sharded Pub/Sub on"
+    assert "CONFAB_REDIS_CLUSTER" not in env(default)
 
 
 def test_pods_are_locked_down_and_roll_without_losing_capacity():
