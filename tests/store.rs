@@ -155,33 +155,56 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(s: &dyn Store) {
     let far = confab::now_ms() + 60_000;
     s.insert_refresh("t1", fam, u, far, true).await.unwrap();
     assert_eq!(
-        s.spend_refresh("t1", confab::now_ms()).await.unwrap(),
+        s.spend_refresh("t1", confab::now_ms(), ("t2", far))
+            .await
+            .unwrap(),
         RefreshOutcome::Valid {
             user: u,
             family: fam
         }
     );
-    s.insert_refresh("t2", fam, u, far, false).await.unwrap();
     // t1 comes back: theft. The whole family, t2 included, is revoked.
     assert_eq!(
-        s.spend_refresh("t1", confab::now_ms()).await.unwrap(),
+        s.spend_refresh("t1", confab::now_ms(), ("next-t1", far))
+            .await
+            .unwrap(),
         RefreshOutcome::Reused
     );
     assert_eq!(
-        s.spend_refresh("t2", confab::now_ms()).await.unwrap(),
+        s.spend_refresh("t2", confab::now_ms(), ("next-t2", far))
+            .await
+            .unwrap(),
         RefreshOutcome::Invalid
     );
     assert_eq!(
-        s.spend_refresh("nope", confab::now_ms()).await.unwrap(),
+        s.spend_refresh("nope", confab::now_ms(), ("next-nope", far))
+            .await
+            .unwrap(),
         RefreshOutcome::Invalid
     );
+    // The successor stored by a spend is the next one to spend, and so on.
+    let fam3 = FamilyId::new();
+    s.insert_refresh("a1", fam3, u, far, true).await.unwrap();
+    for (spent, next) in [("a1", "a2"), ("a2", "a3")] {
+        assert_eq!(
+            s.spend_refresh(spent, confab::now_ms(), (next, far))
+                .await
+                .unwrap(),
+            RefreshOutcome::Valid {
+                user: u,
+                family: fam3
+            }
+        );
+    }
     // Expired tokens are invalid.
     let fam2 = FamilyId::new();
     s.insert_refresh("old", fam2, u, confab::now_ms() - 1, true)
         .await
         .unwrap();
     assert_eq!(
-        s.spend_refresh("old", confab::now_ms()).await.unwrap(),
+        s.spend_refresh("old", confab::now_ms(), ("next-old", far))
+            .await
+            .unwrap(),
         RefreshOutcome::Invalid
     );
 }
@@ -193,7 +216,13 @@ async fn logout_revokes_the_family(s: &dyn Store) {
         .unwrap();
     assert!(s.revoke_family_of("t1").await.unwrap());
     assert_eq!(
-        s.spend_refresh("t1", confab::now_ms()).await.unwrap(),
+        s.spend_refresh(
+            "t1",
+            confab::now_ms(),
+            ("next-t1", confab::now_ms() + 60_000)
+        )
+        .await
+        .unwrap(),
         RefreshOutcome::Invalid
     );
     assert!(!s.revoke_family_of("unknown").await.unwrap());
@@ -553,7 +582,13 @@ async fn bans_and_mutes_are_stored_and_lifted(s: &dyn Store) {
         .unwrap();
     s.revoke_user_tokens(b).await.unwrap();
     assert_eq!(
-        s.spend_refresh("t1", confab::now_ms()).await.unwrap(),
+        s.spend_refresh(
+            "t1",
+            confab::now_ms(),
+            ("next-t1", confab::now_ms() + 60_000)
+        )
+        .await
+        .unwrap(),
         RefreshOutcome::Invalid
     );
     // Room settings.

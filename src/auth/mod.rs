@@ -174,12 +174,25 @@ impl Auth {
         store: &dyn Store,
         refresh_token: &str,
     ) -> ApiResult<(UserId, Tokens)> {
+        let next = random_token();
+        let now = crate::now_ms();
+        let next_expires = now + (self.inner.refresh_ttl as i64) * 1000;
         match store
-            .spend_refresh(&token_hash(refresh_token), crate::now_ms())
+            .spend_refresh(
+                &token_hash(refresh_token),
+                now,
+                (&token_hash(&next), next_expires),
+            )
             .await?
         {
-            RefreshOutcome::Valid { user, family } => {
-                let tokens = self.issue_pair(store, user, Some(family)).await?;
+            RefreshOutcome::Valid { user, .. } => {
+                let (access, _) = self.issue_access(user)?;
+                let tokens = Tokens {
+                    access_token: access,
+                    refresh_token: next,
+                    token_type: "Bearer",
+                    expires_in: self.inner.access_ttl,
+                };
                 Ok((user, tokens))
             }
             RefreshOutcome::Reused => Err(ApiError::unauthorized(

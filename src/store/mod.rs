@@ -268,8 +268,15 @@ pub trait Store: Send + Sync + 'static {
         expires_at: i64,
         new_family: bool,
     ) -> StoreResult<()>;
-    /// Spends a refresh token once; a second presentation revokes the family.
-    async fn spend_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome>;
+    /// Spends a refresh token once and, in the same transaction, stores its successor
+    /// (`next`: hash and expiry) in the same family, so a failure cannot leave a session with a
+    /// spent token and no new one. A second presentation revokes the family.
+    async fn spend_refresh(
+        &self,
+        token_hash: &str,
+        now: i64,
+        next: (&str, i64),
+    ) -> StoreResult<RefreshOutcome>;
     /// Revokes the family the token belongs to (logout). False if the token is unknown.
     async fn revoke_family_of(&self, token_hash: &str) -> StoreResult<bool>;
 

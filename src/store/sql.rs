@@ -332,7 +332,12 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn spend_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome> {
+            async fn spend_refresh(
+                &self,
+                token_hash: &str,
+                now: i64,
+                next: (&str, i64),
+            ) -> StoreResult<RefreshOutcome> {
                 let mut tx = self.begin_write().await?;
                 let row: Option<(FamilyId, UserId, i64, bool, bool)> = sqlx::query_as(
                     "SELECT t.family_id, t.user_id, t.expires_at, t.spent, f.revoked \
@@ -367,6 +372,18 @@ macro_rules! sql_store {
                     tx.commit().await?;
                     return Ok(RefreshOutcome::Reused);
                 }
+                sqlx::query(
+                    "INSERT INTO refresh_tokens \
+                     (token_hash, family_id, user_id, expires_at, spent, created_at) \
+                     VALUES ($1, $2, $3, $4, FALSE, $5)",
+                )
+                .bind(next.0)
+                .bind(family)
+                .bind(user)
+                .bind(next.1)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(RefreshOutcome::Valid { user, family })
             }

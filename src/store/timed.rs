@@ -76,11 +76,16 @@ impl Store for TimedStore {
         )
     }
 
-    async fn spend_refresh(&self, token_hash: &str, now: i64) -> StoreResult<RefreshOutcome> {
+    async fn spend_refresh(
+        &self,
+        token_hash: &str,
+        now: i64,
+        next: (&str, i64),
+    ) -> StoreResult<RefreshOutcome> {
         timed!(
             self,
             "spend_refresh",
-            self.inner.spend_refresh(token_hash, now)
+            self.inner.spend_refresh(token_hash, now, next)
         )
     }
 

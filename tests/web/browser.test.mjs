@@ -57,6 +57,7 @@ async function startServer() {
       CONFAB_DATA_DIR: dataDir,
       CONFAB_JWT_SECRET: "browser-tests-secret-0123456789abcdef",
       CONFAB_ADMINS: "root",
+      CONFAB_CONFIG_DIR: join(dataDir, "config"),
       CONFAB_DRAIN_DELAY_SECS: "0",
       // Short-lived access tokens, so every page renews its session many times during the run.
       CONFAB_ACCESS_TOKEN_TTL: String(TOKEN_TTL),
@@ -157,6 +158,15 @@ async function assertContiguous(page, from, to) {
 before(async () => {
   assert.ok(BIN, "CONFAB_BIN must name the confab binary");
   dataDir = mkdtempSync(join(tmpdir(), "confab-web-"));
+  // One ChatRoom resource, so the admin panel has applied configuration to show.
+  mkdirSync(join(dataDir, "config"));
+  writeFileSync(join(dataDir, "config", "rooms.yaml"), [
+    "apiVersion: confab.dev/v1alpha1",
+    "kind: ChatRoom",
+    "metadata: {name: announcements, namespace: chat}",
+    "spec: {name: announcements, kind: public, topic: News from the team, readOnly: true}",
+    "",
+  ].join("\n"));
   port = await freePort();
   await startServer();
   browser = await chromium.launch({
@@ -174,6 +184,8 @@ after(async () => {
     console.log(`${name}: connection "${state}", last notice "${toast}"`);
   }
   for (const line of consoleLines.slice(-40)) console.log(line);
+  mkdirSync(SHOTS, { recursive: true });
+  writeFileSync(join(SHOTS, "console.log"), consoleLines.join("\n") + "\n");
   assert.deepEqual(pageErrors, [], "no page threw an uncaught error");
   if (browser) await browser.close();
   if (server && server.exitCode === null) await stopServer();
@@ -390,7 +402,10 @@ test("an admin bans a user from the panel and the user's page shows it was disco
   const connections = Number(await root.locator("#pod-rows tr td:nth-child(2)").first().textContent());
   // Alice's and Bob's pages hold a socket each (this page left the chat for the panel).
   assert.equal(connections, 2, "the pod reports the open sockets");
-  await root.locator("#config-source").filter({ hasText: /defaults|From/ }).waitFor();
+  // The applied ChatRoom resource, Ready, and the room it manages.
+  await root.locator("#config-source", { hasText: "From" }).waitFor();
+  await root.locator("#resource-rows tr", { hasText: "chat/announcements" }).locator("td.ok", { hasText: "yes" }).waitFor();
+  await root.locator('#room-rows tr[data-room="announcements"]', { hasText: "chat/announcements" }).waitFor();
   await shot(root, "admin");
 
   root.dialogAnswers = ["spamming", "30"];
