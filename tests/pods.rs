@@ -154,43 +154,17 @@ async fn kill_9_under_load_loses_nothing_acked() {
     assert!(v.reconnects > 0, "the killed pod's clients reconnected");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_under_load_loses_nothing() {
-    let (mut fleet, writers, readers, rooms) = setup(4, 2).await;
-    let load = Load {
-        per_writer: 200,
-        interval: Duration::from_millis(15),
-    };
-    let addr = fleet.addr();
-    let mut ready_during_outage = Vec::new();
-    let during = async {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        fleet.redis.stop();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        for i in 0..3 {
-            ready_during_outage.push(fleet.readyz(i).await);
-        }
-        fleet.redis.launch();
-        for i in 0..3 {
-            fleet.wait_ready(i, Duration::from_secs(20)).await;
-        }
-    };
-    let reports = checker::run(addr, &rooms, &writers, &readers, load, during).await;
-    let v = checker::verify(&readers[0], &rooms, &reports).await;
-    assert_eq!(
-        v.acked,
-        4 * 200,
-        "sends kept working while the bus was down"
-    );
-    assert_eq!(
-        ready_during_outage,
-        [Some(503); 3],
-        "/readyz reflects the outage"
-    );
+enum Service {
+    Redis,
+    Postgres,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_restart_fails_fast_and_recovers_by_itself() {
+/// 4 writers and 2 readers on three pods while `service` is stopped for `down` under load:
+/// the verdict, and each pod's `/readyz` status during the outage.
+async fn through_an_outage(
+    service: Service,
+    down: Duration,
+) -> (checker::Verdict, Vec<Option<u16>>) {
     let (mut fleet, writers, readers, rooms) = setup(4, 2).await;
     let load = Load {
         per_writer: 200,
@@ -200,18 +174,41 @@ async fn postgres_restart_fails_fast_and_recovers_by_itself() {
     let mut ready_during_outage = Vec::new();
     let during = async {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        fleet.pg.stop();
-        tokio::time::sleep(Duration::from_millis(3000)).await;
+        match service {
+            Service::Redis => fleet.redis.stop(),
+            Service::Postgres => fleet.pg.stop(),
+        }
+        tokio::time::sleep(down).await;
         for i in 0..3 {
             ready_during_outage.push(fleet.readyz(i).await);
         }
-        fleet.pg.launch();
+        match service {
+            Service::Redis => fleet.redis.launch(),
+            Service::Postgres => fleet.pg.launch(),
+        }
         for i in 0..3 {
             fleet.wait_ready(i, Duration::from_secs(30)).await;
         }
     };
     let reports = checker::run(addr, &rooms, &writers, &readers, load, during).await;
     let v = checker::verify(&readers[0], &rooms, &reports).await;
+    (v, ready_during_outage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_load_loses_nothing() {
+    let (v, ready) = through_an_outage(Service::Redis, Duration::from_millis(2500)).await;
+    assert_eq!(
+        v.acked,
+        4 * 200,
+        "sends kept working while the bus was down"
+    );
+    assert_eq!(ready, [Some(503); 3], "/readyz reflects the outage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_fails_fast_and_recovers_by_itself() {
+    let (v, ready) = through_an_outage(Service::Postgres, Duration::from_millis(3000)).await;
     assert_eq!(
         v.acked,
         4 * 200,
@@ -221,11 +218,7 @@ async fn postgres_restart_fails_fast_and_recovers_by_itself() {
         v.unavailable > 0,
         "sends during the outage were refused with `unavailable`, not left hanging"
     );
-    assert_eq!(
-        ready_during_outage,
-        [Some(503); 3],
-        "/readyz reflects the outage"
-    );
+    assert_eq!(ready, [Some(503); 3], "/readyz reflects the outage");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
