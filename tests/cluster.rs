@@ -355,3 +355,46 @@ async fn admin_stats_list_every_live_pod() {
         "both pods should be listed"
     );
 }
+
+#[tokio::test]
+async fn resuming_on_a_pod_that_lags_behind_repeats_nothing() {
+    let mut c = two_pods().await;
+    let alice = c.a.user("alice").await;
+    c.b.user("bob").await;
+    let bob_on_b = c.b.login("bob").await;
+    let bob_on_a = c.a.login("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob_on_b.join(&room).await;
+    // Pod b follows the room (someone subscribed there) and has delivered seq 1.
+    let mut watcher = bob_on_b.subscribed(&room).await;
+    alice.post_message(&room, "m1").await;
+    assert_eq!(watcher.expect("message").await["seq"], 1);
+    // The bus goes away: pod a commits 2 and 3, which pod b has not delivered yet.
+    c.redis.stop();
+    alice.post_message(&room, "m2").await;
+    alice.post_message(&room, "m3").await;
+    // Bob saw them on pod a...
+    let (_, page) = bob_on_a
+        .api
+        .get(&format!("/api/v1/rooms/{room}/messages?after=0"))
+        .await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3);
+    // ...and resumes on the lagging pod b from 3.
+    let mut resumed = bob_on_b.connect().await;
+    let sub = resumed.subscribe(&room, Some(3)).await;
+    assert_ne!(sub["recovered"], false);
+    c.redis.restart();
+    // Pod b catches up (2 and 3 reach its other subscriber), then a new message arrives:
+    // the resumed socket gets 4 and nothing it already had.
+    assert_eq!(watcher.expect("message").await["seq"], 2);
+    assert_eq!(watcher.expect("message").await["seq"], 3);
+    let b_pod = &c.b;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            b_pod.api().get("/readyz").await.0 == StatusCode::OK
+        })
+        .await
+    );
+    alice.post_message(&room, "m4").await;
+    assert_eq!(resumed.expect("message").await["seq"], 4);
+}

@@ -629,8 +629,11 @@ impl Connection {
                     .subscribe(room, &self.outbox)
                     .await
                     .map_err(ApiError::from)?;
-                self.subs.insert(room, s.cursor);
-                s.cursor
+                // A client resuming from a pod that was ahead of this one already has
+                // everything up to `since`: what this pod delivers late must not reach it again.
+                let start = since.map_or(s.cursor, |since| since.max(s.cursor));
+                self.subs.insert(room, start);
+                start
             }
         };
         let presence = self.state.hub.online(room).await;
