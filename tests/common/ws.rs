@@ -12,9 +12,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// Event types a test does not ask for are skipped by `expect`, so that presence, typing and
-/// receipts do not make tests flaky.
-const INCIDENTAL: &[&str] = &["presence", "typing", "receipt"];
+/// Event types a test does not ask for are skipped by `expect`, so that presence, typing,
+/// receipts and membership news do not make tests flaky.
+const INCIDENTAL: &[&str] = &["presence", "typing", "receipt", "room_joined"];
 
 pub struct Ws {
     pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,

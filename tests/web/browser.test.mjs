@@ -326,6 +326,11 @@ test("two people chat in a room and a DM, with typing, presence, read ticks, edi
   assert.ok(await small.locator("#composer-input").isVisible(), "the composer fits on a phone");
   const overflow = await small.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `no sideways scrolling on a phone (${overflow}px too wide)`);
+  // Every control in the header and the composer is fully on the screen.
+  for (const name of ["Rooms", "Log out", "Members", "Leave", "Send"]) {
+    const box = await small.getByRole("button", { name, exact: true }).boundingBox();
+    assert.ok(box && box.x >= 0 && box.x + box.width <= 390, `${name} fits on a phone: ${JSON.stringify(box)}`);
+  }
   await shot(small, "phone");
   await phone.close();
 });
