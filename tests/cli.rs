@@ -51,6 +51,24 @@ fn bad_settings_stop_startup_with_one_clear_line() {
     fails_naming(&["--database-url", "mysql://x"], &[], "CONFAB_DATABASE_URL");
     fails_naming(&["--jwt-secret", "short"], &[], "CONFAB_JWT_SECRET");
     fails_naming(&["--log-format", "xml"], &[], "--log-format");
+    // A Redis Cluster is named as such: the flag needs nodes, and a list needs the flag.
+    let pg = ["--database-url", "postgres://db/chat"];
+    let secret = ["--jwt-secret", "a-secret-of-at-least-thirty-two-bytes"];
+    fails_naming(
+        &[&pg[..], &secret[..], &["--redis-cluster"]].concat(),
+        &[],
+        "CONFAB_REDIS_URL",
+    );
+    fails_naming(
+        &[
+            &pg[..],
+            &secret[..],
+            &["--redis-url", "redis://a:6379,redis://b:6379"],
+        ]
+        .concat(),
+        &[],
+        "CONFAB_REDIS_CLUSTER",
+    );
     // A database that is not there is named too.
     let port = free_port();
     fails_naming(

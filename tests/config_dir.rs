@@ -411,3 +411,22 @@ async fn a_policys_attachment_limit_holds_on_uploads() {
     );
     assert_eq!(upload(1024).await, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn a_user_a_chatroom_names_hears_of_the_room_at_once() {
+    let t = setup().await;
+    let dave = t.s.user("dave").await;
+    let mut ws = dave.connect().await;
+    put(
+        t.dir.path(),
+        "ops.yaml",
+        "apiVersion: confab.dev/v1alpha1\nkind: ChatRoom\nmetadata: {name: ops, namespace: chat}\n\
+         spec: {name: ops, kind: private, members: [dave]}\n",
+    );
+    let joined = ws.expect_skipping("room_joined").await;
+    assert_eq!(
+        (joined["name"].as_str(), joined["role"].as_str()),
+        (Some("ops"), Some("member"))
+    );
+    assert_eq!(joined["managed_by"], "chat/ops");
+}

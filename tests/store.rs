@@ -153,7 +153,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(s: &dyn Store) {
     let u = user(s, "alice").await;
     let fam = FamilyId::new();
     let far = confab::now_ms() + 60_000;
-    s.insert_refresh("t1", fam, u, far, true).await.unwrap();
+    s.insert_refresh("t1", fam, u, far).await.unwrap();
     assert_eq!(
         s.spend_refresh("t1", confab::now_ms(), ("t2", far))
             .await
@@ -184,7 +184,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(s: &dyn Store) {
     );
     // The successor stored by a spend is the next one to spend, and so on.
     let fam3 = FamilyId::new();
-    s.insert_refresh("a1", fam3, u, far, true).await.unwrap();
+    s.insert_refresh("a1", fam3, u, far).await.unwrap();
     for (spent, next) in [("a1", "a2"), ("a2", "a3")] {
         assert_eq!(
             s.spend_refresh(spent, confab::now_ms(), (next, far))
@@ -198,7 +198,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(s: &dyn Store) {
     }
     // Expired tokens are invalid.
     let fam2 = FamilyId::new();
-    s.insert_refresh("old", fam2, u, confab::now_ms() - 1, true)
+    s.insert_refresh("old", fam2, u, confab::now_ms() - 1)
         .await
         .unwrap();
     assert_eq!(
@@ -211,7 +211,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(s: &dyn Store) {
 
 async fn logout_revokes_the_family(s: &dyn Store) {
     let u = user(s, "alice").await;
-    s.insert_refresh("t1", FamilyId::new(), u, confab::now_ms() + 60_000, true)
+    s.insert_refresh("t1", FamilyId::new(), u, confab::now_ms() + 60_000)
         .await
         .unwrap();
     assert!(s.revoke_family_of("t1").await.unwrap());
@@ -577,7 +577,7 @@ async fn bans_and_mutes_are_stored_and_lifted(s: &dyn Store) {
     let u = s.user(b).await.unwrap().unwrap();
     assert!(!u.banned_at(confab::now_ms()) && !u.muted_at(0));
     // Revoking a user's tokens ends every family.
-    s.insert_refresh("t1", FamilyId::new(), b, confab::now_ms() + 60_000, true)
+    s.insert_refresh("t1", FamilyId::new(), b, confab::now_ms() + 60_000)
         .await
         .unwrap();
     s.revoke_user_tokens(b).await.unwrap();

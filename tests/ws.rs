@@ -668,6 +668,11 @@ async fn new_memberships_reach_the_members_sockets_as_room_joined() {
     let joined = bob_ws.expect_skipping("room_joined").await;
     assert_eq!(joined["id"], dm["id"]);
     assert_eq!(joined["kind"], "direct");
+    // Joining a public room from one socket (or tab) tells the user's other sockets.
+    let public = alice.create_room("lobby", "public").await;
+    bob.join(&public).await;
+    let joined = bob_ws.expect_skipping("room_joined").await;
+    assert_eq!(joined["id"], public.as_str());
     // Opening the same DM again is no news.
     let (st, _) = alice
         .api

@@ -140,26 +140,28 @@ impl Auth {
             })
     }
 
-    /// A fresh token pair. `family` is `None` at login (a new family starts).
-    pub async fn issue_pair(
-        &self,
-        store: &dyn Store,
-        user: UserId,
-        family: Option<FamilyId>,
-    ) -> ApiResult<Tokens> {
-        let (access, _) = self.issue_access(user)?;
+    /// A fresh token pair at login: its refresh token starts a new family.
+    pub async fn issue_pair(&self, store: &dyn Store, user: UserId) -> ApiResult<Tokens> {
         let refresh = random_token();
-        let expires_at = crate::now_ms() + (self.inner.refresh_ttl as i64) * 1000;
-        let new_family = family.is_none();
         store
             .insert_refresh(
                 &token_hash(&refresh),
-                family.unwrap_or_default(),
+                FamilyId::new(),
                 user,
-                expires_at,
-                new_family,
+                self.refresh_expiry(crate::now_ms()),
             )
             .await?;
+        self.tokens(user, refresh)
+    }
+
+    /// When a refresh token issued at `now` expires (ms).
+    fn refresh_expiry(&self, now: i64) -> i64 {
+        now + (self.inner.refresh_ttl as i64) * 1000
+    }
+
+    /// The answer to login and refresh: a new access token with the given refresh token.
+    fn tokens(&self, user: UserId, refresh: String) -> ApiResult<Tokens> {
+        let (access, _) = self.issue_access(user)?;
         Ok(Tokens {
             access_token: access,
             refresh_token: refresh,
@@ -176,25 +178,15 @@ impl Auth {
     ) -> ApiResult<(UserId, Tokens)> {
         let next = random_token();
         let now = crate::now_ms();
-        let next_expires = now + (self.inner.refresh_ttl as i64) * 1000;
         match store
             .spend_refresh(
                 &token_hash(refresh_token),
                 now,
-                (&token_hash(&next), next_expires),
+                (&token_hash(&next), self.refresh_expiry(now)),
             )
             .await?
         {
-            RefreshOutcome::Valid { user, .. } => {
-                let (access, _) = self.issue_access(user)?;
-                let tokens = Tokens {
-                    access_token: access,
-                    refresh_token: next,
-                    token_type: "Bearer",
-                    expires_in: self.inner.access_ttl,
-                };
-                Ok((user, tokens))
-            }
+            RefreshOutcome::Valid { user, .. } => Ok((user, self.tokens(user, next)?)),
             RefreshOutcome::Reused => Err(ApiError::unauthorized(
                 "the refresh token was already used; its session is revoked",
             )),

@@ -12,7 +12,7 @@
 //! and the pods that still have subscribers in the room sweep them and announce the users
 //! offline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,11 @@ fn room_channel(room: RoomId) -> String {
 
 fn presence_key(room: RoomId) -> String {
     format!("confab:presence:{room}")
+}
+
+/// The user of a presence field (`{pod}/{user}`).
+fn presence_user(field: &str) -> Option<UserId> {
+    field.split_once('/')?.1.parse().ok()
 }
 
 /// Commands to one Redis server, or to a Redis Cluster (routed by key slot).
@@ -242,23 +247,17 @@ async fn publisher(con: Conn, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>, 
                 pipe.query_async(&mut con.clone()).await
             }
             Conn::Cluster(_) => {
-                let mut per_channel: Vec<(String, redis::Pipeline)> = Vec::new();
+                let mut per_channel: HashMap<String, redis::Pipeline> = HashMap::new();
                 for (channel, payload) in batch.drain(..) {
-                    let i = match per_channel.iter().position(|(c, _)| *c == channel) {
-                        Some(i) => i,
-                        None => {
-                            per_channel.push((channel.clone(), redis::pipe()));
-                            per_channel.len() - 1
-                        }
-                    };
-                    per_channel[i]
-                        .1
+                    per_channel
+                        .entry(channel.clone())
+                        .or_insert_with(redis::pipe)
                         .cmd("SPUBLISH")
-                        .arg(&channel)
+                        .arg(channel)
                         .arg(payload.as_ref())
                         .ignore();
                 }
-                let sends = per_channel.into_iter().map(|(_, pipe)| {
+                let sends = per_channel.into_values().map(|pipe| {
                     let mut con = con.clone();
                     async move { pipe.query_async::<()>(&mut con).await }
                 });
@@ -373,7 +372,7 @@ impl Bus for RedisBus {
             .unwrap_or_default()
             .into_iter()
             .filter(|(_, expires)| *expires > now)
-            .filter_map(|(field, _)| field.split_once('/')?.1.parse().ok())
+            .filter_map(|(field, _)| presence_user(&field))
             .collect();
         users.sort();
         users.dedup();
@@ -390,16 +389,15 @@ impl Bus for RedisBus {
         };
         self.observe("hgetall", started);
         let now = crate::now_ms();
-        let user_of = |field: &str| field.split_once('/')?.1.parse::<UserId>().ok();
         let live: HashSet<UserId> = entries
             .iter()
             .filter(|(_, expires)| *expires > now)
-            .filter_map(|(f, _)| user_of(f))
+            .filter_map(|(f, _)| presence_user(f))
             .collect();
         let mut gone = Vec::new();
         for (field, _) in entries.iter().filter(|(_, expires)| *expires <= now) {
             let deleted: i64 = con.hdel(&key, field).await.unwrap_or(0);
-            if let Some(user) = user_of(field)
+            if let Some(user) = presence_user(field)
                 && deleted == 1
                 && !live.contains(&user)
             {

@@ -184,12 +184,12 @@ pub async fn mute(
 ) -> ApiResult<StatusCode> {
     admin(&caller)?;
     target(&state, id).await?;
-    let until = Some(until(crate::now_ms(), body.duration_seconds));
-    state.store.set_mute(id, until).await?;
-    state
-        .hub
-        .control(ControlEvent::UserMuted { user: id, until });
-    Ok(StatusCode::NO_CONTENT)
+    set_mute(
+        &state,
+        id,
+        Some(until(crate::now_ms(), body.duration_seconds)),
+    )
+    .await
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/users/{id}/mute", tag = "admin",
@@ -202,11 +202,15 @@ pub async fn unmute(
 ) -> ApiResult<StatusCode> {
     admin(&caller)?;
     target(&state, id).await?;
-    state.store.set_mute(id, None).await?;
-    state.hub.control(ControlEvent::UserMuted {
-        user: id,
-        until: None,
-    });
+    set_mute(&state, id, None).await
+}
+
+/// Mutes (`until`) or unmutes (`None`) a user everywhere: stored, and on every pod's sockets.
+async fn set_mute(state: &AppState, id: UserId, until: Option<i64>) -> ApiResult<StatusCode> {
+    state.store.set_mute(id, until).await?;
+    state
+        .hub
+        .control(ControlEvent::UserMuted { user: id, until });
     Ok(StatusCode::NO_CONTENT)
 }
 

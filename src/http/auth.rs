@@ -153,9 +153,7 @@ pub async fn login(
     if user.banned_at(crate::now_ms()) {
         return Err(ApiError::forbidden("the user is banned"));
     }
-    Ok(Json(
-        state.auth.issue_pair(&*state.store, user.id, None).await?,
-    ))
+    Ok(Json(state.auth.issue_pair(&*state.store, user.id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshBody,

@@ -5,6 +5,8 @@
 //! Pages get their own Content-Security-Policy (same-origin scripts, styles, sockets and images,
 //! `blob:` images for attachment previews, nothing external); the API keeps `default-src 'none'`.
 
+use std::sync::LazyLock;
+
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,52 +23,50 @@ pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'se
 
 struct Asset {
     name: &'static str,
-    content_type: &'static str,
     body: &'static str,
 }
 
+/// One file of `web/`, embedded under its own name.
+macro_rules! asset {
+    ($name:literal) => {
+        Asset {
+            name: $name,
+            body: include_str!(concat!("../../web/", $name)),
+        }
+    };
+}
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "index.html",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../web/index.html"),
-    },
-    Asset {
-        name: "admin.html",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../web/admin.html"),
-    },
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../../web/style.css"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../web/api.js"),
-    },
-    Asset {
-        name: "dom.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../web/dom.js"),
-    },
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../web/app.js"),
-    },
-    Asset {
-        name: "admin.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../web/admin.js"),
-    },
-    Asset {
-        name: "icon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("../../web/icon.svg"),
-    },
+    asset!("index.html"),
+    asset!("admin.html"),
+    asset!("style.css"),
+    asset!("api.js"),
+    asset!("dom.js"),
+    asset!("app.js"),
+    asset!("admin.js"),
+    asset!("icon.svg"),
 ];
+
+/// Each asset's ETag (from its content), computed once: the files never change in a binary.
+static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+    ASSETS
+        .iter()
+        .map(|a| {
+            let tag = format!("\"{}\"", &sha256_hex(a.body.as_bytes())[..16]);
+            HeaderValue::from_str(&tag).expect("hex etag is a header value")
+        })
+        .collect()
+});
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -87,37 +87,31 @@ pub fn router() -> Router<AppState> {
 /// One file with its type, an ETag from its content and `no-cache` (revalidate every time, so a
 /// new binary's files are picked up at once); a matching `If-None-Match` gets 304.
 fn serve(name: &str, headers: &HeaderMap) -> Response {
-    let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
+    let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
         return ApiError::not_found("no such file").into_response();
     };
-    let etag = format!("\"{}\"", &sha256_hex(asset.body.as_bytes())[..16]);
+    let etag = ETAGS[i].clone();
     let common = [
         (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
         (header::CACHE_CONTROL, "no-cache"),
     ];
-    let etag_value = HeaderValue::from_str(&etag).expect("hex etag is a header value");
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+        .is_some_and(|v| v.split(',').any(|t| t.trim().as_bytes() == etag.as_bytes()));
     if matches {
-        return (
-            StatusCode::NOT_MODIFIED,
-            common,
-            [(header::ETAG, etag_value)],
-        )
-            .into_response();
+        return (StatusCode::NOT_MODIFIED, common, [(header::ETAG, etag)]).into_response();
     }
     (
         common,
         [
-            (header::ETAG, etag_value),
+            (header::ETAG, etag),
             (
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(asset.content_type),
+                HeaderValue::from_static(content_type(name)),
             ),
         ],
-        asset.body,
+        ASSETS[i].body,
     )
         .into_response()
 }
@@ -125,6 +119,18 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_asset_is_served_with_its_own_type() {
+        for a in ASSETS {
+            assert_ne!(
+                content_type(a.name),
+                "application/octet-stream",
+                "{} has no content type",
+                a.name
+            );
+        }
+    }
 
     #[test]
     fn every_page_names_only_assets_that_exist() {

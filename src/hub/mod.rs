@@ -334,6 +334,11 @@ impl Hub {
 
     async fn presence_changed(&self, room: RoomId, user: UserId, online: bool) {
         self.bus.presence_set(room, user, online).await;
+        self.announce_presence(room, user, online);
+    }
+
+    /// Sends `presence` to the room's subscribers on every pod.
+    fn announce_presence(&self, room: RoomId, user: UserId, online: bool) {
         let status = if online { "online" } else { "offline" };
         let text =
             frame(&json!({"type": "presence", "room": room, "user": user, "status": status}));
@@ -356,10 +361,7 @@ impl Hub {
                     .room(room)
                     .is_some_and(|s| s.lock().expect("room lock").presence.contains_key(&user));
                 if !here {
-                    let text = frame(
-                        &json!({"type": "presence", "room": room, "user": user, "status": "offline"}),
-                    );
-                    self.publish_event(room, text, None);
+                    self.announce_presence(room, user, false);
                 }
             }
         }

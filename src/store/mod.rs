@@ -259,14 +259,14 @@ pub trait Store: Send + Sync + 'static {
     async fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
 
-    /// Starts a token family (at login) or extends one (at refresh).
+    /// Starts a token family with its first refresh token (at login); `spend_refresh`
+    /// extends it.
     async fn insert_refresh(
         &self,
         token_hash: &str,
         family: FamilyId,
         user: UserId,
         expires_at: i64,
-        new_family: bool,
     ) -> StoreResult<()>;
     /// Spends a refresh token once and, in the same transaction, stores its successor
     /// (`next`: hash and expiry) in the same family, so a failure cannot leave a session with a

@@ -91,6 +91,30 @@ macro_rules! sql_store {
                 self.pool.begin_with($begin_write).await
             }
 
+            /// One unspent refresh token of `family`, inside `tx`.
+            async fn insert_token(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                token_hash: &str,
+                family: FamilyId,
+                user: UserId,
+                expires_at: i64,
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens \
+                     (token_hash, family_id, user_id, expires_at, spent, created_at) \
+                     VALUES ($1, $2, $3, $4, FALSE, $5)",
+                )
+                .bind(token_hash)
+                .bind(family)
+                .bind(user)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             async fn commit_once(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
                 let mut out: Vec<Option<CommitOutcome>> = vec![None; batch.len()];
                 let mut tx = self.begin_write().await?;
@@ -301,33 +325,19 @@ macro_rules! sql_store {
                 family: FamilyId,
                 user: UserId,
                 expires_at: i64,
-                new_family: bool,
             ) -> StoreResult<()> {
                 let now = crate::now_ms();
                 let mut tx = self.begin_write().await?;
-                if new_family {
-                    sqlx::query(
-                        "INSERT INTO token_families (id, user_id, revoked, created_at) \
-                         VALUES ($1, $2, FALSE, $3)",
-                    )
-                    .bind(family)
-                    .bind(user)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
                 sqlx::query(
-                    "INSERT INTO refresh_tokens \
-                     (token_hash, family_id, user_id, expires_at, spent, created_at) \
-                     VALUES ($1, $2, $3, $4, FALSE, $5)",
+                    "INSERT INTO token_families (id, user_id, revoked, created_at) \
+                     VALUES ($1, $2, FALSE, $3)",
                 )
-                .bind(token_hash)
                 .bind(family)
                 .bind(user)
-                .bind(expires_at)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                Self::insert_token(&mut tx, token_hash, family, user, expires_at, now).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -372,18 +382,7 @@ macro_rules! sql_store {
                     tx.commit().await?;
                     return Ok(RefreshOutcome::Reused);
                 }
-                sqlx::query(
-                    "INSERT INTO refresh_tokens \
-                     (token_hash, family_id, user_id, expires_at, spent, created_at) \
-                     VALUES ($1, $2, $3, $4, FALSE, $5)",
-                )
-                .bind(next.0)
-                .bind(family)
-                .bind(user)
-                .bind(next.1)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                Self::insert_token(&mut tx, next.0, family, user, next.1, now).await?;
                 tx.commit().await?;
                 Ok(RefreshOutcome::Valid { user, family })
             }

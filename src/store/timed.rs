@@ -66,13 +66,12 @@ impl Store for TimedStore {
         family: FamilyId,
         user: UserId,
         expires_at: i64,
-        new_family: bool,
     ) -> StoreResult<()> {
         timed!(
             self,
             "insert_refresh",
             self.inner
-                .insert_refresh(token_hash, family, user, expires_at, new_family)
+                .insert_refresh(token_hash, family, user, expires_at)
         )
     }
 

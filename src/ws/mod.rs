@@ -445,14 +445,7 @@ impl Connection {
             }
             ControlEvent::MemberAdded { room, .. } => {
                 self.rules.remove(&room);
-                let record = self.state.store.room(room).await.ok().flatten()?;
-                let member = self
-                    .state
-                    .store
-                    .member(room, self.user.id)
-                    .await
-                    .ok()
-                    .flatten();
+                let (record, member) = self.state.readable_room(room, self.user.id).await.ok()?;
                 let room = crate::http::rooms::as_member(&record, member);
                 Some(frame(&crate::model::Event {
                     kind: "room_joined",
