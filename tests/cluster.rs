@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Postgres, Redis, Server, cluster, eventually};
+use common::{Postgres, Redis, Server, User, Ws, cluster, eventually};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -32,6 +32,35 @@ async fn two_pods() -> Cluster {
         redis,
         _pg: pg,
     }
+}
+
+/// Waits until `pod` is ready again (after Redis came back).
+async fn ready_again(pod: &Server) {
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pod.api().get("/readyz").await.0 == StatusCode::OK
+        })
+        .await,
+        "the pod does not recover after Redis returns"
+    );
+}
+
+/// Alice on pod a; Bob on pod b, subscribed to a room whose seq 1 pod b has delivered. Then the
+/// bus goes away and pod a commits m2 and m3, which pod b has not delivered. Redis stays down.
+async fn missed_while_the_bus_is_down(c: &mut Cluster) -> (User, User, String, Ws) {
+    let alice = c.a.user("alice").await;
+    c.b.user("bob").await;
+    let bob = c.b.login("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    alice.post_message(&room, "m1").await;
+    assert_eq!(b.expect("message").await["seq"], 1);
+    // The bus goes away; pod a keeps committing (the store is the source of truth).
+    c.redis.stop();
+    alice.post_message(&room, "m2").await;
+    alice.post_message(&room, "m3").await;
+    (alice, bob, room, b)
 }
 
 #[tokio::test]
@@ -210,41 +239,16 @@ async fn readiness_reflects_the_bus() {
     let room = alice.create_room("general", "public").await;
     alice.post_message(&room, "still here").await;
     c.redis.restart();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            a.api().get("/readyz").await.0 == StatusCode::OK
-        })
-        .await,
-        "readyz does not recover after Redis returns"
-    );
+    ready_again(&c.a).await;
 }
 
 #[tokio::test]
 async fn messages_committed_while_redis_was_down_are_filled_from_the_store() {
     let mut c = two_pods().await;
-    let alice = c.a.user("alice").await;
-    c.b.user("bob").await;
-    let bob = c.b.login("bob").await;
-    let room = alice.create_room("general", "public").await;
-    bob.join(&room).await;
-    let mut b = bob.subscribed(&room).await;
-    alice.post_message(&room, "m1").await;
-    assert_eq!(b.expect("message").await["seq"], 1);
-
-    // The bus goes away; pod a keeps committing (the store is the source of truth).
-    c.redis.stop();
-    alice.post_message(&room, "m2").await;
-    alice.post_message(&room, "m3").await;
+    let (alice, _bob, room, mut b) = missed_while_the_bus_is_down(&mut c).await;
     c.redis.restart();
     // Both pods reconnect and resubscribe by themselves.
-    let b_pod = &c.b;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            b_pod.api().get("/readyz").await.0 == StatusCode::OK
-        })
-        .await,
-        "pod b does not recover after Redis returns"
-    );
+    ready_again(&c.b).await;
     // m2 and m3 arrive with nothing after them to reveal the gap: pod b compares its rooms with
     // the store by itself.
     let mut seen = Vec::new();
@@ -359,21 +363,9 @@ async fn admin_stats_list_every_live_pod() {
 #[tokio::test]
 async fn resuming_on_a_pod_that_lags_behind_repeats_nothing() {
     let mut c = two_pods().await;
-    let alice = c.a.user("alice").await;
-    c.b.user("bob").await;
-    let bob_on_b = c.b.login("bob").await;
+    let (alice, bob_on_b, room, mut watcher) = missed_while_the_bus_is_down(&mut c).await;
     let bob_on_a = c.a.login("bob").await;
-    let room = alice.create_room("general", "public").await;
-    bob_on_b.join(&room).await;
-    // Pod b follows the room (someone subscribed there) and has delivered seq 1.
-    let mut watcher = bob_on_b.subscribed(&room).await;
-    alice.post_message(&room, "m1").await;
-    assert_eq!(watcher.expect("message").await["seq"], 1);
-    // The bus goes away: pod a commits 2 and 3, which pod b has not delivered yet.
-    c.redis.stop();
-    alice.post_message(&room, "m2").await;
-    alice.post_message(&room, "m3").await;
-    // Bob saw them on pod a...
+    // Bob saw m1..m3 on pod a...
     let (_, page) = bob_on_a
         .api
         .get(&format!("/api/v1/rooms/{room}/messages?after=0"))
@@ -388,13 +380,7 @@ async fn resuming_on_a_pod_that_lags_behind_repeats_nothing() {
     // the resumed socket gets 4 and nothing it already had.
     assert_eq!(watcher.expect("message").await["seq"], 2);
     assert_eq!(watcher.expect("message").await["seq"], 3);
-    let b_pod = &c.b;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            b_pod.api().get("/readyz").await.0 == StatusCode::OK
-        })
-        .await
-    );
+    ready_again(&c.b).await;
     alice.post_message(&room, "m4").await;
     assert_eq!(resumed.expect("message").await["seq"], 4);
 }
