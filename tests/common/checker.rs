@@ -460,37 +460,36 @@ impl Client {
                 if seq > upto {
                     break;
                 }
-                let cursor = self.cursor.get_mut(&room).unwrap();
-                if seq != *cursor + 1 {
-                    self.report
-                        .violations
-                        .push(format!("room {room}: history gave {seq} after {cursor}"));
-                }
-                *cursor = seq;
-                self.report
-                    .received
-                    .entry(room.clone())
-                    .or_default()
-                    .push(seq);
+                self.received(&room, seq, "history");
                 self.report.paged += 1;
             }
         }
     }
 
+    /// A message of `room` handed on (from the socket or from history): it must be the next
+    /// seq; anything else is a gap or a duplicate.
+    fn received(&mut self, room: &str, seq: i64, from: &str) {
+        let cursor = self.cursor.get_mut(room).unwrap();
+        if seq != *cursor + 1 {
+            self.report.violations.push(format!(
+                "room {room}: {from} gave seq {seq} after {cursor} ({})",
+                if seq <= *cursor { "duplicate" } else { "gap" }
+            ));
+        }
+        *cursor = (*cursor).max(seq);
+        self.report
+            .received
+            .entry(room.to_string())
+            .or_default()
+            .push(seq);
+    }
+
     fn on_frame(&mut self, v: Value) {
         match v["type"].as_str().unwrap_or_default() {
             "message" => {
-                let room = v["room"].as_str().unwrap().to_string();
+                let room = v["room"].as_str().unwrap();
                 let seq = v["seq"].as_i64().unwrap();
-                let cursor = self.cursor.get_mut(&room).unwrap();
-                if seq != *cursor + 1 {
-                    self.report.violations.push(format!(
-                        "room {room}: got seq {seq} after {cursor} ({})",
-                        if seq <= *cursor { "duplicate" } else { "gap" }
-                    ));
-                }
-                *cursor = (*cursor).max(seq);
-                self.report.received.entry(room).or_default().push(seq);
+                self.received(room, seq, "the socket");
             }
             "ack" => {
                 let cid = v["client_id"].as_str().unwrap().to_string();

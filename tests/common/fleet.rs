@@ -149,13 +149,17 @@ impl Fleet {
             .map(|r| r.status().as_u16())
     }
 
-    /// Sends SIGTERM to pod `i` without waiting.
-    pub fn sigterm(&mut self, i: usize) {
-        let pid = self.pods[i]
+    fn pid(&self, i: usize) -> u32 {
+        self.pods[i]
             .child
             .as_ref()
             .and_then(|c| c.id())
-            .expect("pod is running");
+            .expect("pod is running")
+    }
+
+    /// Sends SIGTERM to pod `i` without waiting.
+    pub fn sigterm(&mut self, i: usize) {
+        let pid = self.pid(i);
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
@@ -181,11 +185,7 @@ impl Fleet {
 
     /// Peak resident memory of pod `i` in KiB (VmHWM), and now (VmRSS).
     pub fn memory_kib(&self, i: usize) -> (u64, u64) {
-        let pid = self.pods[i]
-            .child
-            .as_ref()
-            .and_then(|c| c.id())
-            .expect("pod is running");
+        let pid = self.pid(i);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
         let field = |name: &str| {
             status
