@@ -90,12 +90,16 @@ const STATE_TEXT = {
   stopped: "Disconnected",
 };
 
+let connectedBefore = false;
+
 conn.addEventListener("state", (ev) => {
   const { state, detail } = ev.detail;
   const el = $("conn");
   el.dataset.state = state;
   el.textContent = STATE_TEXT[state] + (detail ? `: ${detail}` : "");
-  if (state === "online") refreshRooms().catch(() => {});
+  // The list was read at start; after a reconnect, read it again for rooms joined meanwhile.
+  if (state === "online" && connectedBefore) refreshRooms().catch(() => {});
+  if (state === "online") connectedBefore = true;
   if (state === "banned" || state === "signed-out") {
     $("composer").querySelectorAll("textarea, button, input").forEach((c) => { c.disabled = true; });
     toast(detail);
@@ -623,9 +627,8 @@ conn.addEventListener("frame", (ev) => {
           if (f.room === current && document.visibilityState === "visible") markRead(f.room);
           else if (!f.deleted) { r.unread = (r.unread || 0) + 1; renderRooms(); }
         }
-      } else if (f.room === current) {
-        markRead(f.room);
       }
+      // Our own messages need no `read`: sending moves our read marker on the server.
       break;
     }
     case "message_edited":
