@@ -122,7 +122,7 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
                         let _ = tx.send(Err(err));
                     }
                     Reply::Socket(out) => {
-                        out.push(Outbound::Direct(error_frame(
+                        out.push(Outbound::direct(error_frame(
                             &err,
                             p.message.client_id.as_deref(),
                         )));
@@ -155,7 +155,7 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
                         p.message.client_id.as_deref(),
                     ),
                 };
-                out.push(Outbound::Direct(item));
+                out.push(Outbound::direct(item));
             }
         }
         if let Some(m) = fresh {

@@ -25,7 +25,7 @@ use crate::model::{Event, Message};
 use crate::store::{MessageRecord, Store};
 use crate::telemetry::Metrics;
 
-pub use outbox::{Close, ConnId, Outbound, Outbox};
+pub use outbox::{Close, ConnId, Outbound, Outbox, RoomEvent};
 
 /// How long an out-of-order message waits for the ones before it before they are read from the
 /// store.
@@ -57,16 +57,17 @@ impl RoomState {
         created_ms: i64,
     ) -> usize {
         let mut n = 0;
+        let event = Arc::new(RoomEvent {
+            room,
+            seq,
+            text: text.clone(),
+            created_ms,
+        });
         for sub in self.subscribers.values() {
             if Some(sub.user) == except {
                 continue;
             }
-            if sub.push(Outbound::Room {
-                room,
-                seq,
-                text: text.clone(),
-                created_ms,
-            }) {
+            if sub.push(Outbound::Room(event.clone())) {
                 n += 1;
             }
         }
@@ -633,7 +634,7 @@ impl Hub {
                     .flat_map(|c| c.values().cloned())
                     .collect();
                 for o in all {
-                    o.push(Outbound::Control(event.clone()));
+                    o.push(Outbound::Control(Box::new(event.clone())));
                 }
             }
             ControlEvent::MemberAdded { user, .. }
@@ -641,7 +642,7 @@ impl Hub {
             | ControlEvent::MemberMuted { user, .. }
             | ControlEvent::UserMuted { user, .. } => {
                 for o in self.outboxes_of(*user) {
-                    o.push(Outbound::Control(event.clone()));
+                    o.push(Outbound::Control(Box::new(event.clone())));
                 }
             }
         }

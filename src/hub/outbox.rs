@@ -49,21 +49,35 @@ impl Close {
     };
 }
 
-/// One item of a connection's queue.
+/// A room event as every local subscriber of the room receives it: encoded once, shared.
+#[derive(Debug)]
+pub struct RoomEvent {
+    pub room: RoomId,
+    /// > 0 for messages, so the connection skips what it already replayed.
+    pub seq: i64,
+    pub text: Utf8Bytes,
+    /// When the server read the message (ms): the delivery latency is measured at write.
+    pub created_ms: i64,
+}
+
+/// One item of a connection's queue. Two words: the queue's first block is allocated with
+/// every connection, 32 slots of this, so its size is paid by every idle socket.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A room event; `seq` > 0 for messages, so the connection skips what it already replayed.
-    Room {
-        room: RoomId,
-        seq: i64,
-        text: Utf8Bytes,
-        /// When the server read the message (ms): the delivery latency is measured at write.
-        created_ms: i64,
-    },
+    /// A room event, shared by all the room's subscribers on this pod.
+    Room(Arc<RoomEvent>),
     /// A frame for this connection only (an ack, an error).
-    Direct(Utf8Bytes),
+    Direct(Box<Utf8Bytes>),
     /// A moderation or membership change that concerns this connection.
-    Control(super::ControlEvent),
+    Control(Box<super::ControlEvent>),
+}
+
+const _: () = assert!(std::mem::size_of::<Outbound>() <= 16);
+
+impl Outbound {
+    pub fn direct(text: Utf8Bytes) -> Outbound {
+        Outbound::Direct(Box::new(text))
+    }
 }
 
 #[derive(Clone)]

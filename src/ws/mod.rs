@@ -44,14 +44,18 @@ pub const MAX_REPLAY: i64 = 1000;
 /// Rate-limited frames within [`ABUSE_WINDOW`] that close the socket with 4008.
 pub const ABUSE_LIMIT: usize = 30;
 pub const ABUSE_WINDOW: Duration = Duration::from_secs(10);
+/// Bytes read from a socket at a time (tungstenite keeps a buffer of this size per socket).
+const READ_BUFFER: usize = 512;
+/// At most this many queued frames are written per flush.
+const WRITE_BATCH: usize = 64;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
 }
 
-type Sink = futures::stream::SplitSink<WebSocket, WsMessage>;
-type Stream = futures::stream::SplitStream<WebSocket>;
+/// The socket, written and read as one: no split halves, and no lock between them.
+type Sink = WebSocket;
 
 /// `GET /ws`: a token in the handshake is checked before the upgrade (401 if bad).
 pub async fn upgrade(
@@ -89,7 +93,9 @@ pub async fn upgrade(
     }
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .read_buffer_size(4096)
+        // Client frames are small; a larger one grows the buffer for its own length. What is
+        // set here is held by every idle socket.
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(4096)
         .on_upgrade(move |socket| run(state, socket, authenticated))
 }
@@ -146,9 +152,17 @@ fn too_big(e: &axum::Error) -> bool {
 /// The window the reconnect hints of a draining pod are spread over.
 pub const DRAIN_RECONNECT_SPREAD_MS: u64 = 2000;
 
-/// Sends the close frame. A draining close carries a reconnect hint,
-/// `retry_after_ms=N` with N drawn at random for each socket, so that the clients of a pod going
-/// away spread their reconnects instead of arriving elsewhere all at once.
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Sends the close frame, then reads until the client answers with its own (or
+/// [`CLOSE_LINGER`] passes), as RFC 6455 asks. Closing the TCP connection with frames still
+/// unread would make the kernel reset it, and a reset can destroy the close frame, and with it
+/// the code that tells the client why, before the client reads it.
+///
+/// A draining close carries a reconnect hint, `retry_after_ms=N` with N drawn at random for
+/// each socket, so that the clients of a pod going away spread their reconnects instead of
+/// arriving elsewhere all at once.
 async fn send_close(sink: &mut Sink, close: &Close) {
     let reason = if close.code == Close::DRAINING.code {
         let wait = rand::random_range(0..DRAIN_RECONNECT_SPREAD_MS);
@@ -160,7 +174,19 @@ async fn send_close(sink: &mut Sink, close: &Close) {
         code: close.code,
         reason,
     };
-    let _ = sink.send(WsMessage::Close(Some(frame))).await;
+    if sink.send(WsMessage::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = sink.next().await {}
+    })
+    .await;
+}
+
+/// When a token with this `exp` (Unix seconds) runs out, on the monotonic clock.
+fn token_deadline(exp: u64) -> tokio::time::Instant {
+    let left = exp.saturating_sub(unix_now()).max(1);
+    tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
 fn unix_now() -> u64 {
@@ -171,11 +197,7 @@ fn unix_now() -> u64 {
 }
 
 /// Waits for an `auth` frame. `None` when the socket should be dropped.
-async fn authenticate(
-    state: &AppState,
-    sink: &mut Sink,
-    stream: &mut Stream,
-) -> Option<(UserRecord, u64)> {
+async fn authenticate(state: &AppState, sink: &mut Sink) -> Option<(UserRecord, u64)> {
     let deadline = tokio::time::sleep(Duration::from_millis(state.config.ws_auth_timeout_ms));
     tokio::pin!(deadline);
     loop {
@@ -184,7 +206,7 @@ async fn authenticate(
                 send_close(sink, &Close::UNAUTHENTICATED).await;
                 return None;
             }
-            msg = stream.next() => {
+            msg = sink.next() => {
                 let text = match msg {
                     Some(Ok(WsMessage::Text(t))) => t,
                     Some(Ok(WsMessage::Close(_))) | None => return None,
@@ -212,24 +234,27 @@ async fn authenticate(
     }
 }
 
-async fn run(state: AppState, socket: WebSocket, authenticated: Option<(UserRecord, u64)>) {
-    let (mut sink, mut stream) = socket.split();
-    let (user, token_exp) = match authenticated {
+async fn run(state: AppState, mut socket: WebSocket, authenticated: Option<(UserRecord, u64)>) {
+    let (mut user, token_exp) = match authenticated {
         Some(a) => a,
-        None => match authenticate(&state, &mut sink, &mut stream).await {
+        // Boxed: waiting for the auth frame is over before the connection's long life starts.
+        None => match Box::pin(authenticate(&state, &mut socket)).await {
             Some(a) => a,
             None => return,
         },
     };
+    // A socket keeps no secret, and nothing it does not use, for as long as it is open.
+    user.password_hash = String::new();
+    user.ban_reason = None;
     let (outbox, rx, close_rx) =
         Outbox::new(user.id, state.config.outbound_queue, state.metrics.clone());
     state.hub.register(&outbox);
     let policy = state.policies.current();
     let mut conn = Connection {
-        state: state.clone(),
         muted_until: user.muted_until,
         user,
         token_exp,
+        token_deadline: token_deadline(token_exp),
         outbox,
         subs: HashMap::new(),
         rules: HashMap::new(),
@@ -238,12 +263,53 @@ async fn run(state: AppState, socket: WebSocket, authenticated: Option<(UserReco
         limiter: RateLimiter::direct(quota(policy.messages_per_second, policy.burst)),
         policy_generation: policy.generation,
         limited: VecDeque::new(),
+        state,
     };
-    tracing::debug!(conn = conn.outbox.conn, user = %conn.user.id, "connection open");
-    let reason = conn.serve(&mut sink, &mut stream, rx, close_rx).await;
-    conn.finish().await;
-    state.metrics.ws_closed.with_label_values(&[reason]).inc();
-    tracing::debug!(conn = conn.outbox.conn, reason, "connection closed");
+    // The upgrade's task ends here, and with it what the handshake needed: the socket lives on
+    // in a task that holds only the connection, so an idle socket costs no more than that.
+    // An async block rather than a method taking `self`: parameters of an async fn are
+    // copied into its state, and the copy would double what each socket holds.
+    tokio::spawn(async move {
+        tracing::debug!(conn = conn.outbox.conn, user = %conn.user.id, "connection open");
+        let ended = conn.serve(&mut socket, rx, close_rx).await;
+        conn.state
+            .metrics
+            .ws_closed
+            .with_label_values(&[ended.reason])
+            .inc();
+        tracing::debug!(
+            conn = conn.outbox.conn,
+            reason = ended.reason,
+            "connection closed"
+        );
+        // The connection leaves its rooms at once; the close handshake may take a moment.
+        Box::pin(conn.finish()).await;
+        if let Some(close) = ended.close {
+            send_close(&mut socket, &close).await;
+        }
+    });
+}
+
+/// Why a connection's loop ended, and the close frame it owes the client, if any.
+struct Ended {
+    reason: &'static str,
+    close: Option<Close>,
+}
+
+impl Ended {
+    fn gone(reason: &'static str) -> Ended {
+        Ended {
+            reason,
+            close: None,
+        }
+    }
+
+    fn closing(reason: &'static str, close: Close) -> Ended {
+        Ended {
+            reason,
+            close: Some(close),
+        }
+    }
 }
 
 struct Throttle {
@@ -255,6 +321,8 @@ pub struct Connection {
     state: AppState,
     user: UserRecord,
     token_exp: u64,
+    /// `token_exp` on the monotonic clock, for the connection's timer.
+    token_deadline: tokio::time::Instant,
     outbox: Outbox,
     /// Subscribed rooms and the last message seq this socket was sent in each.
     subs: HashMap<RoomId, i64>,
@@ -276,98 +344,140 @@ impl Connection {
     async fn serve(
         &mut self,
         sink: &mut Sink,
-        stream: &mut Stream,
         mut rx: mpsc::Receiver<Outbound>,
         mut close_rx: watch::Receiver<Option<Close>>,
-    ) -> &'static str {
-        let hello = json!({
+    ) -> Ended {
+        // Built and dropped before the loop: a local held across it would stay in every
+        // idle connection's task.
+        let hello = frame(&json!({
             "type": "hello",
             "user": self.state.user_json(&self.user),
             "connection_id": format!("{}-{}", self.state.hub.pod(), self.outbox.conn),
             "heartbeat_ms": self.state.config.heartbeat_ms,
-        });
-        if sink.send(WsMessage::Text(frame(&hello))).await.is_err() {
-            return "client_gone";
+        }));
+        if sink.send(WsMessage::Text(hello)).await.is_err() {
+            return Ended::gone("client_gone");
         }
         let period = Duration::from_millis(self.state.config.heartbeat_ms);
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let mut house = tokio::time::interval(Duration::from_millis(250));
+        // Timers live in this task's state (no allocation each), and an idle socket wakes only
+        // for its heartbeat, its token's expiry, or a typing/receipt deadline it has.
+        let ping = tokio::time::sleep(period);
+        tokio::pin!(ping);
+        let mut wake_at = self.next_wake();
+        let wake = tokio::time::sleep_until(wake_at);
+        tokio::pin!(wake);
         let mut missed_pongs = 0u32;
-        let mut batch = Vec::with_capacity(64);
         loop {
             tokio::select! {
-                incoming = stream.next() => {
+                incoming = sink.next() => {
                     missed_pongs = 0;
                     let text = match incoming {
-                        None | Some(Ok(WsMessage::Close(_))) => return "client_closed",
+                        None => return Ended::gone("client_closed"),
+                        Some(Ok(WsMessage::Close(_))) => {
+                            // Sends the reply tungstenite queued: the close handshake completes.
+                            let _ = sink.flush().await;
+                            return Ended::gone("client_closed");
+                        }
                         Some(Err(e)) => {
                             if too_big(&e) {
-                                send_close(sink, &Close::TOO_BIG).await;
-                                return "too_big";
+                                return Ended::closing("too_big", Close::TOO_BIG);
                             }
-                            return "client_gone";
+                            return Ended::gone("client_gone");
                         }
                         Some(Ok(WsMessage::Text(t))) => t,
                         Some(Ok(WsMessage::Binary(_))) => {
                             let e = ApiError::bad_request("binary frames are not supported; send JSON text");
                             if sink.send(WsMessage::Text(error_frame(&e, None))).await.is_err() {
-                                return "client_gone";
+                                return Ended::gone("client_gone");
                             }
                             continue;
                         }
                         Some(Ok(_)) => continue, // ping/pong: tungstenite answers pings itself
                     };
-                    match self.handle(&text, sink).await {
+                    // Boxed: handling a frame awaits the store, and that state is only needed
+                    // while a frame is handled, not in every idle connection's task.
+                    match Box::pin(self.handle(&text, sink)).await {
                         Ok(None) => {}
                         Ok(Some(c)) => {
-                            send_close(sink, &c).await;
-                            return "policy";
+                            return Ended::closing("policy", c);
                         }
-                        Err(()) => return "client_gone",
+                        Err(()) => return Ended::gone("client_gone"),
                     }
                 }
-                n = rx.recv_many(&mut batch, 64) => {
-                    if n == 0 {
-                        return "server";
+                item = rx.recv() => {
+                    let Some(item) = item else {
+                        return Ended::gone("server");
+                    };
+                    // Everything queued goes out in one write (up to a bound, so one busy
+                    // socket cannot hold its worker thread for long).
+                    if self.outbound(item, sink).await.is_err() {
+                        return Ended::gone("client_gone");
                     }
-                    for item in batch.drain(..) {
+                    for _ in 1..WRITE_BATCH {
+                        let Ok(item) = rx.try_recv() else { break };
                         if self.outbound(item, sink).await.is_err() {
-                            return "client_gone";
+                            return Ended::gone("client_gone");
                         }
                     }
                     if sink.flush().await.is_err() {
-                        return "client_gone";
+                        return Ended::gone("client_gone");
                     }
                 }
                 _ = close_rx.changed() => {
                     let close = close_rx.borrow().clone();
                     if let Some(c) = close {
-                        send_close(sink, &c).await;
-                        return match c.code {
+                        let reason = match c.code {
                             1001 => "draining",
                             1008 => "slow_consumer",
                             _ => "server",
                         };
+                        return Ended::closing(reason, c);
                     }
                 }
-                _ = ping.tick() => {
+                _ = &mut ping => {
                     if missed_pongs >= 2 {
-                        return "heartbeat_timeout";
+                        return Ended::gone("heartbeat_timeout");
                     }
                     missed_pongs += 1;
                     if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
-                        return "client_gone";
+                        return Ended::gone("client_gone");
                     }
+                    ping.as_mut().reset(tokio::time::Instant::now() + period);
                 }
-                _ = house.tick() => {
+                _ = &mut wake => {
                     if unix_now() >= self.token_exp {
-                        send_close(sink, &Close::UNAUTHENTICATED).await;
-                        return "token_expired";
+                        return Ended::closing("token_expired", Close::UNAUTHENTICATED);
+                    }
+                    if tokio::time::Instant::now() >= self.token_deadline {
+                        // The wall clock was behind the monotonic one: look again later.
+                        self.token_deadline = token_deadline(self.token_exp);
                     }
                     self.housekeeping();
                 }
             }
+            // A frame may have started typing, queued a receipt or renewed the token.
+            let next = self.next_wake();
+            if next != wake_at {
+                wake_at = next;
+                wake.as_mut().reset(next);
+            }
         }
+    }
+
+    /// The next moment this connection has something to do by itself: the token's expiry, a
+    /// typing indicator running out, or a coalesced receipt falling due. The same while nothing
+    /// changes, so the timer is reset only when something did.
+    fn next_wake(&self) -> tokio::time::Instant {
+        let mut at = self.token_deadline.into_std();
+        if let Some(t) = self.typing.values().min() {
+            at = at.min(*t);
+        }
+        for t in self.receipts.values() {
+            if t.pending.is_some() {
+                at = at.min(t.last + RECEIPT_INTERVAL);
+            }
+        }
+        at.into()
     }
 
     /// Leaves every room and turns off typing indicators.
@@ -382,27 +492,23 @@ impl Connection {
     /// Writes one queued item. Err when the socket is gone.
     async fn outbound(&mut self, item: Outbound, sink: &mut Sink) -> Result<(), ()> {
         let text = match item {
-            Outbound::Direct(text) => text,
-            Outbound::Room {
-                room,
-                seq,
-                text,
-                created_ms,
-            } => {
-                let Some(cursor) = self.subs.get_mut(&room) else {
+            Outbound::Direct(text) => *text,
+            Outbound::Room(event) => {
+                let Some(cursor) = self.subs.get_mut(&event.room) else {
                     return Ok(());
                 };
-                if seq > 0 {
-                    if seq <= *cursor {
+                if event.seq > 0 {
+                    if event.seq <= *cursor {
                         return Ok(()); // already sent by the replay
                     }
-                    *cursor = seq;
-                    let latency = (crate::now_ms() - created_ms).max(0) as f64 / 1000.0;
+                    *cursor = event.seq;
+                    let latency = (crate::now_ms() - event.created_ms).max(0) as f64 / 1000.0;
                     self.state.metrics.delivery_latency.observe(latency);
                 }
-                text
+                event.text.clone()
             }
-            Outbound::Control(event) => match self.apply_control(event).await {
+            // Boxed like `handle`: rare, and it may read the store.
+            Outbound::Control(event) => match Box::pin(self.apply_control(*event)).await {
                 Some(text) => text,
                 None => return Ok(()),
             },
@@ -555,6 +661,7 @@ impl Connection {
             return Err(ApiError::unauthorized("the token belongs to another user"));
         }
         self.token_exp = claims.exp;
+        self.token_deadline = token_deadline(claims.exp);
         Ok(())
     }
 
