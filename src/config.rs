@@ -282,6 +282,11 @@ pub struct Config {
         global = true
     )]
     pub commit_batch: usize,
+
+    /// The naive writer, for benchmarks only: every message in its own transaction (one
+    /// insert, one commit each), as a baseline to measure group commit against.
+    #[arg(long, env = "CONFAB_ONE_INSERT_PER_MESSAGE", global = true)]
+    pub one_insert_per_message: bool,
 }
 
 impl Config {
@@ -363,6 +368,15 @@ impl Config {
             return Err("CONFAB_COMMIT_BATCH (--commit-batch) must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// Messages the writer may put in one transaction.
+    pub fn writer_batch(&self) -> usize {
+        if self.one_insert_per_message {
+            1
+        } else {
+            self.commit_batch
+        }
     }
 
     /// A configuration for tests and tools: loopback, ephemeral ports, the given data dir.

@@ -137,7 +137,7 @@ pub(crate) async fn build(
         store.clone(),
         hub.clone(),
         metrics.clone(),
-        config.commit_batch,
+        config.writer_batch(),
         stop.clone(),
     );
     let admins: HashSet<String> = config
@@ -229,6 +229,14 @@ pub async fn run(
     let http_stop = Arc::new(Notify::new());
     let http_stopped = http_stop.clone();
     let server = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        // No Nagle: a chat frame is small and must leave at once, not wait for the client to
+        // acknowledge the previous one (with delayed acks, up to tens of milliseconds).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -682,3 +682,47 @@ async fn new_memberships_reach_the_members_sockets_as_room_joined() {
     bob_ws.send(json!({"type": "ping"})).await;
     bob_ws.expect("pong").await;
 }
+
+/// Sends `n` messages without waiting between them, waits for every ack, and returns how many
+/// transactions the writer used (from its batch-size histogram).
+async fn commits_for_a_burst(s: &Server, n: usize) -> u64 {
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let mut a = alice.connect().await;
+    for i in 0..n {
+        a.inner
+            .feed(Message::Text(
+                json!({"type": "message", "room": room, "body": "x", "client_id": format!("c{i}")})
+                    .to_string()
+                    .into(),
+            ))
+            .await
+            .unwrap();
+    }
+    a.inner.flush().await.unwrap();
+    for _ in 0..n {
+        a.expect_skipping("ack").await;
+    }
+    let metrics = s.metrics().await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}")) as u64
+    };
+    assert_eq!(value("confab_commit_batch_size_sum "), n as u64);
+    value("confab_commit_batch_size_count ")
+}
+
+#[tokio::test]
+async fn group_commit_shares_transactions_unless_one_insert_per_message_is_asked() {
+    let (config, dir) = common::embedded();
+    let grouped = Server::start_with(common::unlimited(config), Some(dir)).await;
+    let commits = commits_for_a_burst(&grouped, 200).await;
+    assert!(commits < 200, "200 queued messages took {commits} commits");
+
+    let (mut config, dir) = common::embedded();
+    config.one_insert_per_message = true;
+    let naive = Server::start_with(common::unlimited(config), Some(dir)).await;
+    assert_eq!(commits_for_a_burst(&naive, 200).await, 200);
+}

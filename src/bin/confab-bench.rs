@@ -3,7 +3,8 @@
 //!
 //! Scenarios: `idle` (server memory per open, subscribed connection), `fanout` (deliveries per
 //! second and end-to-end latency in a large room), `ingest` (durably committed messages per
-//! second with acks). Client sockets are spread over several loopback addresses (--bind) to pass
+//! second with acks), `cross-pod` (the fanout with senders on one server and receivers on
+//! another, so every delivery crosses the bus). Client sockets are spread over several loopback addresses (--bind) to pass
 //! the per-address port limit; run several processes for more than one process's open files.
 //! The bench reports its own CPU so that a saturated load generator is not taken for a slow
 //! server.
@@ -63,6 +64,24 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         senders: usize,
         #[arg(long, default_value_t = 50)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// The fanout with the receivers on a second server (`--receive-url`) sharing the same
+    /// database and bus: every delivery crosses Redis.
+    CrossPod {
+        /// Base URL of the server the receivers connect to.
+        #[arg(long)]
+        receive_url: String,
+        /// The receiving server's process id, for its CPU.
+        #[arg(long)]
+        receive_pid: Option<u32>,
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        #[arg(long, default_value_t = 20)]
+        senders: usize,
+        #[arg(long, default_value_t = 500)]
         rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -135,6 +154,7 @@ impl Target {
         };
         sock.bind(SocketAddr::new(local, 0))?;
         let stream = sock.connect(self.ws).await?;
+        stream.set_nodelay(true)?;
         let url = format!("ws://{}/ws?token={token}", self.ws);
         let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
         expect(&mut ws, "hello").await?;
@@ -243,24 +263,33 @@ fn report(cli: &Cli, result: Value) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let base = cli.url.trim_end_matches('/').to_string();
+async fn connect_target(url: &str, bind: &[IpAddr]) -> anyhow::Result<Arc<Target>> {
+    let base = url.trim_end_matches('/').to_string();
     let host = base.trim_start_matches("http://");
     let ws: SocketAddr = tokio::net::lookup_host(host)
         .await?
         .next()
-        .context("cannot resolve --url")?;
-    let target = Arc::new(Target {
+        .with_context(|| format!("cannot resolve {url}"))?;
+    Ok(Arc::new(Target {
         http: reqwest::Client::new(),
         base,
         ws,
-        bind: cli.bind.clone(),
+        bind: bind.to_vec(),
         next: AtomicU64::new(0),
-    });
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let target = connect_target(&cli.url, &cli.bind).await?;
     let my_cpu = cpu_seconds("self").unwrap_or(0.0);
     let server_cpu = cli.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
+    let peer_pid = match &cli.scenario {
+        Scenario::CrossPod { receive_pid, .. } => *receive_pid,
+        _ => None,
+    };
+    let peer_cpu = peer_pid.and_then(|p| cpu_seconds(&p.to_string()));
     let started = Instant::now();
     let mut result = match &cli.scenario {
         Scenario::Idle {
@@ -272,7 +301,20 @@ async fn main() -> anyhow::Result<()> {
             senders,
             rate,
             seconds,
-        } => fanout(&target, *members, *senders, *rate, *seconds).await?,
+        } => fanout(&target, &target, *members, *senders, *rate, *seconds).await?,
+        Scenario::CrossPod {
+            receive_url,
+            members,
+            senders,
+            rate,
+            seconds,
+            ..
+        } => {
+            let receivers = connect_target(receive_url, &cli.bind).await?;
+            let mut r = fanout(&target, &receivers, *members, *senders, *rate, *seconds).await?;
+            r["scenario"] = json!("cross-pod");
+            r
+        }
         Scenario::Ingest {
             senders,
             window,
@@ -284,6 +326,11 @@ async fn main() -> anyhow::Result<()> {
         json!(((cpu_seconds("self").unwrap_or(0.0) - my_cpu) / wall * 100.0).round());
     if let (Some(pid), Some(before)) = (cli.server_pid, server_cpu) {
         result["server_cpu_percent"] = json!(
+            ((cpu_seconds(&pid.to_string()).unwrap_or(before) - before) / wall * 100.0).round()
+        );
+    }
+    if let (Some(pid), Some(before)) = (peer_pid, peer_cpu) {
+        result["receiving_server_cpu_percent"] = json!(
             ((cpu_seconds(&pid.to_string()).unwrap_or(before) - before) / wall * 100.0).round()
         );
     }
@@ -358,8 +405,10 @@ async fn idle(cli: &Cli, t: &Arc<Target>, n: usize, settle: u64) -> anyhow::Resu
     }))
 }
 
+/// Senders connect to `t`, receivers to `rt` (the same server, or another for `cross-pod`).
 async fn fanout(
     t: &Arc<Target>,
+    rt: &Arc<Target>,
     members: usize,
     senders: usize,
     rate: u64,
@@ -375,9 +424,9 @@ async fn fanout(
     for chunk in (0..members).collect::<Vec<_>>().chunks(200) {
         let mut batch = Vec::new();
         for _ in chunk {
-            let (t, token, room) = (t.clone(), token.clone(), room.clone());
+            let (rt, token, room) = (rt.clone(), token.clone(), room.clone());
             batch.push(tokio::spawn(async move {
-                let mut ws = t.socket(&token).await?;
+                let mut ws = rt.socket(&token).await?;
                 subscribe(&mut ws, &room).await?;
                 anyhow::Ok(ws)
             }));
@@ -449,6 +498,7 @@ async fn fanout(
     Ok(json!({
         "scenario": "fanout",
         "members": members,
+        "messages_per_second": (sent as f64 / elapsed).round(),
         "messages_sent": sent,
         "deliveries": got,
         "delivery_ratio": if expected > 0 { (got as f64 / expected as f64 * 10000.0).round() / 10000.0 } else { 0.0 },
