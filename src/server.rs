@@ -32,6 +32,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 /// `confab serve`: bind the configured addresses and run until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (CONFAB_LISTEN)", config.listen))?;
@@ -44,6 +45,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             )
         })?;
     run(config, listener, metrics_listener, shutdown_signal()).await
+}
+
+/// Every socket is an open file. Container runtimes often start processes with a soft limit of
+/// 1024 and a far higher hard limit; a pod meant to hold many sockets raises its own soft limit
+/// to the hard one, as the Go runtime does for Go servers.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -485,3 +485,106 @@ async fn the_bench_drives_every_scenario_through_the_real_protocol() {
     assert!(ingest["acked_messages"].as_u64().unwrap() > 0, "{ingest}");
     assert!(ingest["bench_cpu_percent"].is_number());
 }
+
+#[tokio::test]
+async fn the_bench_crosses_pods_through_redis() {
+    let pg = common::Postgres::start();
+    let redis = common::Redis::start();
+    let config = || {
+        let mut c = common::unlimited(common::cluster(&pg, &redis));
+        c.http_burst = 100_000;
+        c.auth_burst = 100_000;
+        c
+    };
+    let a = common::Server::start(config()).await;
+    let b = common::Server::start(config()).await;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab-bench"));
+    cmd.args([
+        "--url",
+        &format!("http://{}", a.addr),
+        "--json",
+        "cross-pod",
+    ])
+    .args(["--receive-url", &format!("http://{}", b.addr)])
+    .args([
+        "--members",
+        "5",
+        "--senders",
+        "2",
+        "--rate",
+        "20",
+        "--seconds",
+        "1",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["scenario"], "cross-pod");
+    assert_eq!(r["delivery_ratio"], 1.0, "{r}");
+    // Every delivery reached the receivers through the other pod, by way of the bus.
+    let relayed = b.metrics().await;
+    let received = relayed
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("confab_bus_lag_seconds_count ")?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(
+        received >= r["messages_sent"].as_u64().unwrap(),
+        "{r} {received}"
+    );
+}
+
+#[test]
+fn the_server_raises_its_open_files_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Started the way a container runtime often starts it: a small soft limit under a larger
+    // hard one.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -S -n 256 && exec {} serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0",
+            env!("CARGO_BIN_EXE_confab")
+        ))
+        .env("CONFAB_DATA_DIR", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let open_files = || -> Option<(String, String)> {
+        // Only once the shell has become the server (before, its limits are the shell's).
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        if exe.file_name()? != "confab" {
+            return None;
+        }
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut f = line.split_whitespace().skip(3);
+        Some((f.next()?.to_string(), f.next()?.to_string()))
+    };
+    let started = std::time::Instant::now();
+    let mut seen = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        seen = open_files();
+        if let Some((soft, hard)) = &seen
+            && soft == hard
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (soft, hard) = seen.expect("the server's limits");
+    assert_eq!(soft, hard, "soft open-files limit not raised");
+    assert_ne!(soft, "256");
+}

@@ -170,3 +170,15 @@ def test_values_schema_refuses_bad_values():
     bad["autoscaling"] = {"enabled": "yes"}
     with pytest.raises(Exception):
         helm.Chart.load(str(CHART)).render(bad, name="confab", namespace="chat")
+    bad = yaml.safe_load(open(CHART / "ci" / "default-values.yaml"))
+    bad["sysctls"] = [{"name": "net.core.somaxconn"}]
+    with pytest.raises(Exception):
+        helm.Chart.load(str(CHART)).render(bad, name="confab", namespace="chat")
+
+
+def test_kernel_settings_for_many_sockets_reach_the_pod():
+    spec = by_kind(render(CHART / "ci" / "keda-ingress-values.yaml"), "Deployment")[0]["spec"]
+    sysctls = {s["name"]: s["value"] for s in spec["template"]["spec"]["securityContext"]["sysctls"]}
+    assert sysctls["net.ipv4.ip_local_port_range"] == "1024 65535"
+    plain = by_kind(render(CHART / "ci" / "default-values.yaml"), "Deployment")[0]["spec"]
+    assert "sysctls" not in plain["template"]["spec"]["securityContext"]
