@@ -421,6 +421,19 @@ async fn one_messages_trace_crosses_pods() {
     }
 }
 
+/// Runs a `confab-bench --json` command; its result, or a failure showing what it printed.
+async fn bench_json(mut cmd: std::process::Command) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn the_bench_drives_every_scenario_through_the_real_protocol() {
     let (mut config, dir) = common::embedded();
@@ -436,17 +449,7 @@ async fn the_bench_drives_every_scenario_through_the_real_protocol() {
             .args(args);
         cmd
     };
-    let json = |mut cmd: std::process::Command| async move {
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let json = bench_json;
     let idle = json(run(&[
         "--bind",
         "127.0.0.1,127.0.0.2",
@@ -516,15 +519,7 @@ async fn the_bench_crosses_pods_through_redis() {
         "--seconds",
         "1",
     ]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = bench_json(cmd).await;
     assert_eq!(r["scenario"], "cross-pod");
     assert_eq!(r["delivery_ratio"], 1.0, "{r}");
     // Every delivery reached the receivers through the other pod, by way of the bus.
