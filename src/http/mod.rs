@@ -96,6 +96,21 @@ impl AppState {
         Ok((r, member))
     }
 
+    /// Makes `user` a member of `room` with `role`. When they were not one before, their
+    /// sockets on every pod are told (`room_joined`), whoever added them and however.
+    pub async fn add_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        role: &str,
+    ) -> crate::store::StoreResult<bool> {
+        let added = self.store.add_member(room, user, role).await?;
+        if added {
+            self.hub.member_added(room, user);
+        }
+        Ok(added)
+    }
+
     /// Takes `user`'s slow-mode slot in `room` if the rules impose one: the last check before a
     /// message is submitted, so that a message refused for another reason costs no slot.
     pub fn slow_mode(&self, rules: &SendRules, room: RoomId, user: UserId) -> ApiResult<()> {

@@ -276,9 +276,7 @@ pub async fn join(
     if r.archived {
         return Err(ApiError::forbidden("the room is archived"));
     }
-    if state.store.add_member(id, caller.user.id, "member").await? {
-        state.hub.member_added(id, caller.user.id);
-    }
+    state.add_member(id, caller.user.id, "member").await?;
     let r = state
         .store
         .room(id)
@@ -362,9 +360,7 @@ pub async fn invite(
         .user(body.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    if state.store.add_member(id, body.user_id, "member").await? {
-        state.hub.member_added(id, body.user_id);
-    }
+    state.add_member(id, body.user_id, "member").await?;
     Ok(StatusCode::CREATED)
 }
 

@@ -181,9 +181,8 @@ pub async fn apply_room(
     };
 
     // Write only what differs: a resync of an unchanged resource costs reads, not writes.
-    let topic = spec.topic.as_deref().unwrap_or("");
     let changes = RoomChanges {
-        topic: Some(topic),
+        topic: Some(spec.topic.as_deref().unwrap_or("")),
         kind: Some(spec.kind.as_str()),
         slow_mode_seconds: Some(spec.slow_mode_seconds.unwrap_or(0)),
         read_only: Some(spec.read_only.unwrap_or(false)),
@@ -191,25 +190,7 @@ pub async fn apply_room(
         managed_by: Some(Some(key)),
         archived: Some(false),
     };
-    let desired = (
-        topic,
-        spec.kind.as_str(),
-        spec.slow_mode_seconds.unwrap_or(0),
-        spec.read_only.unwrap_or(false),
-        spec.retention_days,
-        false,
-        Some(key),
-    );
-    let current = (
-        room.topic.as_str(),
-        room.kind.as_str(),
-        room.slow_mode_seconds,
-        room.read_only,
-        room.retention_days,
-        room.archived,
-        room.managed_by.as_deref(),
-    );
-    let mut changed = desired != current;
+    let mut changed = changes.alter(&room);
     if changed {
         state.store.update_room(room.id, &changes).await?;
     }
@@ -217,8 +198,7 @@ pub async fn apply_room(
         let role = wanted[user.username.as_str()];
         match state.store.member(room.id, user.id).await? {
             None => {
-                state.store.add_member(room.id, user.id, role).await?;
-                state.hub.member_added(room.id, user.id);
+                state.add_member(room.id, user.id, role).await?;
                 changed = true;
             }
             Some(m) if m.role != role => {

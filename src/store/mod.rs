@@ -228,6 +228,22 @@ pub struct RoomChanges<'a> {
     pub archived: Option<bool>,
 }
 
+impl RoomChanges<'_> {
+    /// Whether applying these changes would alter `r`: the fields set here that differ.
+    pub fn alter(&self, r: &RoomRecord) -> bool {
+        fn differs<T: PartialEq>(wanted: Option<T>, current: T) -> bool {
+            wanted.is_some_and(|w| w != current)
+        }
+        differs(self.topic, r.topic.as_str())
+            || differs(self.kind, r.kind.as_str())
+            || differs(self.slow_mode_seconds, r.slow_mode_seconds)
+            || differs(self.read_only, r.read_only)
+            || differs(self.retention_days, r.retention_days)
+            || differs(self.managed_by, r.managed_by.as_deref())
+            || differs(self.archived, r.archived)
+    }
+}
+
 /// Totals for the admin stats.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Totals {
