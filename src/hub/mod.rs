@@ -619,32 +619,29 @@ impl Hub {
     }
 
     fn apply_control(&self, event: &ControlEvent) {
-        match event {
+        let recipients: Vec<Outbox> = match event {
             ControlEvent::UserBanned { user } => {
                 for o in self.outboxes_of(*user) {
                     o.close(Close::BANNED);
                 }
+                return;
             }
-            ControlEvent::RoomChanged { .. } => {
-                let all: Vec<Outbox> = self
-                    .users
-                    .lock()
-                    .expect("users lock")
-                    .values()
-                    .flat_map(|c| c.values().cloned())
-                    .collect();
-                for o in all {
-                    o.push(Outbound::Control(Box::new(event.clone())));
-                }
-            }
+            ControlEvent::RoomChanged { .. } => self
+                .users
+                .lock()
+                .expect("users lock")
+                .values()
+                .flat_map(|c| c.values().cloned())
+                .collect(),
             ControlEvent::MemberAdded { user, .. }
             | ControlEvent::MemberRemoved { user, .. }
             | ControlEvent::MemberMuted { user, .. }
-            | ControlEvent::UserMuted { user, .. } => {
-                for o in self.outboxes_of(*user) {
-                    o.push(Outbound::Control(Box::new(event.clone())));
-                }
-            }
+            | ControlEvent::UserMuted { user, .. } => self.outboxes_of(*user),
+        };
+        // One copy for all the sockets it concerns, as for room events.
+        let shared = Arc::new(event.clone());
+        for o in recipients {
+            o.push(Outbound::Control(shared.clone()));
         }
     }
 

@@ -68,8 +68,9 @@ pub enum Outbound {
     Room(Arc<RoomEvent>),
     /// A frame for this connection only (an ack, an error).
     Direct(Box<Utf8Bytes>),
-    /// A moderation or membership change that concerns this connection.
-    Control(Box<super::ControlEvent>),
+    /// A moderation or membership change that concerns this connection, shared by all the
+    /// sockets it concerns.
+    Control(Arc<super::ControlEvent>),
 }
 
 const _: () = assert!(std::mem::size_of::<Outbound>() <= 16);

@@ -368,9 +368,13 @@ impl Connection {
         tokio::pin!(wake);
         let mut missed_pongs = 0u32;
         loop {
+            // Only a client frame (typing, a receipt, a new token) or the timer itself moves
+            // the timer's deadline; a delivery does not, so it costs no recomputation.
+            let mut rearm = false;
             tokio::select! {
                 incoming = sink.next() => {
                     missed_pongs = 0;
+                    rearm = true;
                     let text = match incoming {
                         None => return Ended::gone("client_closed"),
                         Some(Ok(WsMessage::Close(_))) => {
@@ -445,6 +449,7 @@ impl Connection {
                     ping.as_mut().reset(tokio::time::Instant::now() + period);
                 }
                 _ = &mut wake => {
+                    rearm = true;
                     if unix_now() >= self.token_exp {
                         return Ended::closing("token_expired", Close::UNAUTHENTICATED);
                     }
@@ -455,7 +460,9 @@ impl Connection {
                     self.housekeeping();
                 }
             }
-            // A frame may have started typing, queued a receipt or renewed the token.
+            if !rearm {
+                continue;
+            }
             let next = self.next_wake();
             if next != wake_at {
                 wake_at = next;
@@ -465,8 +472,7 @@ impl Connection {
     }
 
     /// The next moment this connection has something to do by itself: the token's expiry, a
-    /// typing indicator running out, or a coalesced receipt falling due. The same while nothing
-    /// changes, so the timer is reset only when something did.
+    /// typing indicator running out, or a coalesced receipt falling due.
     fn next_wake(&self) -> tokio::time::Instant {
         let mut at = self.token_deadline.into_std();
         if let Some(t) = self.typing.values().min() {
@@ -508,7 +514,7 @@ impl Connection {
                 event.text.clone()
             }
             // Boxed like `handle`: rare, and it may read the store.
-            Outbound::Control(event) => match Box::pin(self.apply_control(*event)).await {
+            Outbound::Control(event) => match Box::pin(self.apply_control(&event)).await {
                 Some(text) => text,
                 None => return Ok(()),
             },
@@ -517,8 +523,8 @@ impl Connection {
     }
 
     /// Applies a control event to this connection; returns the frame to tell the client, if any.
-    async fn apply_control(&mut self, event: ControlEvent) -> Option<Utf8Bytes> {
-        match event {
+    async fn apply_control(&mut self, event: &ControlEvent) -> Option<Utf8Bytes> {
+        match *event {
             ControlEvent::MemberRemoved {
                 room,
                 kicked,
