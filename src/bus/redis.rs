@@ -394,16 +394,29 @@ impl Bus for RedisBus {
             .filter(|(_, expires)| *expires > now)
             .filter_map(|(f, _)| presence_user(f))
             .collect();
-        let mut gone = Vec::new();
-        for (field, _) in entries.iter().filter(|(_, expires)| *expires <= now) {
-            let deleted: i64 = con.hdel(&key, field).await.unwrap_or(0);
-            if let Some(user) = presence_user(field)
-                && deleted == 1
-                && !live.contains(&user)
-            {
-                gone.push(user);
-            }
+        let expired: Vec<&str> = entries
+            .iter()
+            .filter(|(_, expires)| *expires <= now)
+            .map(|(f, _)| f.as_str())
+            .collect();
+        if expired.is_empty() {
+            return Vec::new();
         }
+        // One round trip; each HDEL's own count says whether this pod's delete took effect.
+        let mut pipe = redis::pipe();
+        for field in &expired {
+            pipe.hdel(&key, *field);
+        }
+        let started = Instant::now();
+        let deleted: Vec<i64> = pipe.query_async(&mut con).await.unwrap_or_default();
+        self.observe("hdel", started);
+        let mut gone: Vec<UserId> = expired
+            .iter()
+            .zip(deleted)
+            .filter(|(_, n)| *n == 1)
+            .filter_map(|(f, _)| presence_user(f))
+            .filter(|u| !live.contains(u))
+            .collect();
         gone.sort();
         gone.dedup();
         gone
