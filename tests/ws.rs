@@ -726,3 +726,19 @@ async fn group_commit_shares_transactions_unless_one_insert_per_message_is_asked
     let naive = Server::start_with(common::unlimited(config), Some(dir)).await;
     assert_eq!(commits_for_a_burst(&naive, 200).await, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_closes_gets_the_servers_close_frame_back() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let mut a = alice.connect().await;
+    a.inner
+        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    // The handshake completes: the server answers with a close frame instead of dropping TCP.
+    assert_eq!(a.expect_close(WAIT).await, Closed::Code(1000));
+}
