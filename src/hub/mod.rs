@@ -25,7 +25,7 @@ use crate::model::{Event, Message};
 use crate::store::{MessageRecord, Store};
 use crate::telemetry::Metrics;
 
-pub use outbox::{Close, ConnId, Outbound, Outbox, RoomEvent};
+pub use outbox::{Close, ConnId, Inbox, Next, Outbound, Outbox, RoomEvent};
 
 /// How long an out-of-order message waits for the ones before it before they are read from the
 /// store.

@@ -1,11 +1,13 @@
 //! A connection's outbound queue as the rest of the server sees it: bounded, never awaited.
 //! A queue that is full closes its socket with 1008 (slow consumer) instead of growing.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, watch};
+use futures::task::AtomicWaker;
 
 use crate::ids::{RoomId, UserId};
 
@@ -60,8 +62,7 @@ pub struct RoomEvent {
     pub created_ms: i64,
 }
 
-/// One item of a connection's queue. Two words: the queue's first block is allocated with
-/// every connection, 32 slots of this, so its size is paid by every idle socket.
+/// One item of a connection's queue. Two words, so a queue's buffer stays small.
 #[derive(Debug)]
 pub enum Outbound {
     /// A room event, shared by all the room's subscribers on this pod.
@@ -85,67 +86,246 @@ impl Outbound {
 pub struct Outbox {
     pub conn: ConnId,
     pub user: UserId,
-    tx: mpsc::Sender<Outbound>,
-    close: Arc<watch::Sender<Option<Close>>>,
+    queue: Arc<Queue>,
     metrics: Metrics,
 }
 
+/// The queue and the close signal of one connection, in one allocation of about a hundred
+/// bytes: nothing is allocated for items until the first one arrives, so an idle socket pays
+/// for no buffer (a channel's first block of slots, and a second channel for the close, were
+/// over a kilobyte per socket).
+struct Queue {
+    state: Mutex<QueueState>,
+    /// The connection's task, woken when an item or a close arrives.
+    waker: AtomicWaker,
+    capacity: usize,
+}
+
+struct QueueState {
+    items: VecDeque<Outbound>,
+    close: Option<Close>,
+    /// The receiving end is gone: pushes are refused.
+    ended: bool,
+}
+
+/// A drained queue gives back a buffer larger than this (in items); smaller ones are kept,
+/// so a steady trickle of deliveries allocates nothing.
+const KEEP_CAPACITY: usize = 16;
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding this lock leaves a consistent queue (every change is one call
+        // on the VecDeque or one assignment), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the connection's task takes from its queue next.
+#[derive(Debug)]
+pub enum Next {
+    Item(Outbound),
+    /// The server asked the connection to close; it wins over anything still queued (a
+    /// client that reconnects with `since` gets what it missed from history).
+    Close(Close),
+}
+
+/// The receiving end of a connection's queue, held by its task.
+pub struct Inbox {
+    queue: Arc<Queue>,
+}
+
+impl Inbox {
+    /// Waits for the next item or close.
+    pub fn recv(&mut self) -> impl Future<Output = Next> + '_ {
+        std::future::poll_fn(|cx| {
+            if let Some(next) = self.take() {
+                return Poll::Ready(next);
+            }
+            // Registered before looking again, so a push in between is not missed.
+            self.queue.waker.register(cx.waker());
+            match self.take() {
+                Some(next) => Poll::Ready(next),
+                None => Poll::Pending,
+            }
+        })
+    }
+
+    /// The next queued item, if there is one and no close is pending.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let mut q = self.queue.lock();
+        if q.close.is_some() {
+            return None;
+        }
+        pop(&mut q)
+    }
+
+    fn take(&mut self) -> Option<Next> {
+        let mut q = self.queue.lock();
+        if let Some(close) = q.close.clone() {
+            return Some(Next::Close(close));
+        }
+        pop(&mut q).map(Next::Item)
+    }
+}
+
+fn pop(q: &mut QueueState) -> Option<Outbound> {
+    let item = q.items.pop_front();
+    if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
+        q.items = VecDeque::new();
+    }
+    item
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let items = {
+            let mut q = self.queue.lock();
+            q.ended = true;
+            std::mem::take(&mut q.items)
+        };
+        drop(items);
+    }
+}
+
 impl Outbox {
-    /// A new outbox, the receiving end of its queue and of its close signal.
-    pub fn new(
-        user: UserId,
-        capacity: usize,
-        metrics: Metrics,
-    ) -> (
-        Outbox,
-        mpsc::Receiver<Outbound>,
-        watch::Receiver<Option<Close>>,
-    ) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let (close, close_rx) = watch::channel(None);
+    /// A new outbox and the receiving end of its queue.
+    pub fn new(user: UserId, capacity: usize, metrics: Metrics) -> (Outbox, Inbox) {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                close: None,
+                ended: false,
+            }),
+            waker: AtomicWaker::new(),
+            capacity,
+        });
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         (
             Outbox {
                 conn,
                 user,
-                tx,
-                close: Arc::new(close),
+                queue: queue.clone(),
                 metrics,
             },
-            rx,
-            close_rx,
+            Inbox { queue },
         )
     }
 
-    /// Queues an item without waiting. False when the connection is gone or too slow.
+    /// Queues an item without waiting. False when the connection is gone, closing, or too
+    /// slow (a full queue asks the connection to close with 1008).
     pub fn push(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close.borrow().is_none() {
-                    self.metrics.slow_consumers.inc();
-                }
-                self.close(Close::SLOW_CONSUMER);
-                false
+        {
+            let mut q = self.queue.lock();
+            if q.ended || q.close.is_some() {
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            if q.items.len() >= self.queue.capacity {
+                q.close = Some(Close::SLOW_CONSUMER);
+                drop(q);
+                self.metrics.slow_consumers.inc();
+                self.queue.waker.wake();
+                return false;
+            }
+            q.items.push_back(item);
         }
+        self.queue.waker.wake();
+        true
     }
 
     /// Frames waiting in the queue.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.queue.lock().items.len()
     }
 
     /// Asks the connection to close; the first reason wins.
     pub fn close(&self, close: Close) {
-        self.close.send_if_modified(|c| {
-            if c.is_none() {
-                *c = Some(close);
-                true
-            } else {
-                false
+        {
+            let mut q = self.queue.lock();
+            if q.ended || q.close.is_some() {
+                return;
             }
-        });
+            q.close = Some(close);
+        }
+        self.queue.waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direct(s: &str) -> Outbound {
+        Outbound::direct(Utf8Bytes::from(s.to_string()))
+    }
+
+    fn text(item: Outbound) -> String {
+        match item {
+            Outbound::Direct(t) => t.as_str().to_string(),
+            other => panic!("expected a direct frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn items_arrive_in_order_and_a_full_queue_closes_1008_once() {
+        let metrics = Metrics::new();
+        let (outbox, mut inbox) = Outbox::new(UserId::new(), 16, metrics.clone());
+        for i in 0..16 {
+            assert!(outbox.push(direct(&i.to_string())));
+        }
+        assert_eq!(outbox.queued(), 16);
+        assert!(!outbox.push(direct("one too many")));
+        assert!(!outbox.push(direct("and another")));
+        assert_eq!(
+            metrics.slow_consumers.get(),
+            1,
+            "one slow consumer, counted once"
+        );
+        // The close wins over what is still queued: the client catches up from history.
+        match inbox.recv().await {
+            Next::Close(c) => assert_eq!(c, Close::SLOW_CONSUMER),
+            other => panic!("expected the close, got {other:?}"),
+        }
+        assert!(inbox.try_recv().is_none());
+
+        let (outbox, mut inbox) = Outbox::new(UserId::new(), 16, metrics.clone());
+        outbox.push(direct("a"));
+        outbox.push(direct("b"));
+        let Next::Item(first) = inbox.recv().await else {
+            panic!("expected an item")
+        };
+        assert_eq!(text(first), "a");
+        assert_eq!(text(inbox.try_recv().expect("second item")), "b");
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_is_woken_and_the_first_close_reason_wins() {
+        let (outbox, mut inbox) = Outbox::new(UserId::new(), 16, Metrics::new());
+        let waiter = tokio::spawn(async move { inbox.recv().await });
+        tokio::task::yield_now().await;
+        outbox.close(Close::BANNED);
+        outbox.close(Close::DRAINING);
+        match tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await {
+            Ok(Ok(Next::Close(c))) => assert_eq!(c, Close::BANNED),
+            other => panic!("the waiting task was not woken with the close: {other:?}"),
+        }
+        // The receiving end is gone with its task: nothing more is accepted.
+        assert!(!outbox.push(direct("late")));
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_its_burst_buffer_back() {
+        let (outbox, mut inbox) = Outbox::new(UserId::new(), 1024, Metrics::new());
+        assert_eq!(outbox.queue.lock().items.capacity(), 0, "idle: no buffer");
+        for i in 0..500 {
+            outbox.push(direct(&i.to_string()));
+        }
+        assert!(outbox.queue.lock().items.capacity() >= 500);
+        while inbox.try_recv().is_some() {}
+        assert!(outbox.queue.lock().items.capacity() <= KEEP_CAPACITY);
+        // A trickle keeps its small buffer.
+        outbox.push(direct("x"));
+        inbox.try_recv();
+        assert!(outbox.queue.lock().items.capacity() > 0);
     }
 }

@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -27,7 +26,7 @@ use crate::http::messages::{
     check_message, delete_message, edit_message, move_marker, receipt_frame,
 };
 use crate::http::{ApiQuery, AppState};
-use crate::hub::{Close, ControlEvent, Outbound, Outbox, frame, message_frame};
+use crate::hub::{Close, ControlEvent, Inbox, Next, Outbound, Outbox, frame, message_frame};
 use crate::ids::{MessageId, RoomId};
 use crate::moderation::SendRules;
 use crate::store::{Marker, NewMessage, UserRecord};
@@ -246,8 +245,7 @@ async fn run(state: AppState, mut socket: WebSocket, authenticated: Option<(User
     // A socket keeps no secret, and nothing it does not use, for as long as it is open.
     user.password_hash = String::new();
     user.ban_reason = None;
-    let (outbox, rx, close_rx) =
-        Outbox::new(user.id, state.config.outbound_queue, state.metrics.clone());
+    let (outbox, inbox) = Outbox::new(user.id, state.config.outbound_queue, state.metrics.clone());
     state.hub.register(&outbox);
     let policy = state.policies.current();
     let mut conn = Connection {
@@ -271,7 +269,7 @@ async fn run(state: AppState, mut socket: WebSocket, authenticated: Option<(User
     // copied into its state, and the copy would double what each socket holds.
     tokio::spawn(async move {
         tracing::debug!(conn = conn.outbox.conn, user = %conn.user.id, "connection open");
-        let ended = conn.serve(&mut socket, rx, close_rx).await;
+        let ended = conn.serve(&mut socket, inbox).await;
         conn.state
             .metrics
             .ws_closed
@@ -341,12 +339,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    async fn serve(
-        &mut self,
-        sink: &mut Sink,
-        mut rx: mpsc::Receiver<Outbound>,
-        mut close_rx: watch::Receiver<Option<Close>>,
-    ) -> Ended {
+    async fn serve(&mut self, sink: &mut Sink, mut inbox: Inbox) -> Ended {
         // Built and dropped before the loop: a local held across it would stay in every
         // idle connection's task.
         let hello = frame(&json!({
@@ -408,9 +401,17 @@ impl Connection {
                         Err(()) => return Ended::gone("client_gone"),
                     }
                 }
-                item = rx.recv() => {
-                    let Some(item) = item else {
-                        return Ended::gone("server");
+                next = inbox.recv() => {
+                    let item = match next {
+                        Next::Item(item) => item,
+                        Next::Close(c) => {
+                            let reason = match c.code {
+                                1001 => "draining",
+                                1008 => "slow_consumer",
+                                _ => "server",
+                            };
+                            return Ended::closing(reason, c);
+                        }
                     };
                     // Everything queued goes out in one write (up to a bound, so one busy
                     // socket cannot hold its worker thread for long).
@@ -418,24 +419,13 @@ impl Connection {
                         return Ended::gone("client_gone");
                     }
                     for _ in 1..WRITE_BATCH {
-                        let Ok(item) = rx.try_recv() else { break };
+                        let Some(item) = inbox.try_recv() else { break };
                         if self.outbound(item, sink).await.is_err() {
                             return Ended::gone("client_gone");
                         }
                     }
                     if sink.flush().await.is_err() {
                         return Ended::gone("client_gone");
-                    }
-                }
-                _ = close_rx.changed() => {
-                    let close = close_rx.borrow().clone();
-                    if let Some(c) = close {
-                        let reason = match c.code {
-                            1001 => "draining",
-                            1008 => "slow_consumer",
-                            _ => "server",
-                        };
-                        return Ended::closing(reason, c);
                     }
                 }
                 _ = &mut ping => {
