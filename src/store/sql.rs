@@ -115,7 +115,16 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn commit_once(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
+            /// One attempt at a batch. With `look_up` false the batch is written on the bet
+            /// that no `client_id` in it is committed already (a resend is rare): the insert
+            /// skips conflicting rows, and if it skipped any the transaction is rolled back and
+            /// `Ok(None)` asks for the attempt that looks them up first, so a resend never
+            /// takes a `seq`.
+            async fn commit_once(
+                &self,
+                batch: &[NewMessage],
+                look_up: bool,
+            ) -> StoreResult<Option<Vec<CommitOutcome>>> {
                 let mut out: Vec<Option<CommitOutcome>> = vec![None; batch.len()];
                 let mut tx = self.begin_write().await?;
 
@@ -123,7 +132,7 @@ macro_rules! sql_store {
                 let keyed: Vec<&NewMessage> =
                     batch.iter().filter(|m| m.client_id.is_some()).collect();
                 let mut existing: HashMap<(UserId, String), MessageRecord> = HashMap::new();
-                if !keyed.is_empty() {
+                if look_up && !keyed.is_empty() {
                     let mut q = QueryBuilder::<$db>::new(concat!(
                         "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
                          WHERE (m.user_id, m.client_id) IN (VALUES "
@@ -213,7 +222,14 @@ macro_rules! sql_store {
                             .push_bind(m.reply_to)
                             .push_bind(m.attachments.clone());
                     });
-                    q.build().execute(&mut *tx).await?;
+                    q.push(" ON CONFLICT (user_id, client_id) DO NOTHING");
+                    let inserted = q.build().execute(&mut *tx).await?.rows_affected();
+                    if inserted < rows.len() as u64 {
+                        // Only a client_id committed before (or by another pod meanwhile)
+                        // conflicts: look those up and try again.
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
 
                     let mut markers: BTreeMap<(RoomId, UserId), i64> = BTreeMap::new();
                     for &i in &rows {
@@ -259,7 +275,11 @@ macro_rules! sql_store {
                         other => other.clone(),
                     };
                 }
-                Ok(out.into_iter().map(|o| o.expect("every message has an outcome")).collect())
+                Ok(Some(
+                    out.into_iter()
+                        .map(|o| o.expect("every message has an outcome"))
+                        .collect(),
+                ))
             }
         }
 
@@ -651,13 +671,29 @@ macro_rules! sql_store {
 
             async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
                 let mut attempt = 0;
+                let mut look_up = false;
                 loop {
                     attempt += 1;
-                    match self.commit_once(batch).await {
+                    match self.commit_once(batch, look_up).await {
+                        Ok(Some(outcomes)) => return Ok(outcomes),
+                        // A resend was in the batch: the next attempt looks it up. It does not
+                        // count against the attempts another pod's race may need.
+                        Ok(None) if !look_up => {
+                            look_up = true;
+                            attempt -= 1;
+                        }
+                        Ok(None) if attempt < COMMIT_ATTEMPTS => {
+                            tracing::debug!(attempt, "a client_id was committed meanwhile; retrying");
+                        }
+                        Ok(None) => {
+                            return Err(StoreError::Conflict(
+                                "the batch kept racing another pod's commit; send it again".into(),
+                            ));
+                        }
                         Err(e) if attempt < COMMIT_ATTEMPTS && is_retryable(&e) => {
                             tracing::debug!(error = %e, attempt, "commit raced another pod; retrying");
                         }
-                        other => return other,
+                        Err(e) => return Err(e),
                     }
                 }
             }
