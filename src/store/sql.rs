@@ -236,17 +236,20 @@ macro_rules! sql_store {
                         let e = markers.entry((batch[i].room_id, batch[i].user_id)).or_default();
                         *e = (*e).max(seqs[i]);
                     }
-                    for ((room, user), seq) in markers {
-                        sqlx::query(
-                            "UPDATE members SET last_read_seq = $1 \
-                             WHERE room_id = $2 AND user_id = $3 AND last_read_seq < $1",
-                        )
-                        .bind(seq)
-                        .bind(room)
-                        .bind(user)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                    // One statement for every sender of the batch, not a round trip each.
+                    // (VALUES columns are column1.. in both dialects; the rows' locks are
+                    // taken under the rooms' row locks above, so pods cannot deadlock here.)
+                    let mut q = QueryBuilder::<$db>::new(
+                        "UPDATE members SET last_read_seq = v.column3 FROM (",
+                    );
+                    q.push_values(&markers, |mut b, ((room, user), seq)| {
+                        b.push_bind(*room).push_bind(*user).push_bind(*seq);
+                    });
+                    q.push(
+                        ") AS v WHERE members.room_id = v.column1 \
+                         AND members.user_id = v.column2 AND members.last_read_seq < v.column3",
+                    );
+                    q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
 
