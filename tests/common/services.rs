@@ -6,12 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A port free now, below the kernel's ephemeral range: a port the kernel handed out (bind to
+/// port 0) can be handed out again for some test's outgoing connection before the server that
+/// is meant to listen on it starts ("Address already in use"); a port below the range is only
+/// ever taken by a listener.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    assert!(
+        low > 12000,
+        "the ephemeral port range starts too low to pick from below it"
+    );
+    for _ in 0..1000 {
+        let port = rand::random_range(10000..low);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {low}");
 }
 
 fn is_root() -> bool {
