@@ -352,11 +352,10 @@ impl Connection {
             return Ended::gone("client_gone");
         }
         let period = Duration::from_millis(self.state.config.heartbeat_ms);
-        // Timers live in this task's state (no allocation each), and an idle socket wakes only
-        // for its heartbeat, its token's expiry, or a typing/receipt deadline it has.
-        let ping = tokio::time::sleep(period);
-        tokio::pin!(ping);
-        let mut wake_at = self.next_wake();
+        // One timer, in this task's state (no allocation), set to the socket's next deadline:
+        // its heartbeat, its token's expiry, or a typing/receipt deadline it has.
+        let mut ping_at = tokio::time::Instant::now() + period;
+        let mut wake_at = self.next_wake().min(ping_at);
         let wake = tokio::time::sleep_until(wake_at);
         tokio::pin!(wake);
         let mut missed_pongs = 0u32;
@@ -428,18 +427,19 @@ impl Connection {
                         return Ended::gone("client_gone");
                     }
                 }
-                _ = &mut ping => {
-                    if missed_pongs >= 2 {
-                        return Ended::gone("heartbeat_timeout");
-                    }
-                    missed_pongs += 1;
-                    if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
-                        return Ended::gone("client_gone");
-                    }
-                    ping.as_mut().reset(tokio::time::Instant::now() + period);
-                }
                 _ = &mut wake => {
                     rearm = true;
+                    let now = tokio::time::Instant::now();
+                    if now >= ping_at {
+                        if missed_pongs >= 2 {
+                            return Ended::gone("heartbeat_timeout");
+                        }
+                        missed_pongs += 1;
+                        if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                            return Ended::gone("client_gone");
+                        }
+                        ping_at = now + period;
+                    }
                     if unix_now() >= self.token_exp {
                         return Ended::closing("token_expired", Close::UNAUTHENTICATED);
                     }
@@ -453,7 +453,7 @@ impl Connection {
             if !rearm {
                 continue;
             }
-            let next = self.next_wake();
+            let next = self.next_wake().min(ping_at);
             if next != wake_at {
                 wake_at = next;
                 wake.as_mut().reset(next);
