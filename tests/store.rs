@@ -367,6 +367,21 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
         3,
         "no seq is spent on a duplicate"
     );
+    // A resend beside a new message, with no repeat inside the batch (the path that bets on
+    // no resend and falls back).
+    let out = s
+        .commit_messages(&[
+            msg(r, b, "new", Some("c9")),
+            msg(r, a, "hi, a third time", Some("c1")),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], CommitOutcome::New(m) if m.seq == 4), "{out:?}");
+    assert!(
+        matches!(&out[1], CommitOutcome::Duplicate(m) if m.id == original.id && m.seq == 1),
+        "{out:?}"
+    );
+    assert_eq!(s.room(r).await.unwrap().unwrap().last_seq, 4);
 }
 
 async fn archived_rooms_refuse_messages(s: &dyn Store) {
