@@ -74,7 +74,8 @@ impl GroupCommit {
         // SQLite's statements run on sqlx's own thread, and a commit is five handoffs to it
         // and back; on the server's runtime each handoff back queues behind every socket task
         // a fan-out just woke. On a thread of its own the writer is woken by the OS instead
-        // (measured under fan-out: commit 9 ms -> 1.6 ms, see docs/BENCHMARKS.md).
+        // (measured under fan-out: commit 9 ms -> 1.6 ms; the price, when ingest saturates the
+        // server's only core, is ~30% of its throughput: see docs/BENCHMARKS.md).
         // PostgreSQL's sockets belong to the runtime that opened them, so its writer stays.
         let own_thread = store.backend() == "sqlite";
         let writer = async move {

@@ -376,7 +376,10 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
         ])
         .await
         .unwrap();
-    assert!(matches!(&out[0], CommitOutcome::New(m) if m.seq == 4), "{out:?}");
+    assert!(
+        matches!(&out[0], CommitOutcome::New(m) if m.seq == 4),
+        "{out:?}"
+    );
     assert!(
         matches!(&out[1], CommitOutcome::Duplicate(m) if m.id == original.id && m.seq == 1),
         "{out:?}"
