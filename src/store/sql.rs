@@ -119,7 +119,8 @@ macro_rules! sql_store {
             /// that no `client_id` in it is committed already (a resend is rare): the insert
             /// skips conflicting rows, and if it skipped any the transaction is rolled back and
             /// `Ok(None)` asks for the attempt that looks them up first, so a resend never
-            /// takes a `seq`.
+            /// takes a `seq`. With `look_up` the insert is plain: a client_id another pod
+            /// commits meanwhile fails it with a unique violation, which is retried.
             async fn commit_once(
                 &self,
                 batch: &[NewMessage],
@@ -222,11 +223,12 @@ macro_rules! sql_store {
                             .push_bind(m.reply_to)
                             .push_bind(m.attachments.clone());
                     });
-                    q.push(" ON CONFLICT (user_id, client_id) DO NOTHING");
+                    if !look_up {
+                        q.push(" ON CONFLICT (user_id, client_id) DO NOTHING");
+                    }
                     let inserted = q.build().execute(&mut *tx).await?.rows_affected();
                     if inserted < rows.len() as u64 {
-                        // Only a client_id committed before (or by another pod meanwhile)
-                        // conflicts: look those up and try again.
+                        // Only a client_id committed before conflicts: look those up.
                         tx.rollback().await?;
                         return Ok(None);
                     }
@@ -673,27 +675,16 @@ macro_rules! sql_store {
             }
 
             async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
-                let mut attempt = 0;
+                let mut attempt = 1;
                 let mut look_up = false;
                 loop {
-                    attempt += 1;
                     match self.commit_once(batch, look_up).await {
                         Ok(Some(outcomes)) => return Ok(outcomes),
-                        // A resend was in the batch: the next attempt looks it up. It does not
-                        // count against the attempts another pod's race may need.
-                        Ok(None) if !look_up => {
-                            look_up = true;
-                            attempt -= 1;
-                        }
-                        Ok(None) if attempt < COMMIT_ATTEMPTS => {
-                            tracing::debug!(attempt, "a client_id was committed meanwhile; retrying");
-                        }
-                        Ok(None) => {
-                            return Err(StoreError::Conflict(
-                                "the batch kept racing another pod's commit; send it again".into(),
-                            ));
-                        }
+                        // The bet lost (only the first attempt bets): a resend was in the
+                        // batch, and the next attempt looks it up.
+                        Ok(None) => look_up = true,
                         Err(e) if attempt < COMMIT_ATTEMPTS && is_retryable(&e) => {
+                            attempt += 1;
                             tracing::debug!(error = %e, attempt, "commit raced another pod; retrying");
                         }
                         Err(e) => return Err(e),
