@@ -77,7 +77,19 @@ impl GroupCommit {
         // (measured under fan-out: commit 9 ms -> 1.6 ms; the price, when ingest saturates the
         // server's only core, is ~30% of its throughput: see docs/BENCHMARKS.md).
         // PostgreSQL's sockets belong to the runtime that opened them, so its writer stays.
-        let own_thread = store.backend() == "sqlite";
+        // (With SQLite the bus is in-process and this one writer publishes in seq order, so
+        // nothing it hands the hub schedules work that would outlive its thread.)
+        let own_runtime = (store.backend() == "sqlite")
+            .then(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .inspect_err(
+                        |e| tracing::warn!(error = %e, "the writer runs on the server's runtime"),
+                    )
+                    .ok()
+            })
+            .flatten();
         let writer = async move {
             let mut batch = Vec::with_capacity(max_batch);
             loop {
@@ -95,17 +107,6 @@ impl GroupCommit {
                 write_batch(&*store, &hub, &metrics, std::mem::take(&mut batch)).await;
                 batch.reserve(max_batch);
             }
-        };
-        let own_runtime = if own_thread {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .inspect_err(
-                    |e| tracing::warn!(error = %e, "the writer runs on the server's runtime"),
-                )
-                .ok()
-        } else {
-            None
         };
         let task = match own_runtime {
             Some(rt) => tokio::task::spawn_blocking(move || rt.block_on(writer)),

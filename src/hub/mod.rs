@@ -90,9 +90,6 @@ pub struct Hub {
     users: Mutex<HashMap<UserId, HashMap<ConnId, Outbox>>>,
     slow: Mutex<HashMap<(RoomId, UserId), Instant>>,
     started_ms: i64,
-    /// The server's runtime: the writer may publish from a thread of its own, and a gap
-    /// fill it schedules belongs with the rest of the server's tasks.
-    runtime: tokio::runtime::Handle,
 }
 
 /// Encodes a text frame once, for every subscriber to share.
@@ -113,7 +110,6 @@ fn from_bytes(b: Bytes) -> Option<Utf8Bytes> {
 }
 
 impl Hub {
-    /// Called on the server's runtime, which the hub keeps a handle to.
     pub fn new(
         pod: PodId,
         store: Arc<dyn Store>,
@@ -129,7 +125,6 @@ impl Hub {
             users: Mutex::default(),
             slow: Mutex::default(),
             started_ms: crate::now_ms(),
-            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -500,7 +495,7 @@ impl Hub {
 
     fn schedule_gap_fill(self: &Arc<Self>, room: RoomId, upto: i64) {
         let hub = self.clone();
-        self.runtime.spawn(async move {
+        tokio::spawn(async move {
             tokio::time::sleep(GAP_WAIT).await;
             hub.fill_gap(room, upto).await;
         });

@@ -108,6 +108,13 @@ struct QueueState {
     ended: bool,
 }
 
+impl QueueState {
+    /// Neither gone nor closing: items and a first close reason are still taken.
+    fn open(&self) -> bool {
+        !self.ended && self.close.is_none()
+    }
+}
+
 /// A drained queue gives back a buffer larger than this (in items); smaller ones are kept,
 /// so a steady trickle of deliveries allocates nothing.
 const KEEP_CAPACITY: usize = 16;
@@ -178,12 +185,12 @@ fn pop(q: &mut QueueState) -> Option<Outbound> {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        let items = {
+        // The items are freed after the lock is released, not while pushers wait on it.
+        let _items = {
             let mut q = self.queue.lock();
             q.ended = true;
             std::mem::take(&mut q.items)
         };
-        drop(items);
     }
 }
 
@@ -216,7 +223,7 @@ impl Outbox {
     pub fn push(&self, item: Outbound) -> bool {
         {
             let mut q = self.queue.lock();
-            if q.ended || q.close.is_some() {
+            if !q.open() {
                 return false;
             }
             if q.items.len() >= self.queue.capacity {
@@ -241,7 +248,7 @@ impl Outbox {
     pub fn close(&self, close: Close) {
         {
             let mut q = self.queue.lock();
-            if q.ended || q.close.is_some() {
+            if !q.open() {
                 return;
             }
             q.close = Some(close);

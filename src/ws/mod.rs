@@ -443,7 +443,7 @@ impl Connection {
                     if unix_now() >= self.token_exp {
                         return Ended::closing("token_expired", Close::UNAUTHENTICATED);
                     }
-                    if tokio::time::Instant::now() >= self.token_deadline {
+                    if now >= self.token_deadline {
                         // The wall clock was behind the monotonic one: look again later.
                         self.token_deadline = token_deadline(self.token_exp);
                     }
