@@ -199,6 +199,26 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// A process's CPU time since a start, as a percentage of one core over a wall time.
+struct CpuClock {
+    pid: String,
+    start: f64,
+}
+
+impl CpuClock {
+    fn start(pid: String) -> Option<CpuClock> {
+        Some(CpuClock {
+            start: cpu_seconds(&pid)?,
+            pid,
+        })
+    }
+
+    fn percent(&self, wall: f64) -> f64 {
+        let now = cpu_seconds(&self.pid).unwrap_or(self.start);
+        ((now - self.start) / wall * 100.0).round()
+    }
+}
+
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
@@ -283,13 +303,21 @@ async fn connect_target(url: &str, bind: &[IpAddr]) -> anyhow::Result<Arc<Target
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let target = connect_target(&cli.url, &cli.bind).await?;
-    let my_cpu = cpu_seconds("self").unwrap_or(0.0);
-    let server_cpu = cli.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
     let peer_pid = match &cli.scenario {
         Scenario::CrossPod { receive_pid, .. } => *receive_pid,
         _ => None,
     };
-    let peer_cpu = peer_pid.and_then(|p| cpu_seconds(&p.to_string()));
+    let clocks = [
+        ("bench_cpu_percent", CpuClock::start("self".into())),
+        (
+            "server_cpu_percent",
+            cli.server_pid.and_then(|p| CpuClock::start(p.to_string())),
+        ),
+        (
+            "receiving_server_cpu_percent",
+            peer_pid.and_then(|p| CpuClock::start(p.to_string())),
+        ),
+    ];
     let started = Instant::now();
     let mut result = match &cli.scenario {
         Scenario::Idle {
@@ -322,17 +350,10 @@ async fn main() -> anyhow::Result<()> {
         } => ingest(&target, *senders, *window, *seconds).await?,
     };
     let wall = started.elapsed().as_secs_f64();
-    result["bench_cpu_percent"] =
-        json!(((cpu_seconds("self").unwrap_or(0.0) - my_cpu) / wall * 100.0).round());
-    if let (Some(pid), Some(before)) = (cli.server_pid, server_cpu) {
-        result["server_cpu_percent"] = json!(
-            ((cpu_seconds(&pid.to_string()).unwrap_or(before) - before) / wall * 100.0).round()
-        );
-    }
-    if let (Some(pid), Some(before)) = (peer_pid, peer_cpu) {
-        result["receiving_server_cpu_percent"] = json!(
-            ((cpu_seconds(&pid.to_string()).unwrap_or(before) - before) / wall * 100.0).round()
-        );
+    for (key, clock) in &clocks {
+        if let Some(c) = clock {
+            result[*key] = json!(c.percent(wall));
+        }
     }
     report(&cli, result);
     Ok(())
