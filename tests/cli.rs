@@ -449,8 +449,7 @@ async fn the_bench_drives_every_scenario_through_the_real_protocol() {
             .args(args);
         cmd
     };
-    let json = bench_json;
-    let idle = json(run(&[
+    let idle = bench_json(run(&[
         "--bind",
         "127.0.0.1,127.0.0.2",
         "idle",
@@ -461,7 +460,7 @@ async fn the_bench_drives_every_scenario_through_the_real_protocol() {
     ]))
     .await;
     assert_eq!(idle["connections"], 40);
-    let fanout = json(run(&[
+    let fanout = bench_json(run(&[
         "fanout",
         "--members",
         "20",
@@ -475,7 +474,7 @@ async fn the_bench_drives_every_scenario_through_the_real_protocol() {
     .await;
     assert_eq!(fanout["delivery_ratio"], 1.0, "{fanout}");
     assert!(fanout["latency_ms_p99"].as_f64().unwrap() > 0.0);
-    let ingest = json(run(&[
+    let ingest = bench_json(run(&[
         "ingest",
         "--senders",
         "4",
@@ -523,17 +522,10 @@ async fn the_bench_crosses_pods_through_redis() {
     assert_eq!(r["scenario"], "cross-pod");
     assert_eq!(r["delivery_ratio"], 1.0, "{r}");
     // Every delivery reached the receivers through the other pod, by way of the bus.
-    let relayed = b.metrics().await;
-    let received = relayed
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("confab_bus_lag_seconds_count ")?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0);
+    let received =
+        common::metric(&b.metrics().await, "confab_bus_lag_seconds_count").unwrap_or(0.0);
     assert!(
-        received >= r["messages_sent"].as_u64().unwrap(),
+        received >= r["messages_sent"].as_f64().unwrap(),
         "{r} {received}"
     );
 }

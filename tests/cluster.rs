@@ -34,6 +34,18 @@ async fn two_pods() -> Cluster {
     }
 }
 
+impl Cluster {
+    /// Alice registered on pod a; Bob on pod b; a public room `name` of Alice's that Bob joined.
+    async fn alice_and_bob_in(&self, name: &str) -> (User, User, String) {
+        let alice = self.a.user("alice").await;
+        self.b.user("bob").await;
+        let bob = self.b.login("bob").await;
+        let room = alice.create_room(name, "public").await;
+        bob.join(&room).await;
+        (alice, bob, room)
+    }
+}
+
 /// Waits until `pod` is ready again (after Redis came back).
 async fn ready_again(pod: &Server) {
     assert!(
@@ -48,11 +60,7 @@ async fn ready_again(pod: &Server) {
 /// Alice on pod a; Bob on pod b, subscribed to a room whose seq 1 pod b has delivered. Then the
 /// bus goes away and pod a commits m2 and m3, which pod b has not delivered. Redis stays down.
 async fn missed_while_the_bus_is_down(c: &mut Cluster) -> (User, User, String, Ws) {
-    let alice = c.a.user("alice").await;
-    c.b.user("bob").await;
-    let bob = c.b.login("bob").await;
-    let room = alice.create_room("general", "public").await;
-    bob.join(&room).await;
+    let (alice, bob, room) = c.alice_and_bob_in("general").await;
     let mut b = bob.subscribed(&room).await;
     alice.post_message(&room, "m1").await;
     assert_eq!(b.expect("message").await["seq"], 1);
@@ -66,11 +74,7 @@ async fn missed_while_the_bus_is_down(c: &mut Cluster) -> (User, User, String, W
 #[tokio::test]
 async fn a_message_sent_on_one_pod_arrives_on_the_other_with_the_same_seq() {
     let c = two_pods().await;
-    let alice = c.a.user("alice").await;
-    c.b.user("bob").await;
-    let bob = c.b.login("bob").await;
-    let room = alice.create_room("general", "public").await;
-    bob.join(&room).await;
+    let (alice, bob, room) = c.alice_and_bob_in("general").await;
     let mut a = alice.subscribed(&room).await;
     let mut b = bob.subscribed(&room).await;
 
@@ -105,11 +109,7 @@ async fn a_message_sent_on_one_pod_arrives_on_the_other_with_the_same_seq() {
 #[tokio::test]
 async fn concurrent_writers_on_both_pods_share_one_gapless_order() {
     let c = two_pods().await;
-    let alice = c.a.user("alice").await;
-    c.b.user("bob").await;
-    let bob = c.b.login("bob").await;
-    let room = alice.create_room("busy", "public").await;
-    bob.join(&room).await;
+    let (alice, bob, room) = c.alice_and_bob_in("busy").await;
     let mut watch_a = alice.subscribed(&room).await;
     let mut watch_b = bob.subscribed(&room).await;
     let mut wa = alice.connect().await;
@@ -136,11 +136,7 @@ async fn concurrent_writers_on_both_pods_share_one_gapless_order() {
 #[tokio::test]
 async fn presence_and_typing_cross_pods() {
     let c = two_pods().await;
-    let alice = c.a.user("alice").await;
-    c.b.user("bob").await;
-    let bob = c.b.login("bob").await;
-    let room = alice.create_room("general", "public").await;
-    bob.join(&room).await;
+    let (alice, bob, room) = c.alice_and_bob_in("general").await;
     let mut a = alice.subscribed(&room).await;
     let mut b = bob.connect().await;
     let sub = b.subscribe(&room, None).await;
@@ -265,12 +261,8 @@ async fn messages_committed_while_redis_was_down_are_filled_from_the_store() {
     }
     assert_eq!(seen, vec![2, 3, 4, 5, 6]);
     b.expect_none("message", Duration::from_millis(300)).await;
-    let metrics = c.b.metrics().await;
-    let fills: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("confab_gap_fills_total "))
-        .and_then(|v| v.parse().ok())
-        .expect("gap fill counter");
+    let fills =
+        common::metric(&c.b.metrics().await, "confab_gap_fills_total").expect("gap fill counter");
     assert!(
         fills >= 1.0,
         "m2 and m3 should have come from the store: {fills}"

@@ -124,12 +124,10 @@ async fn a_chatroom_file_becomes_a_room_and_follows_edits_and_removal() {
 
     // Resyncs of an unchanged resource write nothing.
     let writes = |metrics: String| {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("confab_store_query_duration_seconds_count{op=\"update_room\"} ")
-            })
-            .map(str::to_string)
+        common::metric(
+            &metrics,
+            "confab_store_query_duration_seconds_count{op=\"update_room\"}",
+        )
     };
     let before = writes(t.s.metrics().await);
     tokio::time::sleep(Duration::from_millis(2500)).await; // two resyncs at 1 s

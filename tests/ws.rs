@@ -151,12 +151,19 @@ async fn ack_comes_first_then_the_message_reaches_every_subscriber() {
     assert_eq!(h["messages"].as_array().unwrap().len(), 2);
     // Every socket write of a message is timed: 2 messages x 2 subscribers.
     let timed = || async {
-        s.metrics()
-            .await
-            .lines()
-            .any(|l| l == "confab_delivery_latency_seconds_count 4")
+        common::metric(&s.metrics().await, "confab_delivery_latency_seconds_count") == Some(4.0)
     };
     assert!(common::eventually(Duration::from_secs(2), timed).await);
+    // With a bucket at 20 ms, so a 20 ms delivery objective can be read off the histogram.
+    let buckets = s.metrics().await;
+    assert!(
+        common::metric(
+            &buckets,
+            "confab_delivery_latency_seconds_bucket{le=\"0.02\"}"
+        )
+        .is_some(),
+        "{buckets}"
+    );
 }
 
 #[tokio::test]
@@ -761,13 +768,10 @@ async fn commits_for_a_burst(s: &Server, n: usize) -> u64 {
     }
     let metrics = s.metrics().await;
     let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}")) as u64
+        common::metric(&metrics, name).unwrap_or_else(|| panic!("{name} in {metrics}")) as u64
     };
-    assert_eq!(value("confab_commit_batch_size_sum "), n as u64);
-    value("confab_commit_batch_size_count ")
+    assert_eq!(value("confab_commit_batch_size_sum"), n as u64);
+    value("confab_commit_batch_size_count")
 }
 
 #[tokio::test]

@@ -347,6 +347,17 @@ pub async fn spawn_binary(
     (child, Server::external(addr))
 }
 
+/// The value of one sample (`series` exactly as exposed, labels included) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Polls `f` until it is true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
 where
