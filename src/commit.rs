@@ -8,13 +8,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
-use crate::hub::{Hub, Outbound, Outbox, frame};
+use crate::hub::{Hub, Outbound, Outbox};
 use crate::model::rfc3339;
+use crate::protocol::ServerFrame;
 use crate::store::{CommitOutcome, MessageRecord, NewMessage, Store};
 use crate::telemetry::Metrics;
 
@@ -37,27 +37,15 @@ pub struct GroupCommit {
 }
 
 /// The `ack` frame for a committed message.
-pub fn ack_frame(m: &MessageRecord) -> axum::extract::ws::Utf8Bytes {
-    frame(&json!({
-        "type": "ack",
-        "client_id": m.client_id,
-        "id": m.id,
-        "seq": m.seq,
-        "room": m.room_id,
-        "created_at": rfc3339(m.created_at),
-    }))
-}
-
-/// An `error` frame; `ref` echoes the client_id or room concerned.
-pub fn error_frame(e: &ApiError, reference: Option<&str>) -> axum::extract::ws::Utf8Bytes {
-    let mut v = json!({"type": "error", "code": e.code(), "message": e.public_message()});
-    if let Some(r) = reference {
-        v["ref"] = json!(r);
+fn ack_frame(m: &MessageRecord) -> axum::extract::ws::Utf8Bytes {
+    ServerFrame::Ack {
+        client_id: m.client_id.as_deref(),
+        id: m.id,
+        seq: m.seq,
+        room: m.room_id,
+        created_at: rfc3339(m.created_at),
     }
-    if let Some(ms) = e.retry_after_ms() {
-        v["retry_after_ms"] = json!(ms);
-    }
-    frame(&v)
+    .encode()
 }
 
 impl GroupCommit {
@@ -79,7 +67,8 @@ impl GroupCommit {
         // PostgreSQL's sockets belong to the runtime that opened them, so its writer stays.
         // (With SQLite the bus is in-process and this one writer publishes in seq order, so
         // nothing it hands the hub schedules work that would outlive its thread.)
-        let own_runtime = (store.backend() == "sqlite")
+        let own_runtime = store
+            .statements_on_own_thread()
             .then(|| {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -145,7 +134,7 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
                         let _ = tx.send(Err(err));
                     }
                     Reply::Socket(out) => {
-                        out.push(Outbound::direct(error_frame(
+                        out.push(Outbound::direct(ServerFrame::error(
                             &err,
                             p.message.client_id.as_deref(),
                         )));
@@ -173,7 +162,7 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
                         metrics.acks.inc();
                         ack_frame(m)
                     }
-                    CommitOutcome::Rejected(why) => error_frame(
+                    CommitOutcome::Rejected(why) => ServerFrame::error(
                         &ApiError::Forbidden(why.clone()),
                         p.message.client_id.as_deref(),
                     ),

@@ -199,6 +199,37 @@ pub struct Config {
     #[arg(long, env = "CONFAB_TRUST_FORWARDED_FOR", global = true)]
     pub trust_forwarded_for: bool,
 
+    /// Client frames of any kind (subscribe, typing, receipts, edits, messages...) one
+    /// WebSocket connection may send per second, after a burst of
+    /// CONFAB_WS_FRAMES_BURST; beyond it frames are answered `rate_limited`.
+    #[arg(
+        long,
+        env = "CONFAB_WS_FRAMES_PER_SECOND",
+        default_value_t = 50,
+        global = true
+    )]
+    pub ws_frames_per_second: u32,
+
+    /// The burst of client frames a WebSocket connection may send at once (subscribing to
+    /// every room of a user on connect is one such burst).
+    #[arg(
+        long,
+        env = "CONFAB_WS_FRAMES_BURST",
+        default_value_t = 200,
+        global = true
+    )]
+    pub ws_frames_burst: u32,
+
+    /// Milliseconds a client has to send a request's complete headers; a slower connection
+    /// (or an idle keep-alive one) is closed.
+    #[arg(
+        long,
+        env = "CONFAB_HTTP_HEADER_TIMEOUT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub http_header_timeout_ms: u64,
+
     /// Rooms one connection may be subscribed to at once.
     #[arg(
         long,
@@ -349,6 +380,17 @@ impl Config {
         if self.messages_per_second == 0 || self.message_burst == 0 {
             return Err(
                 "CONFAB_MESSAGES_PER_SECOND and CONFAB_MESSAGE_BURST must be at least 1".into(),
+            );
+        }
+        if self.ws_frames_per_second == 0 || self.ws_frames_burst == 0 {
+            return Err(
+                "CONFAB_WS_FRAMES_PER_SECOND and CONFAB_WS_FRAMES_BURST must be at least 1".into(),
+            );
+        }
+        if self.http_header_timeout_ms < 100 {
+            return Err(
+                "CONFAB_HTTP_HEADER_TIMEOUT_MS (--http-header-timeout-ms) must be at least 100"
+                    .into(),
             );
         }
         if self.http_rate == 0 || self.http_burst == 0 {

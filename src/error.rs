@@ -22,6 +22,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A request body that is not JSON (415; not one of PROTOCOL.md's codes, which are about
+    /// what a JSON request says).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{message}")]
     RateLimited {
         message: String,
@@ -78,6 +82,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
             Self::Muted(_) => "muted",
             Self::SlowMode { .. } => "slow_mode",
@@ -94,6 +99,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } | Self::SlowMode { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Muted(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,10 +2,12 @@
 //!
 //! The path of a message, and where each step lives:
 //!
-//! - [`ws`]: a connection task per socket; parses client frames ([`ws::frame`]) and writes
-//!   queued server frames.
-//! - [`http`]: the REST API, operations endpoints and the router; [`http::AppState`] holds the
-//!   cheap handles everything else shares.
+//! - [`ws`]: a connection task per socket; reads client frames and writes queued server
+//!   frames. [`protocol`] holds every frame's shape, both ways.
+//! - [`http`]: the REST API and operations endpoints; [`app`] assembles it with the WebSocket
+//!   route and the middleware.
+//! - [`chat`]: the chat operations every entry point calls (one send path, edits, deletes,
+//!   markers, membership), over [`state::AppState`], the cheap handles everything shares.
 //! - [`commit`]: the group-commit writer; allocates each room's `seq` inside one transaction per
 //!   batch and answers senders only after the commit.
 //! - [`hub`]: local fan-out of once-encoded events to subscribers, in `seq` order with gaps
@@ -19,8 +21,10 @@
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`server`]: wiring it all together, startup and graceful shutdown.
 
+pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod chat;
 pub mod commit;
 pub mod config;
 pub mod error;
@@ -31,8 +35,10 @@ pub mod model;
 pub mod moderation;
 pub mod operator;
 pub mod policy;
+pub mod protocol;
 pub mod selftest;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod ws;
@@ -40,4 +46,9 @@ pub mod ws;
 /// Milliseconds since the Unix epoch: the unit of every stored time.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Seconds since the Unix epoch: the unit of token lifetimes (`exp`, `iat`).
+pub fn now_secs() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default()
 }

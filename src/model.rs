@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::ids::{AttachmentId, MessageId, RoomId, UserId};
-use crate::store::{AttachmentRecord, MessageRecord, RoomRecord, UserRecord};
+use crate::store::{AttachmentRecord, MemberRecord, MessageRecord, RoomRecord, UserRecord};
 
 /// RFC 3339 UTC with milliseconds, as every time in the protocol.
 pub fn rfc3339(ms: i64) -> String {
@@ -80,6 +80,18 @@ impl From<&RoomRecord> for Room {
     }
 }
 
+impl Room {
+    /// A room as its member sees it: with role and read marker.
+    pub fn for_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
+        let mut room = Room::from(r);
+        if let Some(m) = member {
+            room.role = Some(m.role);
+            room.last_read_seq = Some(m.last_read_seq);
+        }
+        room
+    }
+}
+
 #[derive(Serialize, serde::Deserialize, Clone, Debug, utoipa::ToSchema)]
 pub struct Attachment {
     pub id: AttachmentId,
@@ -130,15 +142,6 @@ impl From<&MessageRecord> for Message {
             },
         }
     }
-}
-
-/// A `Message` as a WebSocket event: the same object with a `type`.
-#[derive(Serialize)]
-pub struct Event<'a, T: Serialize> {
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    #[serde(flatten)]
-    pub body: &'a T,
 }
 
 #[derive(Serialize, Debug, utoipa::ToSchema)]

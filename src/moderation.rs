@@ -1,8 +1,14 @@
 //! What a user may do in a room right now, decided from records alone (no I/O): archived and
 //! read-only rooms, room and global mutes, slow mode. Callers load the records (or keep them
-//! cached, refreshed by control events) and ask here.
+//! cached, refreshed by control events) and ask here. [`SlowMode`] remembers, per pod, when
+//! each member last posted in a slow-mode room.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
+use crate::ids::{RoomId, UserId};
 use crate::store::{MemberRecord, RoomRecord};
 
 /// The parts of a room and a membership that decide whether a member may send.
@@ -51,6 +57,51 @@ impl SendRules {
     pub fn slow_mode(&self) -> Option<std::time::Duration> {
         (self.slow_mode_seconds > 0 && !self.is_moderator())
             .then(|| std::time::Duration::from_secs(self.slow_mode_seconds as u64))
+    }
+}
+
+/// When each member last posted in a slow-mode room. Kept per pod: a user on two pods at once
+/// could send twice per interval.
+#[derive(Default)]
+pub struct SlowMode {
+    last: Mutex<HashMap<(RoomId, UserId), Instant>>,
+}
+
+impl SlowMode {
+    /// Takes `user`'s slot in `room` if the rules impose slow mode: the last check before a
+    /// message is submitted, so that a message refused for another reason costs no slot.
+    pub fn take(&self, rules: &SendRules, room: RoomId, user: UserId) -> Result<(), ApiError> {
+        let Some(interval) = rules.slow_mode() else {
+            return Ok(());
+        };
+        self.take_at(room, user, interval, Instant::now())
+            .map_err(|ms| ApiError::SlowMode {
+                message: format!("slow mode: one message every {} s", interval.as_secs()),
+                retry_after_ms: ms,
+            })
+    }
+
+    /// Records a message at `now`, or says how long the user must still wait (ms).
+    fn take_at(
+        &self,
+        room: RoomId,
+        user: UserId,
+        interval: Duration,
+        now: Instant,
+    ) -> Result<(), u64> {
+        // A short section with no I/O: a lookup and an insert.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = last.get(&(room, user)) {
+            let next = *t + interval;
+            if next > now {
+                return Err((next - now).as_millis().max(1) as u64);
+            }
+        }
+        if last.len() > 100_000 {
+            last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(3600));
+        }
+        last.insert((room, user), now);
+        Ok(())
     }
 }
 
@@ -123,6 +174,27 @@ mod tests {
             .slow_mode(),
             None
         );
+    }
+
+    #[test]
+    fn slow_mode_holds_each_member_to_its_interval() {
+        let slow = SlowMode::default();
+        let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
+        let t0 = Instant::now();
+        let every = Duration::from_secs(5);
+        assert_eq!(slow.take_at(room, alice, every, t0), Ok(()));
+        assert_eq!(
+            slow.take_at(room, alice, every, t0 + Duration::from_secs(2)),
+            Err(3_000)
+        );
+        assert_eq!(slow.take_at(room, bob, every, t0), Ok(()));
+        assert_eq!(slow.take_at(room, alice, every, t0 + every), Ok(()));
+        // Moderators are not held at all.
+        let owner = SendRules {
+            slow_mode_seconds: 5,
+            ..rules("owner")
+        };
+        assert!(slow.take(&owner, room, alice).is_ok());
     }
 
     #[test]

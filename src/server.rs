@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,9 +16,9 @@ use crate::auth::{Auth, random_token};
 use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::commit::GroupCommit;
 use crate::config::Config;
-use crate::http::AppState;
 use crate::hub::{Close, Hub, PRESENCE_REFRESH};
 use crate::ids::PodId;
+use crate::state::AppState;
 use crate::store::{self, Store};
 use crate::telemetry::Metrics;
 
@@ -173,6 +172,7 @@ pub(crate) async fn build(
         admins: Arc::new(admins),
         blobs,
         policies,
+        slow_mode: Arc::default(),
         leader: Arc::new(AtomicBool::new(!config_watch_resources)),
         config_status: Arc::default(),
         draining: Arc::new(AtomicBool::new(false)),
@@ -231,30 +231,16 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, metrics = %metrics_listener.local_addr()?, "listening");
 
-    let metrics_app = crate::http::metrics_router(state.metrics.clone());
+    let metrics_app = crate::app::metrics_router(state.metrics.clone());
     let metrics_server = tokio::spawn(async move {
         let _ = axum::serve(metrics_listener, metrics_app).await;
     });
 
-    let app = crate::http::router(state.clone());
+    let app = crate::app::router(state.clone());
     let http_stop = Arc::new(Notify::new());
     let http_stopped = http_stop.clone();
-    let server = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        // No Nagle: a chat frame is small and must leave at once, not wait for the client to
-        // acknowledge the previous one (with delayed acks, up to tens of milliseconds).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { http_stopped.notified().await })
-        .await
-    });
+    let header_timeout = Duration::from_millis(state.config.http_header_timeout_ms);
+    let server = tokio::spawn(serve_http(listener, app, header_timeout, http_stopped));
 
     shutdown.await;
     tracing::info!("shutting down: readiness off, draining");
@@ -278,11 +264,11 @@ pub async fn run(
     stop.notify_one();
     drop(state);
     let _ = writer_task.await;
-    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), server)
+    if tokio::time::timeout(Duration::from_secs(5), server)
         .await
-        .unwrap_or(Ok(Ok(())))
+        .is_err()
     {
-        tracing::warn!(error = %e, "http server ended with an error");
+        tracing::warn!("requests still open after 5 s; shutting down anyway");
     }
     metrics_server.abort();
     for task in background {
@@ -290,4 +276,67 @@ pub async fn run(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Serves HTTP/1.1 and WebSocket upgrades on `listener` until `stop` is notified, then lets the
+/// requests in progress finish. A client gets `header_timeout` to send a request's complete
+/// headers, and an idle keep-alive connection as long for its next request: slow or silent
+/// clients cannot hold connections (and file descriptors) open.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: Arc<Notify>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let (shutdown, watch) = tokio::sync::watch::channel(false);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, for instance: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.notified() => break,
+        };
+        // No Nagle: a chat frame is small and must leave at once, not wait for the client to
+        // acknowledge the previous one (with delayed acks, up to tens of milliseconds).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let service = app.clone().map_request(
+            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                req
+            },
+        );
+        let mut watch = watch.clone();
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = http
+                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = watch.changed() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    drop(watch);
+    let _ = shutdown.send(true);
+    // Every connection task holds a receiver: this returns when the last one has ended.
+    shutdown.closed().await;
 }

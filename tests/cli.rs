@@ -442,6 +442,8 @@ async fn the_bench_drives_every_scenario_through_the_real_protocol() {
     config.max_connections_per_user = 1_000;
     config.messages_per_second = 100_000;
     config.message_burst = 100_000;
+    config.ws_frames_per_second = 100_000;
+    config.ws_frames_burst = 100_000;
     let s = common::Server::start_with(config, Some(dir)).await;
     let run = |args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab-bench"));

@@ -6,10 +6,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        match confab::ws::frame::parse(text) {
-            Ok(confab::ws::frame::ClientFrame::Message { body, client_id, reply_to, .. }) => {
+        match confab::protocol::parse(text) {
+            Ok(confab::protocol::ClientFrame::Message { body, client_id, reply_to, .. }) => {
                 let policy = confab::policy::Policy::default();
-                let _ = confab::http::messages::check_message(&policy, &body, client_id.as_deref(), reply_to);
+                let _ = confab::chat::check_message(&policy, &body, client_id.as_deref(), reply_to);
             }
             Ok(_) => {}
             Err((message, _)) => assert!(!message.is_empty()),

@@ -59,11 +59,15 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+/// The token of an `Authorization: Bearer <token>` header (REST calls and the WebSocket
+/// handshake present access tokens the same way).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Hashes a password with argon2id off the async runtime (it is deliberately slow).
@@ -111,7 +115,7 @@ impl Auth {
 
     /// A signed access token and its claims.
     pub fn issue_access(&self, user: UserId) -> ApiResult<(String, Claims)> {
-        let iat = unix_now();
+        let iat = crate::now_secs();
         let claims = Claims {
             sub: user,
             iat,

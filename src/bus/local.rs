@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 
+use super::PodStats;
 use super::{Bus, Envelope};
-use crate::hub::PodStats;
 use crate::ids::{RoomId, UserId};
 
 #[derive(Default)]

@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
-use crate::hub::PodStats;
 use crate::ids::{PodId, RoomId, UserId};
 
 pub use local::LocalBus;
@@ -132,6 +131,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn announce(&self, stats: &PodStats);
     /// The other live pods' latest stats.
     async fn pods_remote(&self) -> Vec<PodStats>;
+}
+
+/// One pod's line in the admin stats.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct PodStats {
+    pub id: PodId,
+    pub connections: u64,
+    pub started_ms: i64,
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
+use super::PodStats;
 use super::{Bus, Envelope, Incoming};
-use crate::hub::PodStats;
 use crate::ids::{PodId, RoomId, UserId};
 use crate::telemetry::Metrics;
 

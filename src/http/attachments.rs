@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{ApiPath, ApiQuery, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::ids::{AttachmentId, RoomId, UserId};
+use crate::ids::{AttachmentId, RoomId};
 use crate::model::Attachment;
 use crate::store::AttachmentRecord;
 use crate::store::blobs::BlobError;
@@ -25,9 +25,6 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/attachments/{id}", get(download))
 }
-
-/// Attachments one message may carry.
-pub const MAX_PER_MESSAGE: usize = 10;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct UploadQuery {
@@ -212,41 +209,6 @@ pub async fn download(
         HeaderValue::from_static("private, max-age=3600"),
     );
     Ok(resp)
-}
-
-/// The attachments a message names, checked: each uploaded by the sender into the same room.
-/// Returns the JSON stored with the message.
-pub async fn for_message(
-    state: &AppState,
-    user: UserId,
-    room: RoomId,
-    ids: &[String],
-) -> ApiResult<Option<String>> {
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    if ids.len() > MAX_PER_MESSAGE {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_PER_MESSAGE} attachments per message"
-        )));
-    }
-    let mut out = Vec::with_capacity(ids.len());
-    for raw in ids {
-        let bad = || {
-            ApiError::bad_request(format!(
-                "attachment {raw} is not one you uploaded to this room"
-            ))
-        };
-        let id: AttachmentId = raw.parse().map_err(|_| bad())?;
-        let a = state.store.attachment(id).await?.ok_or_else(bad)?;
-        if a.room_id != room || a.user_id != user {
-            return Err(bad());
-        }
-        out.push(Attachment::from(&a));
-    }
-    Ok(Some(
-        serde_json::to_string(&out).expect("attachments serialize"),
-    ))
 }
 
 #[cfg(test)]

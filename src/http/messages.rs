@@ -5,16 +5,14 @@ use axum::http::StatusCode;
 use axum::{Json, Router, routing::get, routing::patch, routing::post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller};
-use crate::commit::{Pending, Reply};
+use crate::chat::{self, Draft, check_message};
 use crate::error::{ApiError, ApiResult};
-use crate::hub::frame;
-use crate::ids::{MessageId, RoomId};
+use crate::ids::RoomId;
 use crate::model::Message;
 use crate::policy::Policy;
-use crate::store::{CommitOutcome, Marker, MessageRecord, NewMessage, UserRecord};
+use crate::store::Marker;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,7 +28,6 @@ pub fn router() -> Router<AppState> {
 
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 200;
-pub const MAX_CLIENT_ID: usize = 128;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct HistoryQuery {
@@ -114,34 +111,6 @@ pub async fn history(
     Ok(Json(json!({"messages": messages, "has_more": has_more})))
 }
 
-/// Checks a message body and client id against the protocol's limits.
-pub fn check_message(
-    policy: &Policy,
-    body: &str,
-    client_id: Option<&str>,
-    reply_to: Option<i64>,
-) -> ApiResult<()> {
-    policy.check_body(body)?;
-    if body.trim().is_empty() {
-        return Err(ApiError::bad_request("body must not be empty"));
-    }
-    if let Some(c) = client_id
-        && (c.is_empty() || c.len() > MAX_CLIENT_ID)
-    {
-        return Err(ApiError::bad_request(format!(
-            "client_id must be 1-{MAX_CLIENT_ID} bytes"
-        )));
-    }
-    if let Some(r) = reply_to
-        && r < 1
-    {
-        return Err(ApiError::bad_request(
-            "reply_to must be the seq of a message (1 or more)",
-        ));
-    }
-    Ok(())
-}
-
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/messages", tag = "messages", request_body = SendBody,
     params(("id" = String, Path, description = "room id")),
     responses((status = 201, body = Message), (status = 200, body = Message, description = "a repeated client_id"),
@@ -152,78 +121,19 @@ pub async fn send(
     ApiPath(id): ApiPath<RoomId>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    check_message(
-        &state.policies.current(),
-        &body.body,
-        body.client_id.as_deref(),
-        body.reply_to,
-    )?;
-    let rules = state.writable_room(id, caller.user.id).await?;
-    rules.check(caller.user.muted_until, crate::now_ms())?;
-    let attachments = crate::http::attachments::for_message(
-        &state,
-        caller.user.id,
-        id,
-        body.attachments.as_deref().unwrap_or_default(),
-    )
-    .await?;
-    state.slow_mode(&rules, id, caller.user.id)?;
-    state.metrics.messages_received.inc();
-    let (tx, rx) = oneshot::channel();
-    state
-        .writer
-        .submit(Pending {
-            message: NewMessage {
-                id: MessageId::new(),
-                room_id: id,
-                user_id: caller.user.id,
-                username: caller.user.username.clone(),
-                body: body.body,
-                client_id: body.client_id,
-                reply_to: body.reply_to,
-                created_at: crate::now_ms(),
-                attachments,
-            },
-            reply: Reply::Caller(tx),
-        })
-        .await?;
-    let outcome = rx
-        .await
-        .map_err(|_| ApiError::Unavailable("the server is shutting down; send again".into()))??;
-    match outcome {
-        CommitOutcome::New(m) => Ok((StatusCode::CREATED, Json(Message::from(&m)))),
-        CommitOutcome::Duplicate(m) => Ok((StatusCode::OK, Json(Message::from(&m)))),
-        CommitOutcome::Rejected(why) => Err(ApiError::Forbidden(why)),
-    }
-}
-
-/// Moves a marker and, when it moved, tells the room's subscribers.
-pub async fn move_marker(
-    state: &AppState,
-    room: RoomId,
-    user: crate::ids::UserId,
-    marker: Marker,
-    seq: i64,
-) -> ApiResult<bool> {
-    if seq < 0 {
-        return Err(ApiError::bad_request("seq must not be negative"));
-    }
-    let moved = state.store.move_marker(room, user, marker, seq).await?;
-    Ok(moved)
-}
-
-/// The `receipt` event.
-pub fn receipt_frame(
-    room: RoomId,
-    user: crate::ids::UserId,
-    marker: Marker,
-    seq: i64,
-) -> axum::extract::ws::Utf8Bytes {
-    let kind = match marker {
-        Marker::Read => "read",
-        Marker::Delivered => "delivered",
+    let draft = Draft {
+        body: body.body,
+        client_id: body.client_id,
+        reply_to: body.reply_to,
+        attachments: body.attachments.unwrap_or_default(),
     };
-    frame(&json!({"type": "receipt", "room": room, "user": user, "kind": kind, "seq": seq}))
+    let (m, new) = chat::send_message(&state, &caller.user, id, draft).await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(Message::from(&m))))
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/read", tag = "messages", request_body = ReadBody,
@@ -240,79 +150,10 @@ pub async fn read(
         return Err(ApiError::forbidden("join the room first"));
     }
     let seq = body.seq.min(room.last_seq);
-    if move_marker(&state, id, caller.user.id, Marker::Read, seq).await? {
-        state.hub.publish_event(
-            id,
-            receipt_frame(id, caller.user.id, Marker::Read, seq),
-            None,
-        );
+    if chat::move_marker(&state, id, caller.user.id, Marker::Read, seq).await? {
+        chat::publish_receipt(&state, id, caller.user.id, Marker::Read, seq);
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Replaces a message's body: the author only, while allowed to send. Subscribers get
-/// `message_edited` with the whole message.
-pub async fn edit_message(
-    state: &AppState,
-    user: &UserRecord,
-    room: RoomId,
-    seq: i64,
-    body: &str,
-) -> ApiResult<MessageRecord> {
-    check_message(&state.policies.current(), body, None, None)?;
-    let rules = state.writable_room(room, user.id).await?;
-    rules.check(user.muted_until, crate::now_ms())?;
-    let existing = state
-        .store
-        .message(room, seq)
-        .await?
-        .filter(|m| !m.deleted)
-        .ok_or_else(|| ApiError::not_found("no such message"))?;
-    if existing.user_id != user.id {
-        return Err(ApiError::forbidden("only the author may edit a message"));
-    }
-    let edited = state
-        .store
-        .edit_message(room, seq, body, crate::now_ms())
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such message"))?;
-    let event = crate::model::Event {
-        kind: "message_edited",
-        body: &Message::from(&edited),
-    };
-    state.hub.publish_event(room, frame(&event), None);
-    Ok(edited)
-}
-
-/// Deletes a message (it keeps its seq, with an empty body): the author, a room owner or
-/// moderator, or an admin. Subscribers get `message_deleted`.
-pub async fn delete_message(
-    state: &AppState,
-    user: &UserRecord,
-    is_admin: bool,
-    room: RoomId,
-    seq: i64,
-) -> ApiResult<()> {
-    let (_, member) = state.readable_room(room, user.id).await?;
-    let existing = state
-        .store
-        .message(room, seq)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such message"))?;
-    let moderator = member
-        .as_ref()
-        .is_some_and(|m| m.role == "owner" || m.role == "moderator");
-    if !(existing.user_id == user.id || moderator || is_admin) {
-        return Err(ApiError::forbidden(
-            "only the author, a moderator or an admin may delete a message",
-        ));
-    }
-    if let Some(deleted) = state.store.delete_message(room, seq).await? {
-        let event =
-            json!({"type": "message_deleted", "room": room, "seq": deleted.seq, "id": deleted.id});
-        state.hub.publish_event(room, frame(&event), None);
-    }
-    Ok(())
 }
 
 #[utoipa::path(patch, path = "/api/v1/rooms/{id}/messages/{seq}", tag = "messages", request_body = EditBody,
@@ -324,7 +165,7 @@ pub async fn edit(
     ApiPath((id, seq)): ApiPath<(RoomId, i64)>,
     ApiJson(body): ApiJson<EditBody>,
 ) -> ApiResult<Json<Message>> {
-    let m = edit_message(&state, &caller.user, id, seq, &body.body).await?;
+    let m = chat::edit_message(&state, &caller.user, id, seq, &body.body).await?;
     Ok(Json(Message::from(&m)))
 }
 
@@ -336,7 +177,7 @@ pub async fn delete(
     caller: Caller,
     ApiPath((id, seq)): ApiPath<(RoomId, i64)>,
 ) -> ApiResult<StatusCode> {
-    delete_message(&state, &caller.user, caller.is_admin, id, seq).await?;
+    chat::delete_message(&state, &caller.user, id, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,12 +7,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiJson, ApiPath, AppState, Caller};
+use crate::chat;
 use crate::error::{ApiError, ApiResult};
 use crate::http::admin::{MuteBody, OptionalJson};
-use crate::hub::{ControlEvent, frame};
+use crate::hub::ControlEvent;
 use crate::ids::{RoomId, UserId};
-use crate::model::{Event, Room};
-use crate::store::{MemberRecord, NewRoom, RoomChanges, RoomRecord};
+use crate::model::Room;
+use crate::store::{NewRoom, RoomChanges, RoomRecord};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -100,32 +101,6 @@ fn refuse_if_managed(r: &RoomRecord) -> ApiResult<()> {
     }
 }
 
-/// A room as its member sees it: with role and read marker.
-pub(crate) fn as_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
-    let mut room = Room::from(r);
-    if let Some(m) = member {
-        room.role = Some(m.role);
-        room.last_read_seq = Some(m.last_read_seq);
-    }
-    room
-}
-
-/// Tells subscribers that a room changed, and every pod's sockets to re-read its rules.
-pub(crate) fn room_updated(state: &AppState, r: &RoomRecord) {
-    state
-        .hub
-        .control(crate::hub::ControlEvent::RoomChanged { room: r.id });
-    let room = Room::from(r);
-    state.hub.publish_event(
-        r.id,
-        frame(&Event {
-            kind: "room_updated",
-            body: &room,
-        }),
-        None,
-    );
-}
-
 #[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms", request_body = CreateRoomBody,
     responses((status = 201, body = Room), (status = 400), (status = 409)))]
 pub async fn create(
@@ -187,7 +162,7 @@ pub async fn get_room(
     ApiPath(id): ApiPath<RoomId>,
 ) -> ApiResult<Json<Room>> {
     let (r, member) = state.readable_room(id, caller.user.id).await?;
-    Ok(Json(as_member(&r, member)))
+    Ok(Json(Room::for_member(&r, member)))
 }
 
 fn can_moderate(caller: &Caller, role: Option<&str>) -> bool {
@@ -234,7 +209,7 @@ pub async fn update(
         ..Default::default()
     };
     let r = state.store.update_room(id, &changes).await?;
-    room_updated(&state, &r);
+    chat::room_updated(&state, &r);
     Ok(Json(Room::from(&r)))
 }
 
@@ -256,7 +231,7 @@ pub async fn archive(
     refuse_if_managed(&r)?;
     state.store.archive_room(id).await?;
     if let Some(r) = state.store.room(id).await? {
-        room_updated(&state, &r);
+        chat::room_updated(&state, &r);
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -276,14 +251,14 @@ pub async fn join(
     if r.archived {
         return Err(ApiError::forbidden("the room is archived"));
     }
-    state.add_member(id, caller.user.id, "member").await?;
+    chat::add_member(&state, id, caller.user.id, "member").await?;
     let r = state
         .store
         .room(id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such room"))?;
     let m = state.store.member(id, caller.user.id).await?;
-    Ok(Json(as_member(&r, m)))
+    Ok(Json(Room::for_member(&r, m)))
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/leave", tag = "rooms",
@@ -360,7 +335,7 @@ pub async fn invite(
         .user(body.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    state.add_member(id, body.user_id, "member").await?;
+    chat::add_member(&state, id, body.user_id, "member").await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -402,7 +377,7 @@ pub async fn direct(
             state.hub.member_added(r.id, user);
         }
     }
-    let room = as_member(&r, state.store.member(r.id, caller.user.id).await?);
+    let room = Room::for_member(&r, state.store.member(r.id, caller.user.id).await?);
     let status = if created {
         StatusCode::CREATED
     } else {

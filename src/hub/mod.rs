@@ -12,16 +12,16 @@ pub mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::json;
 
-use crate::bus::{Bus, Envelope, Kind};
+use crate::bus::{Bus, Envelope, Kind, PodStats};
 use crate::ids::{PodId, RoomId, UserId};
-use crate::model::{Event, Message};
+use crate::model::Message;
+use crate::protocol::{PresenceStatus, ServerFrame};
 use crate::store::{MessageRecord, Store};
 use crate::telemetry::Metrics;
 
@@ -88,21 +88,12 @@ pub struct Hub {
     metrics: Metrics,
     rooms: RwLock<HashMap<RoomId, Arc<Mutex<RoomState>>>>,
     users: Mutex<HashMap<UserId, HashMap<ConnId, Outbox>>>,
-    slow: Mutex<HashMap<(RoomId, UserId), Instant>>,
     started_ms: i64,
 }
 
-/// Encodes a text frame once, for every subscriber to share.
-pub fn frame<T: Serialize>(value: &T) -> Utf8Bytes {
-    Utf8Bytes::from(serde_json::to_string(value).expect("frames serialize"))
-}
-
 /// The `message` event of a committed message.
-pub fn message_frame(m: &MessageRecord) -> Utf8Bytes {
-    frame(&Event {
-        kind: "message",
-        body: &Message::from(m),
-    })
+fn message_frame(m: &MessageRecord) -> Utf8Bytes {
+    ServerFrame::Message(&Message::from(m)).encode()
 }
 
 fn from_bytes(b: Bytes) -> Option<Utf8Bytes> {
@@ -123,7 +114,6 @@ impl Hub {
             metrics,
             rooms: RwLock::default(),
             users: Mutex::default(),
-            slow: Mutex::default(),
             started_ms: crate::now_ms(),
         })
     }
@@ -340,9 +330,12 @@ impl Hub {
 
     /// Sends `presence` to the room's subscribers on every pod.
     fn announce_presence(&self, room: RoomId, user: UserId, online: bool) {
-        let status = if online { "online" } else { "offline" };
-        let text =
-            frame(&json!({"type": "presence", "room": room, "user": user, "status": status}));
+        let status = if online {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline
+        };
+        let text = ServerFrame::Presence { room, user, status }.encode();
         self.publish_event(room, text, None);
     }
 
@@ -645,25 +638,7 @@ impl Hub {
         }
     }
 
-    // ---- slow mode and stats -----------------------------------------------------------
-
-    /// Records a message under slow mode, or says how long the user must still wait (ms).
-    /// Kept per pod: a user on two pods at once could send twice per interval.
-    pub fn slow_mode(&self, room: RoomId, user: UserId, interval: Duration) -> Result<(), u64> {
-        let now = Instant::now();
-        let mut last = self.slow.lock().expect("slow lock");
-        if let Some(t) = last.get(&(room, user)) {
-            let next = *t + interval;
-            if next > now {
-                return Err((next - now).as_millis().max(1) as u64);
-            }
-        }
-        if last.len() > 100_000 {
-            last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(3600));
-        }
-        last.insert((room, user), now);
-        Ok(())
-    }
+    // ---- stats -----------------------------------------------------------------------
 
     /// Publishes this pod's stats for the admin API on other pods.
     pub async fn announce(&self) {
@@ -763,12 +738,4 @@ pub enum ControlEvent {
     RoomChanged {
         room: RoomId,
     },
-}
-
-/// One pod's line in the admin stats.
-#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
-pub struct PodStats {
-    pub id: PodId,
-    pub connections: u64,
-    pub started_ms: i64,
 }

@@ -67,7 +67,7 @@ pub struct RoomEvent {
 pub enum Outbound {
     /// A room event, shared by all the room's subscribers on this pod.
     Room(Arc<RoomEvent>),
-    /// A frame for this connection only (an ack, an error).
+    /// The answer to a message this connection submitted (an ack, an error).
     Direct(Box<Utf8Bytes>),
     /// A moderation or membership change that concerns this connection, shared by all the
     /// sockets it concerns.
@@ -164,6 +164,35 @@ impl Inbox {
             return None;
         }
         pop(&mut q)
+    }
+
+    /// Takes the queued answers to the connection's messages, even when a close is pending
+    /// (other items stay): a connection the server closes writes them before its close frame.
+    pub fn take_direct(&mut self) -> Vec<Utf8Bytes> {
+        let mut q = self.queue.lock();
+        let mut direct = Vec::new();
+        q.items.retain_mut(|item| match item {
+            Outbound::Direct(text) => {
+                direct.push(std::mem::take(&mut **text));
+                false
+            }
+            _ => true,
+        });
+        direct
+    }
+
+    /// Waits until an answer to one of the connection's messages is queued.
+    pub fn direct_queued(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            // Registered before looking, so a push in between is not missed.
+            self.queue.waker.register(cx.waker());
+            let q = self.queue.lock();
+            if q.items.iter().any(|i| matches!(i, Outbound::Direct(_))) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     fn take(&mut self) -> Option<Next> {

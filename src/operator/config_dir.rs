@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::reconcile::{apply_room, archive_room};
 use super::resources::{API_VERSION, ChatPolicySpec, ChatRoomSpec};
-use crate::http::AppState;
+use crate::state::AppState;
 
 #[derive(Clone, Debug)]
 enum Doc {

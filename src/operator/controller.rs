@@ -23,7 +23,7 @@ use super::reconcile::{ReconcileError, apply_room, archive_room};
 use super::resources::{
     API_VERSION, ChatPolicy, ChatPolicyStatus, ChatRoom, ChatRoomStatus, Condition,
 };
-use crate::http::AppState;
+use crate::state::AppState;
 
 pub const FINALIZER: &str = "confab.dev/archive-room";
 pub const FIELD_MANAGER: &str = "confab";

@@ -10,7 +10,7 @@ pub mod resources;
 
 use std::time::Duration;
 
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// Deletes messages past their room's retention, or the policy's default, every `interval`,
 /// on the leader only.

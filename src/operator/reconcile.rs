@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::http::AppState;
 use crate::ids::{RoomId, UserId};
 use crate::operator::resources::ChatRoomSpec;
+use crate::state::AppState;
 use crate::store::{NewRoom, RoomChanges, StoreError, UserRecord};
 
 /// The account that creates rooms for resources that name no owner. Its name cannot be
@@ -198,7 +198,7 @@ pub async fn apply_room(
         let role = wanted[user.username.as_str()];
         match state.store.member(room.id, user.id).await? {
             None => {
-                state.add_member(room.id, user.id, role).await?;
+                crate::chat::add_member(state, room.id, user.id, role).await?;
                 changed = true;
             }
             Some(m) if m.role != role => {
@@ -209,7 +209,7 @@ pub async fn apply_room(
         }
     }
     if changed && let Some(fresh) = state.store.room(room.id).await? {
-        crate::http::rooms::room_updated(state, &fresh);
+        crate::chat::room_updated(state, &fresh);
     }
     Ok(RoomApplied {
         room_id: room.id,
@@ -233,7 +233,7 @@ pub async fn archive_room(state: &AppState, key: &str, name: &str) -> Result<(),
                 },
             )
             .await?;
-        crate::http::rooms::room_updated(state, &archived);
+        crate::chat::room_updated(state, &archived);
         tracing::info!(room = %r.id, resource = key, "room archived: its resource was deleted");
     }
     Ok(())

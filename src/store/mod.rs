@@ -266,6 +266,10 @@ pub struct NewRoom {
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+    /// Whether statements run on a thread of the driver's own, reached by handoffs (SQLite),
+    /// rather than on the caller's runtime (PostgreSQL's sockets): the writer then gets a
+    /// runtime of its own.
+    fn statements_on_own_thread(&self) -> bool;
     async fn ping(&self) -> StoreResult<()>;
 
     /// Stores `value` under `key` unless a value is there; returns the value in force.

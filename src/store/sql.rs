@@ -40,9 +40,6 @@ impl PgStore {
     pub fn new(pool: sqlx::PgPool) -> Self {
         Self { pool }
     }
-    pub fn pool(&self) -> &sqlx::PgPool {
-        &self.pool
-    }
 }
 
 #[derive(Clone)]
@@ -53,9 +50,6 @@ pub struct SqliteStore {
 impl SqliteStore {
     pub fn new(pool: sqlx::SqlitePool) -> Self {
         Self { pool }
-    }
-    pub fn pool(&self) -> &sqlx::SqlitePool {
-        &self.pool
     }
 }
 
@@ -79,6 +73,7 @@ macro_rules! sql_store {
     (
         $store:ident, $db:ty, $backend:literal,
         begin_write: $begin_write:literal,
+        statements_on_own_thread: $own_thread:literal,
         search_query: $search_query:path,
         search_room: $search_room:expr,
         search_rooms_of: $search_rooms_of:expr $(,)?
@@ -292,6 +287,10 @@ macro_rules! sql_store {
         impl Store for $store {
             fn backend(&self) -> &'static str {
                 $backend
+            }
+
+            fn statements_on_own_thread(&self) -> bool {
+                $own_thread
             }
 
             async fn ping(&self) -> StoreResult<()> {
@@ -930,6 +929,8 @@ fn fts5_words(q: &str) -> String {
 sql_store!(
     PgStore, Postgres, "postgres",
     begin_write: "BEGIN",
+    // Its connections are sockets of the runtime that opened them.
+    statements_on_own_thread: false,
     search_query: plain_text,
     search_room: concat!(
         "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
@@ -947,6 +948,8 @@ sql_store!(
 sql_store!(
     SqliteStore, Sqlite, "sqlite",
     begin_write: "BEGIN IMMEDIATE",
+    // sqlx runs each SQLite connection's statements on a thread of its own.
+    statements_on_own_thread: true,
     search_query: fts5_words,
     search_room: concat!(
         "SELECT ", message_columns!(), " FROM messages_fts f \

@@ -39,6 +39,9 @@ impl Store for TimedStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+    fn statements_on_own_thread(&self) -> bool {
+        self.inner.statements_on_own_thread()
+    }
 
     async fn ping(&self) -> StoreResult<()> {
         timed!(self, "ping", self.inner.ping())

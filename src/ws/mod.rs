@@ -4,33 +4,36 @@
 //! A connection never blocks the rest of the server: others reach it only through its bounded
 //! [`Outbox`]. It must not write to any socket but its own.
 
-pub mod frame;
+mod handshake;
+pub mod limits;
 
-use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU32;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use axum::routing::get;
 use futures::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::json;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-
-use crate::commit::{Pending, Reply, error_frame};
+use crate::chat::{self, Author, Draft};
+use crate::commit::Reply;
 use crate::error::{ApiError, ApiResult};
-use crate::http::messages::{
-    check_message, delete_message, edit_message, move_marker, receipt_frame,
-};
-use crate::http::{ApiQuery, AppState};
-use crate::hub::{Close, ControlEvent, Inbox, Next, Outbound, Outbox, frame, message_frame};
-use crate::ids::{MessageId, RoomId};
+use crate::hub::{Close, ControlEvent, Inbox, Next, Outbound, Outbox};
+use crate::ids::RoomId;
+use crate::model::{Message, Room};
 use crate::moderation::SendRules;
-use crate::store::{Marker, NewMessage, UserRecord};
-use frame::ClientFrame;
+use crate::protocol::{self, ClientFrame, ServerFrame};
+use crate::state::AppState;
+use crate::store::{Marker, UserRecord};
+use handshake::{authenticate, token_deadline, too_big};
+use limits::{FrameKind, Limits, Verdict};
+
+pub use limits::{ABUSE_LIMIT, ABUSE_WINDOW};
+
+/// The WebSocket route, `GET /ws`.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws", get(handshake::upgrade))
+}
 
 /// The largest frame a client may send (PROTOCOL.md); larger closes with 1009.
 pub const MAX_FRAME_BYTES: usize = 65_536;
@@ -40,113 +43,12 @@ pub const TYPING_TTL: Duration = Duration::from_secs(6);
 pub const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
 /// Beyond this many missed messages a resume is not replayed (`recovered: false`).
 pub const MAX_REPLAY: i64 = 1000;
-/// Rate-limited frames within [`ABUSE_WINDOW`] that close the socket with 4008.
-pub const ABUSE_LIMIT: usize = 30;
-pub const ABUSE_WINDOW: Duration = Duration::from_secs(10);
 /// Bytes read from a socket at a time (tungstenite keeps a buffer of this size per socket).
 const READ_BUFFER: usize = 512;
+/// How long a connection closed by the server waits for the acks of messages it submitted.
+const ACK_LINGER: Duration = Duration::from_secs(1);
 /// At most this many queued frames are written per flush.
 const WRITE_BATCH: usize = 64;
-
-#[derive(Deserialize)]
-pub struct WsQuery {
-    token: Option<String>,
-}
-
-/// The socket, written and read as one: no split halves, and no lock between them.
-type Sink = WebSocket;
-
-/// `GET /ws`: a token in the handshake is checked before the upgrade (401 if bad).
-pub async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiQuery(q): ApiQuery<WsQuery>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    if state.is_draining() {
-        return ApiError::Unavailable("the server is draining; connect again".into())
-            .into_response();
-    }
-    let header_token = crate::http::bearer(&headers).map(str::to_string);
-    if let Err(e) = check_origin(&state, &headers) {
-        return e.into_response();
-    }
-    let authenticated = match header_token.or(q.token) {
-        Some(token) => match state.authenticate(&token).await {
-            Ok((user, claims)) => Some((user, claims.exp)),
-            Err(e) => return e.into_response(),
-        },
-        None => None,
-    };
-    if let Some((user, _)) = &authenticated
-        && state.hub.connections_of(user.id) >= state.config.max_connections_per_user
-    {
-        return ApiError::RateLimited {
-            message: format!(
-                "at most {} connections per user; close one first",
-                state.config.max_connections_per_user
-            ),
-            retry_after_ms: 5_000,
-        }
-        .into_response();
-    }
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        // Client frames are small; a larger one grows the buffer for its own length. What is
-        // set here is held by every idle socket.
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(4096)
-        .on_upgrade(move |socket| run(state, socket, authenticated))
-}
-
-/// Browsers send `Origin`; a page on another site must not open sockets with a user's token
-/// (cross-site WebSocket hijacking). Same-origin and listed origins pass; `*` lets any through.
-/// Clients that send no `Origin` (apps, bots) are not browsers and pass.
-fn check_origin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(origin) = headers
-        .get(axum::http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return Ok(());
-    };
-    let allowed = &state.config.allowed_origins;
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        return Ok(());
-    }
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|v| v.to_str().ok());
-    let origin_host = origin
-        .split_once("://")
-        .map(|(_, rest)| rest.trim_end_matches('/'));
-    if host.is_some() && origin_host.is_some_and(|o| Some(o) == host) {
-        return Ok(());
-    }
-    Err(ApiError::forbidden(format!(
-        "origin {origin} is not allowed to open WebSockets here"
-    )))
-}
-
-fn quota(per_second: u32, burst: u32) -> Quota {
-    Quota::per_second(NonZeroU32::new(per_second.max(1)).expect("non-zero"))
-        .allow_burst(NonZeroU32::new(burst.max(1)).expect("non-zero"))
-}
-
-fn too_big(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) =
-            s.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
 
 /// The window the reconnect hints of a draining pod are spread over.
 pub const DRAIN_RECONNECT_SPREAD_MS: u64 = 2000;
@@ -162,7 +64,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// A draining close carries a reconnect hint, `retry_after_ms=N` with N drawn at random for
 /// each socket, so that the clients of a pod going away spread their reconnects instead of
 /// arriving elsewhere all at once.
-async fn send_close(sink: &mut Sink, close: &Close) {
+async fn send_close(sink: &mut WebSocket, close: &Close) {
     let reason = if close.code == Close::DRAINING.code {
         let wait = rand::random_range(0..DRAIN_RECONNECT_SPREAD_MS);
         Utf8Bytes::from(format!("{}; retry_after_ms={wait}", close.reason))
@@ -180,57 +82,6 @@ async fn send_close(sink: &mut Sink, close: &Close) {
         while let Some(Ok(_)) = sink.next().await {}
     })
     .await;
-}
-
-/// When a token with this `exp` (Unix seconds) runs out, on the monotonic clock.
-fn token_deadline(exp: u64) -> tokio::time::Instant {
-    let left = exp.saturating_sub(unix_now()).max(1);
-    tokio::time::Instant::now() + Duration::from_secs(left)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-/// Waits for an `auth` frame. `None` when the socket should be dropped.
-async fn authenticate(state: &AppState, sink: &mut Sink) -> Option<(UserRecord, u64)> {
-    let deadline = tokio::time::sleep(Duration::from_millis(state.config.ws_auth_timeout_ms));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => {
-                send_close(sink, &Close::UNAUTHENTICATED).await;
-                return None;
-            }
-            msg = sink.next() => {
-                let text = match msg {
-                    Some(Ok(WsMessage::Text(t))) => t,
-                    Some(Ok(WsMessage::Close(_))) | None => return None,
-                    Some(Err(e)) => {
-                        if too_big(&e) {
-                            send_close(sink, &Close::TOO_BIG).await;
-                        }
-                        return None;
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                let reply = match frame::parse(&text) {
-                    Ok(ClientFrame::Auth { token }) => match state.authenticate(&token).await {
-                        Ok((user, claims)) => return Some((user, claims.exp)),
-                        Err(e) => error_frame(&e, None),
-                    },
-                    Ok(_) => error_frame(&ApiError::unauthorized("send an auth frame first"), None),
-                    Err((msg, r)) => error_frame(&ApiError::BadRequest(msg), r.as_deref()),
-                };
-                if sink.send(WsMessage::Text(reply)).await.is_err() {
-                    return None;
-                }
-            }
-        }
-    }
 }
 
 async fn run(state: AppState, mut socket: WebSocket, authenticated: Option<(UserRecord, u64)>) {
@@ -258,9 +109,12 @@ async fn run(state: AppState, mut socket: WebSocket, authenticated: Option<(User
         rules: HashMap::new(),
         typing: HashMap::new(),
         receipts: HashMap::new(),
-        limiter: RateLimiter::direct(quota(policy.messages_per_second, policy.burst)),
-        policy_generation: policy.generation,
-        limited: VecDeque::new(),
+        limits: Limits::new(
+            state.config.ws_frames_per_second,
+            state.config.ws_frames_burst,
+            &policy,
+        ),
+        unacked: 0,
         state,
     };
     // The upgrade's task ends here, and with it what the handshake needed: the socket lives on
@@ -269,7 +123,8 @@ async fn run(state: AppState, mut socket: WebSocket, authenticated: Option<(User
     // copied into its state, and the copy would double what each socket holds.
     tokio::spawn(async move {
         tracing::debug!(conn = conn.outbox.conn, user = %conn.user.id, "connection open");
-        let ended = conn.serve(&mut socket, inbox).await;
+        let mut inbox = inbox;
+        let ended = conn.serve(&mut socket, &mut inbox).await;
         conn.state
             .metrics
             .ws_closed
@@ -280,6 +135,11 @@ async fn run(state: AppState, mut socket: WebSocket, authenticated: Option<(User
             reason = ended.reason,
             "connection closed"
         );
+        if ended.close.is_some() {
+            // A close the client did not ask for: the answers to its messages go first.
+            Box::pin(conn.write_replies(&mut socket, &mut inbox)).await;
+        }
+        drop(inbox);
         // The connection leaves its rooms at once; the close handshake may take a moment.
         Box::pin(conn.finish()).await;
         if let Some(close) = ended.close {
@@ -331,23 +191,21 @@ pub struct Connection {
     muted_until: Option<i64>,
     typing: HashMap<RoomId, Instant>,
     receipts: HashMap<(RoomId, bool), Throttle>,
-    limiter: DefaultDirectRateLimiter,
-    /// The policy generation the limiter was built for.
-    policy_generation: u64,
-    /// When recent frames were refused by the rate limit (abuse detection).
-    limited: VecDeque<Instant>,
+    limits: Limits,
+    /// Messages submitted whose ack or error has not been written yet.
+    unacked: usize,
 }
 
 impl Connection {
-    async fn serve(&mut self, sink: &mut Sink, mut inbox: Inbox) -> Ended {
+    async fn serve(&mut self, sink: &mut WebSocket, inbox: &mut Inbox) -> Ended {
         // Built and dropped before the loop: a local held across it would stay in every
         // idle connection's task.
-        let hello = frame(&json!({
-            "type": "hello",
-            "user": self.state.user_json(&self.user),
-            "connection_id": format!("{}-{}", self.state.hub.pod(), self.outbox.conn),
-            "heartbeat_ms": self.state.config.heartbeat_ms,
-        }));
+        let hello = ServerFrame::Hello {
+            user: self.state.user_json(&self.user),
+            connection_id: format!("{}-{}", self.state.hub.pod(), self.outbox.conn),
+            heartbeat_ms: self.state.config.heartbeat_ms,
+        }
+        .encode();
         if sink.send(WsMessage::Text(hello)).await.is_err() {
             return Ended::gone("client_gone");
         }
@@ -383,7 +241,7 @@ impl Connection {
                         Some(Ok(WsMessage::Text(t))) => t,
                         Some(Ok(WsMessage::Binary(_))) => {
                             let e = ApiError::bad_request("binary frames are not supported; send JSON text");
-                            if sink.send(WsMessage::Text(error_frame(&e, None))).await.is_err() {
+                            if sink.send(WsMessage::Text(ServerFrame::error(&e, None))).await.is_err() {
                                 return Ended::gone("client_gone");
                             }
                             continue;
@@ -440,7 +298,7 @@ impl Connection {
                         }
                         ping_at = now + period;
                     }
-                    if unix_now() >= self.token_exp {
+                    if crate::now_secs() >= self.token_exp {
                         return Ended::closing("token_expired", Close::UNAUTHENTICATED);
                     }
                     if now >= self.token_deadline {
@@ -485,10 +343,34 @@ impl Connection {
         self.state.hub.unregister(&self.outbox, rooms).await;
     }
 
+    /// Before a close the client did not ask for: writes the acks and errors already queued
+    /// for its messages, and waits (at most [`ACK_LINGER`]) for those still being committed,
+    /// so that a message that was committed is never left without its ack.
+    async fn write_replies(&mut self, sink: &mut WebSocket, inbox: &mut Inbox) {
+        let deadline = tokio::time::Instant::now() + ACK_LINGER;
+        let written = async {
+            loop {
+                for text in inbox.take_direct() {
+                    self.unacked = self.unacked.saturating_sub(1);
+                    sink.feed(WsMessage::Text(text)).await?;
+                }
+                sink.flush().await?;
+                if self.unacked == 0 {
+                    return Ok::<(), axum::Error>(());
+                }
+                inbox.direct_queued().await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, written).await;
+    }
+
     /// Writes one queued item. Err when the socket is gone.
-    async fn outbound(&mut self, item: Outbound, sink: &mut Sink) -> Result<(), ()> {
+    async fn outbound(&mut self, item: Outbound, sink: &mut WebSocket) -> Result<(), ()> {
         let text = match item {
-            Outbound::Direct(text) => *text,
+            Outbound::Direct(text) => {
+                self.unacked = self.unacked.saturating_sub(1);
+                *text
+            }
             Outbound::Room(event) => {
                 let Some(cursor) = self.subs.get_mut(&event.room) else {
                     return Ok(());
@@ -528,9 +410,9 @@ impl Connection {
                     self.state.hub.unsubscribe(room, &self.outbox).await;
                 }
                 if kicked {
-                    Some(frame(&json!({"type": "kicked", "room": room})))
+                    Some(ServerFrame::Kicked { room }.encode())
                 } else if was_subscribed {
-                    Some(frame(&json!({"type": "unsubscribed", "room": room})))
+                    Some(ServerFrame::Unsubscribed { room }.encode())
                 } else {
                     None
                 }
@@ -548,11 +430,7 @@ impl Connection {
             ControlEvent::MemberAdded { room, .. } => {
                 self.rules.remove(&room);
                 let (record, member) = self.state.readable_room(room, self.user.id).await.ok()?;
-                let room = crate::http::rooms::as_member(&record, member);
-                Some(frame(&crate::model::Event {
-                    kind: "room_joined",
-                    body: &room,
-                }))
+                Some(ServerFrame::RoomJoined(&Room::for_member(&record, member)).encode())
             }
             ControlEvent::RoomChanged { room } => {
                 // Settings changed (read-only, slow mode, archived): read them again when needed.
@@ -563,38 +441,57 @@ impl Connection {
         }
     }
 
-    async fn reply(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<Option<Close>, ()> {
+    async fn reply(&self, sink: &mut WebSocket, text: Utf8Bytes) -> Result<Option<Close>, ()> {
         sink.send(WsMessage::Text(text)).await.map_err(|_| ())?;
         Ok(None)
     }
 
-    async fn handle(&mut self, text: &str, sink: &mut Sink) -> Result<Option<Close>, ()> {
-        let parsed = match frame::parse(text) {
+    async fn handle(&mut self, text: &str, sink: &mut WebSocket) -> Result<Option<Close>, ()> {
+        let parsed = protocol::parse(text);
+        let kind = match &parsed {
+            Ok(ClientFrame::Message { .. }) => FrameKind::Message,
+            _ => FrameKind::Other,
+        };
+        match self.limits.check(kind, &self.state.policies.current()) {
+            Verdict::Allowed => {}
+            Verdict::Abusive => return Ok(Some(Close::RATE_ABUSE)),
+            Verdict::Refused(e) => {
+                self.state
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["ws"])
+                    .inc();
+                let reference = match &parsed {
+                    Ok(f) => f.reference(),
+                    Err((_, r)) => r.clone(),
+                };
+                let text = ServerFrame::error(&e, reference.as_deref());
+                return self.reply(sink, text).await;
+            }
+        }
+        let parsed = match parsed {
             Ok(f) => f,
             Err((msg, r)) => {
-                return self
-                    .reply(sink, error_frame(&ApiError::BadRequest(msg), r.as_deref()))
-                    .await;
+                let text = ServerFrame::error(&ApiError::BadRequest(msg), r.as_deref());
+                return self.reply(sink, text).await;
             }
         };
+        let reference = parsed.reference();
         let result = match parsed {
-            ClientFrame::Ping => return self.reply(sink, frame(&json!({"type": "pong"}))).await,
-            ClientFrame::Auth { token } => self
-                .reauthenticate(&token)
-                .await
-                .map(|_| None)
-                .map_err(|e| (e, None)),
-            ClientFrame::Subscribe { room, since } => match self.subscribe(room, since, sink).await
-            {
-                Ok(()) => Ok(None),
-                Err(SubscribeError::Api(e)) => Err((e, Some(room.to_string()))),
-                Err(SubscribeError::Socket) => return Err(()),
-            },
+            ClientFrame::Ping => return self.reply(sink, ServerFrame::Pong.encode()).await,
+            ClientFrame::Auth { token } => self.reauthenticate(&token).await.map(|_| None),
+            ClientFrame::Subscribe { room, since } => {
+                match self.subscribe(room, since, sink).await {
+                    Ok(()) => Ok(None),
+                    Err(SubscribeError::Api(e)) => Err(e),
+                    Err(SubscribeError::Socket) => return Err(()),
+                }
+            }
             ClientFrame::Unsubscribe { room } => {
                 if self.subs.remove(&room).is_some() {
                     self.state.hub.unsubscribe(room, &self.outbox).await;
                 }
-                Ok(Some(frame(&json!({"type": "unsubscribed", "room": room}))))
+                Ok(Some(ServerFrame::Unsubscribed { room }.encode()))
             }
             ClientFrame::Message {
                 room,
@@ -603,51 +500,40 @@ impl Connection {
                 reply_to,
                 attachments,
             } => {
-                let reference = client_id.clone().unwrap_or_else(|| room.to_string());
-                if let Err(e) = self.rate_limit() {
-                    if self.abusive() {
-                        return Ok(Some(Close::RATE_ABUSE));
-                    }
-                    return self.reply(sink, error_frame(&e, Some(&reference))).await;
-                }
-                self.send_message(room, body, client_id, reply_to, attachments)
-                    .await
-                    .map(|_| None)
-                    .map_err(|e| (e, Some(reference)))
+                let draft = Draft {
+                    body,
+                    client_id,
+                    reply_to,
+                    attachments,
+                };
+                self.send_message(room, draft).await.map(|_| None)
             }
             ClientFrame::Edit { room, seq, body } => {
-                edit_message(&self.state, &self.user, room, seq, &body)
+                chat::edit_message(&self.state, &self.user, room, seq, &body)
                     .await
                     .map(|_| None)
-                    .map_err(|e| (e, Some(room.to_string())))
             }
             ClientFrame::Delete { room, seq } => {
-                let is_admin = self.state.is_admin(&self.user.username);
-                delete_message(&self.state, &self.user, is_admin, room, seq)
+                chat::delete_message(&self.state, &self.user, room, seq)
                     .await
                     .map(|_| None)
-                    .map_err(|e| (e, Some(room.to_string())))
             }
-            ClientFrame::Typing { room, active } => self
-                .typing(room, active)
-                .await
-                .map(|_| None)
-                .map_err(|e| (e, Some(room.to_string()))),
+            ClientFrame::Typing { room, active } => self.typing(room, active).await.map(|_| None),
             ClientFrame::Delivered { room, seq } => self
                 .receipt(room, Marker::Delivered, seq)
                 .await
-                .map(|_| None)
-                .map_err(|e| (e, Some(room.to_string()))),
-            ClientFrame::Read { room, seq } => self
-                .receipt(room, Marker::Read, seq)
-                .await
-                .map(|_| None)
-                .map_err(|e| (e, Some(room.to_string()))),
+                .map(|_| None),
+            ClientFrame::Read { room, seq } => {
+                self.receipt(room, Marker::Read, seq).await.map(|_| None)
+            }
         };
         match result {
             Ok(Some(text)) => self.reply(sink, text).await,
             Ok(None) => Ok(None),
-            Err((e, r)) => self.reply(sink, error_frame(&e, r.as_deref())).await,
+            Err(e) => {
+                let text = ServerFrame::error(&e, reference.as_deref());
+                self.reply(sink, text).await
+            }
         }
     }
 
@@ -661,48 +547,11 @@ impl Connection {
         Ok(())
     }
 
-    /// Takes one message from the connection's allowance (rebuilt when the policy changes, so
-    /// a new limit holds on open sockets too).
-    fn rate_limit(&mut self) -> ApiResult<()> {
-        let policy = self.state.policies.current();
-        if policy.generation != self.policy_generation {
-            self.limiter = RateLimiter::direct(quota(policy.messages_per_second, policy.burst));
-            self.policy_generation = policy.generation;
-        }
-        let clock = governor::clock::DefaultClock::default();
-        self.limiter.check().map_err(|not_until| {
-            self.limited.push_back(Instant::now());
-            self.state
-                .metrics
-                .rate_limited
-                .with_label_values(&["ws"])
-                .inc();
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
-            ApiError::RateLimited {
-                message: "too many messages; slow down".into(),
-                retry_after_ms: wait.as_millis().max(1) as u64,
-            }
-        })
-    }
-
-    /// True when refusals keep coming: the client ignores `retry_after_ms`.
-    fn abusive(&mut self) -> bool {
-        let now = Instant::now();
-        while self
-            .limited
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > ABUSE_WINDOW)
-        {
-            self.limited.pop_front();
-        }
-        self.limited.len() >= ABUSE_LIMIT
-    }
-
     async fn subscribe(
         &mut self,
         room: RoomId,
         since: Option<i64>,
-        sink: &mut Sink,
+        sink: &mut WebSocket,
     ) -> Result<(), SubscribeError> {
         if !self.subs.contains_key(&room) && self.subs.len() >= self.state.config.max_subscriptions
         {
@@ -716,6 +565,10 @@ impl Connection {
         if let Some(m) = &member {
             self.rules.insert(room, SendRules::new(&r, m));
         }
+        // A cursor beyond the room's last seq is not from this room's history (a restore from
+        // backup, another installation): it is ignored, and the client is told to resync.
+        let foreign = since.is_some_and(|since| since > r.last_seq);
+        let since = since.filter(|_| !foreign);
         let cursor = match self.subs.get(&room) {
             Some(&c) => c,
             None => {
@@ -733,31 +586,28 @@ impl Connection {
             }
         };
         let presence = self.state.hub.online(room).await;
-        let mut reply = json!({
-            "type": "subscribed",
-            "room": room,
-            "last_seq": cursor,
-            "presence": presence,
-        });
-        let replay = match since {
+        let (recovered, replay) = match since {
+            _ if foreign => (Some(false), None),
             Some(since) if since < cursor => {
                 let missing = cursor - since.max(0);
                 if missing > MAX_REPLAY {
-                    reply["recovered"] = json!(false);
-                    None
+                    (Some(false), None)
                 } else {
-                    reply["recovered"] = json!(true);
-                    Some(since.max(0))
+                    (Some(true), Some(since.max(0)))
                 }
             }
-            Some(_) => {
-                reply["recovered"] = json!(true);
-                None
-            }
-            None => None,
+            Some(_) => (Some(true), None),
+            None => (None, None),
         };
+        let reply = ServerFrame::Subscribed {
+            room,
+            last_seq: cursor,
+            presence,
+            recovered,
+        }
+        .encode();
         // The reply goes out at once; the replay follows once the store has answered.
-        sink.send(WsMessage::Text(frame(&reply)))
+        sink.send(WsMessage::Text(reply))
             .await
             .map_err(|_| SubscribeError::Socket)?;
         if let Some(since) = replay {
@@ -768,7 +618,8 @@ impl Connection {
                 .await
                 .map_err(ApiError::from)?;
             for m in rows.iter().filter(|m| m.seq <= cursor) {
-                sink.feed(WsMessage::Text(message_frame(m)))
+                let text = ServerFrame::Message(&Message::from(m)).encode();
+                sink.feed(WsMessage::Text(text))
                     .await
                     .map_err(|_| SubscribeError::Socket)?;
             }
@@ -776,74 +627,36 @@ impl Connection {
         sink.flush().await.map_err(|_| SubscribeError::Socket)
     }
 
-    /// Membership for sending, checked once per room and then kept until a control event
-    /// says otherwise.
-    async fn ensure_member(&mut self, room: RoomId) -> ApiResult<SendRules> {
-        let rules = match self.rules.get(&room) {
-            Some(r) => r.clone(),
-            None => {
-                let (r, m) = self.state.readable_room(room, self.user.id).await?;
-                let m = m.ok_or_else(|| ApiError::forbidden("join the room first"))?;
-                let rules = SendRules::new(&r, &m);
-                self.rules.insert(room, rules.clone());
-                rules
-            }
+    /// Sends a message through the one send path, with the send rules this socket keeps.
+    async fn send_message(&mut self, room: RoomId, draft: Draft) -> ApiResult<()> {
+        let author = Author {
+            id: self.user.id,
+            username: &self.user.username,
+            muted_until: self.muted_until,
         };
-        Ok(rules)
-    }
-
-    async fn send_message(
-        &mut self,
-        room: RoomId,
-        body: String,
-        client_id: Option<String>,
-        reply_to: Option<i64>,
-        attachments: Vec<String>,
-    ) -> ApiResult<()> {
-        check_message(
-            &self.state.policies.current(),
-            &body,
-            client_id.as_deref(),
-            reply_to,
-        )?;
-        let rules = self.ensure_member(room).await?;
-        rules.check(self.muted_until, crate::now_ms())?;
-        let attachments =
-            crate::http::attachments::for_message(&self.state, self.user.id, room, &attachments)
-                .await?;
-        self.state.slow_mode(&rules, room, self.user.id)?;
-        self.state.metrics.messages_received.inc();
+        let rules = rules_for(&self.state, &mut self.rules, self.user.id, room);
+        let reply = Reply::Socket(self.outbox.clone());
+        chat::submit_message(&self.state, author, room, draft, rules, reply).await?;
+        self.unacked += 1;
         // A message ends the sender's typing indicator.
         if self.typing.remove(&room).is_some() {
             self.publish_typing(room, false);
         }
-        self.state
-            .writer
-            .submit(Pending {
-                message: NewMessage {
-                    id: MessageId::new(),
-                    room_id: room,
-                    user_id: self.user.id,
-                    username: self.user.username.clone(),
-                    body,
-                    client_id,
-                    reply_to,
-                    created_at: crate::now_ms(),
-                    attachments,
-                },
-                reply: Reply::Socket(self.outbox.clone()),
-            })
-            .await
+        Ok(())
     }
 
     fn publish_typing(&self, room: RoomId, active: bool) {
-        let text =
-            frame(&json!({"type": "typing", "room": room, "user": self.user.id, "active": active}));
+        let text = ServerFrame::Typing {
+            room,
+            user: self.user.id,
+            active,
+        }
+        .encode();
         self.state.hub.publish_event(room, text, Some(self.user.id));
     }
 
     async fn typing(&mut self, room: RoomId, active: bool) -> ApiResult<()> {
-        self.ensure_member(room).await?;
+        rules_for(&self.state, &mut self.rules, self.user.id, room).await?;
         let was_active = if active {
             self.typing
                 .insert(room, Instant::now() + TYPING_TTL)
@@ -859,8 +672,8 @@ impl Connection {
     }
 
     async fn receipt(&mut self, room: RoomId, marker: Marker, seq: i64) -> ApiResult<()> {
-        self.ensure_member(room).await?;
-        if !move_marker(&self.state, room, self.user.id, marker, seq).await? {
+        rules_for(&self.state, &mut self.rules, self.user.id, room).await?;
+        if !chat::move_marker(&self.state, room, self.user.id, marker, seq).await? {
             return Ok(());
         }
         let key = (room, marker == Marker::Read);
@@ -875,11 +688,7 @@ impl Connection {
                         pending: None,
                     },
                 );
-                self.state.hub.publish_event(
-                    room,
-                    receipt_frame(room, self.user.id, marker, seq),
-                    None,
-                );
+                chat::publish_receipt(&self.state, room, self.user.id, marker, seq);
             }
         }
         Ok(())
@@ -908,11 +717,7 @@ impl Connection {
                 } else {
                     Marker::Delivered
                 };
-                self.state.hub.publish_event(
-                    *room,
-                    receipt_frame(*room, self.user.id, marker, seq),
-                    None,
-                );
+                chat::publish_receipt(&self.state, *room, self.user.id, marker, seq);
             }
         }
     }
@@ -927,4 +732,22 @@ impl From<ApiError> for SubscribeError {
     fn from(e: ApiError) -> Self {
         SubscribeError::Api(e)
     }
+}
+
+/// The send rules of `room` for `user`: from the socket's cache, or checked once (membership)
+/// and then kept until a control event says otherwise.
+async fn rules_for(
+    state: &AppState,
+    cache: &mut HashMap<RoomId, SendRules>,
+    user: crate::ids::UserId,
+    room: RoomId,
+) -> ApiResult<SendRules> {
+    if let Some(r) = cache.get(&room) {
+        return Ok(r.clone());
+    }
+    let (r, m) = state.readable_room(room, user).await?;
+    let m = m.ok_or_else(|| ApiError::forbidden("join the room first"))?;
+    let rules = SendRules::new(&r, &m);
+    cache.insert(room, rules.clone());
+    Ok(rules)
 }

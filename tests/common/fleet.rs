@@ -114,6 +114,8 @@ impl Fleet {
             .env("CONFAB_AUTH_BURST", "100000")
             .env("CONFAB_MESSAGES_PER_SECOND", "100000")
             .env("CONFAB_MESSAGE_BURST", "100000")
+            .env("CONFAB_WS_FRAMES_PER_SECOND", "100000")
+            .env("CONFAB_WS_FRAMES_BURST", "100000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -38,10 +38,12 @@ pub fn embedded() -> (Config, tempfile::TempDir) {
     (Config::for_tests(dir.path().to_path_buf()), dir)
 }
 
-/// Lifts the per-connection message limit, for tests that send as fast as they can.
+/// Lifts the per-connection message and frame limits, for tests that send as fast as they can.
 pub fn unlimited(mut c: Config) -> Config {
     c.messages_per_second = 1_000_000;
     c.message_burst = 1_000_000;
+    c.ws_frames_per_second = 1_000_000;
+    c.ws_frames_burst = 1_000_000;
     c
 }
 
