@@ -119,6 +119,53 @@ impl ApiError {
     }
 }
 
+/// serde names what it expected in Rust's words (`i64`, `struct SendBody`, `a sequence`);
+/// a client reads JSON's.
+pub fn in_json_words(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("expected ") {
+        let (before, after) = rest.split_at(at + "expected ".len());
+        out.push_str(before);
+        let word_end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ' '))
+            .unwrap_or(after.len());
+        let phrase = &after[..word_end];
+        let (replacement, used) = [
+            ("struct ", "an object"),
+            ("a sequence", "an array"),
+            ("a map", "an object"),
+            ("i8", "an integer"),
+            ("i16", "an integer"),
+            ("i32", "an integer"),
+            ("i64", "an integer"),
+            ("u8", "a non-negative integer"),
+            ("u16", "a non-negative integer"),
+            ("u32", "a non-negative integer"),
+            ("u64", "a non-negative integer"),
+            ("usize", "a non-negative integer"),
+            ("f32", "a number"),
+            ("f64", "a number"),
+        ]
+        .iter()
+        .find(|(rust, _)| phrase.starts_with(rust))
+        .map(|(rust, json)| {
+            // A struct's name (and "with N elements") goes with it.
+            let used = if *rust == "struct " {
+                phrase.len()
+            } else {
+                rust.len()
+            };
+            (*json, used)
+        })
+        .unwrap_or(("", 0));
+        out.push_str(replacement);
+        rest = &after[used..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -146,5 +193,39 @@ impl IntoResponse for ApiError {
                 .insert("retry-after", HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_json_words;
+
+    #[test]
+    fn serde_messages_lose_their_rust_types() {
+        for (rust, json) in [
+            (
+                "invalid type: string \"two\", expected i64",
+                "invalid type: string \"two\", expected an integer",
+            ),
+            (
+                "invalid type: sequence, expected struct SendBody with 4 elements",
+                "invalid type: sequence, expected an object",
+            ),
+            (
+                "invalid value: integer `-1`, expected u64 at line 1 column 9",
+                "invalid value: integer `-1`, expected a non-negative integer at line 1 column 9",
+            ),
+            (
+                "invalid type: map, expected a sequence",
+                "invalid type: map, expected an array",
+            ),
+            ("missing field `body`", "missing field `body`"),
+            (
+                "unknown variant `x`, expected `public` or `private`",
+                "unknown variant `x`, expected `public` or `private`",
+            ),
+        ] {
+            assert_eq!(in_json_words(rust), json);
+        }
     }
 }

@@ -41,6 +41,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod validate;
 pub mod ws;
 
 /// Milliseconds since the Unix epoch: the unit of every stored time.

@@ -194,7 +194,10 @@ pub fn parse(text: &str) -> Result<ClientFrame, (String, Option<String>)> {
         let msg = if e.is_syntax() || e.is_eof() {
             format!("the frame is not valid JSON: {e}")
         } else {
-            format!("invalid frame: {e}")
+            format!(
+                "invalid frame: {}",
+                crate::error::in_json_words(&e.to_string())
+            )
         };
         (msg, reference)
     })

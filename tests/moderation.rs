@@ -655,3 +655,128 @@ async fn behind_a_trusted_proxy_each_client_address_gets_its_own_allowance() {
         .count();
     assert!(refused >= 4, "{untrusted:?}");
 }
+
+/// Reads frames until the ack or the error about `client_id` arrives.
+async fn reply_to(ws: &mut common::Ws, client_id: &str) -> serde_json::Value {
+    loop {
+        let v = ws.next(WAIT).await.expect("the socket stays open");
+        let about_it = match v["type"].as_str() {
+            Some("ack") => v["client_id"] == client_id,
+            Some("error") => v["ref"] == client_id,
+            _ => false,
+        };
+        if about_it {
+            return v;
+        }
+    }
+}
+
+/// A client that sends as fast as it is allowed, waits `retry_after_ms` after each refusal and
+/// resends, collects far more refusals than the abuse limit and is never closed.
+#[tokio::test]
+async fn a_client_that_obeys_retry_after_is_never_closed() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let mut a = alice.connect().await;
+    let mut refusals = 0;
+    for i in 0..60 {
+        let client_id = format!("c{i}");
+        loop {
+            a.say(&room, "steady", &client_id).await;
+            let reply = reply_to(&mut a, &client_id).await;
+            if reply["type"] == "ack" {
+                break;
+            }
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            refusals += 1;
+            let wait = reply["retry_after_ms"].as_u64().expect("a hint");
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+    assert!(refusals > confab::ws::ABUSE_LIMIT, "{refusals} refusals");
+    a.send(json!({"type": "ping"})).await;
+    a.expect("pong").await;
+}
+
+/// Every frame counts against the connection's frame budget, not only messages: a burst of
+/// subscribes beyond it is answered `rate_limited` (with the room as `ref`), and the socket
+/// stays usable once the client waits.
+#[tokio::test]
+async fn frames_other_than_messages_are_rate_limited_too() {
+    let (mut config, dir) = embedded();
+    config.ws_frames_per_second = 10;
+    config.ws_frames_burst = 20;
+    let s = Server::start_with(config, Some(dir)).await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let mut a = alice.connect().await;
+    for _ in 0..25 {
+        a.send(json!({"type": "subscribe", "room": room})).await;
+    }
+    let (mut subscribed, mut limited, mut wait) = (0, 0, 0);
+    while subscribed + limited < 25 {
+        let v = a.next(WAIT).await.expect("the socket stays open");
+        match v["type"].as_str() {
+            Some("subscribed") => subscribed += 1,
+            Some("error") => {
+                assert_eq!(
+                    (v["code"].as_str(), v["ref"].as_str()),
+                    (Some("rate_limited"), Some(room.as_str()))
+                );
+                wait = v["retry_after_ms"].as_u64().unwrap();
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        subscribed >= 20 && limited >= 3,
+        "{subscribed} subscribed, {limited} limited"
+    );
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    a.send(json!({"type": "ping"})).await;
+    a.expect("pong").await;
+}
+
+/// A socket closed for abuse still gets the acks of the messages it had committed before the
+/// close frame.
+#[tokio::test]
+async fn committed_messages_are_acked_before_a_4008_close() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let mut a = alice.connect().await;
+    for i in 0..70 {
+        a.say(&room, "flood", &format!("c{i}")).await;
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    let code = loop {
+        match tokio::time::timeout(WAIT, futures::StreamExt::next(&mut a.inner)).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "ack" {
+                    acked.insert(v["client_id"].as_str().unwrap().to_string());
+                }
+            }
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
+                break f.map(|f| u16::from(f.code));
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected frames then a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4008));
+    let (_, history) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/messages?limit=200"))
+        .await;
+    let committed: std::collections::BTreeSet<String> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["client_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(committed.len(), 20);
+    assert_eq!(acked, committed);
+}

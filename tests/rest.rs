@@ -93,7 +93,7 @@ async fn malformed_bodies_are_400_not_500() {
     for (ctype, body) in [
         ("application/json", "{not json"),
         ("application/json", "[1,2]"),
-        ("text/plain", "{}"),
+        ("application/json; charset=utf-8", "{\"username\": 5}"),
     ] {
         let r = client
             .post(s.url("/api/v1/auth/login"))
@@ -111,6 +111,52 @@ async fn malformed_bodies_are_400_not_500() {
     assert_eq!(st, StatusCode::BAD_REQUEST);
     let (st, body) = alice.api.get("/api/v1/nowhere").await;
     assert_eq!((st, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+/// A body that is not JSON is 415; a JSON body of the wrong shape is a 400 whose message names
+/// the field in the protocol's words, never a Rust type of the server's.
+#[tokio::test]
+async fn body_errors_name_the_field_and_never_a_type() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    let client = reqwest::Client::new();
+    let send = |ctype: &'static str, body: &'static str| {
+        client
+            .post(s.url(&format!("/api/v1/rooms/{room}/messages")))
+            .bearer_auth(&alice.token)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+    for ctype in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = send(ctype, "{\"body\":\"hi\"}").await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ctype}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(code(&v), "unsupported_media_type");
+    }
+    for (body, expected) in [
+        ("[\"hi\", null, null, null]", "must be a JSON object"),
+        ("{\"body\": 5}", "body: invalid type"),
+        ("{\"client_id\": \"c1\"}", "missing field `body`"),
+        (
+            "{\"body\": \"hi\", \"reply_to\": \"two\"}",
+            "reply_to: invalid type",
+        ),
+        (
+            "{\"body\": \"hi\", \"attachments\": [1]}",
+            "attachments[0]: invalid type",
+        ),
+    ] {
+        let r = send("application/json", body).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{body}: {message}");
+        for leak in ["struct", "SendBody", "Option", "Vec<", "i64"] {
+            assert!(!message.contains(leak), "{body}: {message}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -843,4 +889,181 @@ async fn member_listings_carry_each_members_read_and_delivered_markers() {
     assert_eq!(of("bob")["last_delivered_seq"], 3);
     // Sending moves the sender's read marker to its message.
     assert_eq!(of("alice")["last_read_seq"], 3);
+}
+
+/// Any search text gives 200 or a 400 naming the problem, on both databases; a NUL (which
+/// SQLite's full-text index rejects and PostgreSQL cannot store in text) is a 400.
+#[tokio::test]
+async fn search_text_with_control_characters_is_a_400_on_both_databases() {
+    let pg = common::Postgres::start();
+    let (mut pg_config, _unused) = common::embedded();
+    pg_config.database_url = Some(pg.url.clone());
+    pg_config.jwt_secret = Some("search-test-secret-search-test-secret".into());
+    for s in [Server::embedded().await, Server::start(pg_config).await] {
+        let alice = s.user("alice").await;
+        let room = alice.create_room("general", "public").await;
+        alice.post_message(&room, "a launch b").await;
+        for path in [
+            format!("/api/v1/rooms/{room}/search?q=a%00b"),
+            "/api/v1/search?q=a%00b".to_string(),
+            "/api/v1/search?q=%01".to_string(),
+        ] {
+            let (st, body) = alice.api.get(&path).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert!(
+                body["error"]["message"].as_str().unwrap().starts_with("q "),
+                "{body}"
+            );
+        }
+        for q in [
+            "%22",
+            "launch%22",
+            "*",
+            "NEAR(a",
+            "a%20AND%20",
+            "%E2%80%AE",
+            "'",
+        ] {
+            let (st, body) = alice.api.get(&format!("/api/v1/search?q={q}")).await;
+            assert_eq!(st, StatusCode::OK, "{q}: {body}");
+        }
+        let (st, body) = alice.api.get("/api/v1/search?q=launch").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+    }
+}
+
+/// Display names and topics that hide or reorder text are refused with a 400 naming the field.
+#[tokio::test]
+async fn names_and_topics_must_be_visible_text() {
+    let s = Server::embedded().await;
+    let api = s.api();
+    for (i, name) in [
+        "a\u{0}b",
+        "evil\u{202E}gpj.exe",
+        "x\u{2066}y",
+        "\u{200B}\u{200D}",
+        " \u{FEFF} ",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (st, body) = api
+            .post(
+                "/api/v1/auth/register",
+                json!({"username": format!("user{i}"), "password": "long enough", "display_name": name}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{name:?}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("display_name"),
+            "{body}"
+        );
+    }
+    let (st, _) = api
+        .post(
+            "/api/v1/auth/register",
+            json!({"username": "zoe", "password": "long enough", "display_name": "Zoë 🎉"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let alice = s.user("alice").await;
+    let (st, body) = alice
+        .api
+        .post(
+            "/api/v1/rooms",
+            json!({"name": "hidden", "kind": "public", "topic": "ok\u{202D}"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("topic")
+    );
+    let room = alice.create_room("general", "public").await;
+    let (st, body) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}"),
+            json!({"topic": "tab\there"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("topic")
+    );
+    let (st, _) = alice
+        .api
+        .patch(&format!("/api/v1/rooms/{room}"), json!({"topic": ""}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+/// A client that never finishes its request headers, drips them, or keeps an idle keep-alive
+/// connection does not hold the connection beyond the header timeout.
+#[tokio::test]
+async fn slow_and_idle_http_connections_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut config, dir) = common::embedded();
+    config.http_header_timeout_ms = 400;
+    let s = Server::start_with(config, Some(dir)).await;
+    // Closed by the server: a read returns end of file (or a reset) well within `within`.
+    async fn closed_within(tcp: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+        let mut buf = vec![0u8; 4096];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue, // a response to a complete request
+                Err(_) => return false,
+            }
+        }
+    }
+    let long = std::time::Duration::from_secs(3);
+
+    let mut incomplete = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    incomplete.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert!(
+        closed_within(&mut incomplete, long).await,
+        "incomplete request"
+    );
+
+    let mut drip = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    drip.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let dripping = async {
+        for i in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            if drip
+                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return true;
+            }
+        }
+        false
+    };
+    let cut_off = dripping.await || closed_within(&mut drip, long).await;
+    assert!(cut_off, "one header at a time");
+
+    let mut idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    let n = idle.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    assert!(closed_within(&mut idle, long).await, "idle keep-alive");
+
+    // A prompt client is served as before.
+    let (st, _) = s.api().get("/healthz").await;
+    assert_eq!(st, StatusCode::OK);
 }

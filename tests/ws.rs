@@ -284,6 +284,33 @@ async fn resume_with_since_replays_in_order_without_gaps_or_duplicates() {
     assert_eq!(b.expect("message").await["seq"], 6);
 }
 
+/// A cursor the room never reached (a restore from backup, another installation) is not a
+/// reason to go quiet: the reply gives the room's real last seq with `recovered: false`, and
+/// live messages flow as usual.
+#[tokio::test]
+async fn a_cursor_beyond_the_room_is_answered_with_a_resync_and_live_delivery() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    alice.post_message(&room, "one").await;
+    alice.post_message(&room, "two").await;
+    let mut b = bob.connect().await;
+    let sub = b.subscribe(&room, Some(1_000_000_000_000_000_000)).await;
+    assert_eq!(
+        (sub["last_seq"].as_i64(), sub["recovered"].as_bool()),
+        (Some(2), Some(false))
+    );
+    b.expect_none("message", Duration::from_millis(200)).await;
+    alice.post_message(&room, "three").await;
+    let live = b.expect("message").await;
+    assert_eq!(
+        (live["seq"].as_i64(), live["body"].as_str()),
+        (Some(3), Some("three"))
+    );
+}
+
 #[tokio::test]
 async fn a_resume_beyond_1000_is_not_replayed() {
     let s = common::flood_server().await;

@@ -187,6 +187,11 @@ fn search_params(q: SearchQuery) -> ApiResult<(String, i64)> {
     if text.is_empty() {
         return Err(ApiError::bad_request("q must not be empty"));
     }
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "q must not contain control characters",
+        ));
+    }
     if text.len() > MAX_QUERY {
         return Err(ApiError::bad_request(format!(
             "q must be at most {MAX_QUERY} bytes"

@@ -90,7 +90,7 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let problem = e.into_inner().to_string();
+        let problem = crate::error::in_json_words(&e.into_inner().to_string());
         ApiError::bad_request(if path == "." {
             problem
         } else {

@@ -66,13 +66,6 @@ pub struct UserIdBody {
 
 const MAX_TOPIC: usize = 1024;
 
-fn valid_room_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 fn check_kind(kind: &str) -> ApiResult<()> {
     match kind {
         "public" | "private" => Ok(()),
@@ -88,7 +81,7 @@ fn check_topic(topic: &str) -> ApiResult<()> {
             "topic must be at most {MAX_TOPIC} bytes"
         )));
     }
-    Ok(())
+    crate::validate::shown_text("topic", topic, true).map_err(ApiError::BadRequest)
 }
 
 /// Rooms declared by a `ChatRoom` resource change only through the resource: 409 naming it.
@@ -108,7 +101,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateRoomBody>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
-    if !valid_room_name(&body.name) {
+    if !crate::validate::room_name(&body.name) {
         return Err(ApiError::bad_request(
             "name must be 1-64 characters of a-z, 0-9, '_', '-'",
         ));
@@ -388,7 +381,7 @@ pub async fn direct(
 
 pub(crate) fn fuzz(data: &[u8]) {
     if let Ok(b) = serde_json::from_slice::<CreateRoomBody>(data) {
-        let _ = valid_room_name(&b.name);
+        let _ = crate::validate::room_name(&b.name);
         let _ = check_kind(&b.kind);
         let _ = b.topic.as_deref().map(check_topic);
     }
@@ -397,21 +390,6 @@ pub(crate) fn fuzz(data: &[u8]) {
         let _ = b.topic.as_deref().map(check_topic);
     }
     let _ = serde_json::from_slice::<UserIdBody>(data);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn room_names_follow_the_protocol() {
-        for ok in ["a", "general", "team_1-x", &"r".repeat(64)] {
-            assert!(valid_room_name(ok), "{ok}");
-        }
-        for bad in ["", "General", "a.b", "a b", &"r".repeat(65)] {
-            assert!(!valid_room_name(bad), "{bad}");
-        }
-    }
 }
 
 /// Checks that the caller may `action` (remove, mute) `user_id` in the room: owner,

@@ -40,29 +40,20 @@ impl ReconcileError {
     }
 }
 
-fn valid_username(name: &str) -> bool {
-    (3..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
-}
-
 /// Checks what the CRD schema checks, for documents that never went through an API server.
 pub fn validate(spec: &ChatRoomSpec) -> Result<(), ReconcileError> {
     let bad = |m: String| Err(ReconcileError::Invalid(m));
-    let name_ok = (1..=64).contains(&spec.name.len())
-        && spec
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !name_ok {
+    if !crate::validate::room_name(&spec.name) {
         return bad(format!(
             "spec.name {:?} must be 1-64 characters of a-z, 0-9, '_', '-'",
             spec.name
         ));
     }
-    if spec.topic.as_ref().is_some_and(|t| t.len() > 1024) {
-        return bad("spec.topic must be at most 1024 bytes".into());
+    if let Some(topic) = &spec.topic {
+        if topic.len() > 1024 {
+            return bad("spec.topic must be at most 1024 bytes".into());
+        }
+        crate::validate::shown_text("spec.topic", topic, true).map_err(ReconcileError::Invalid)?;
     }
     if spec
         .slow_mode_seconds
@@ -81,7 +72,7 @@ pub fn validate(spec: &ChatRoomSpec) -> Result<(), ReconcileError> {
         ("moderators", &spec.moderators),
         ("members", &spec.members),
     ] {
-        if let Some(n) = names.iter().find(|n| !valid_username(n)) {
+        if let Some(n) = names.iter().find(|n| !crate::validate::username(n)) {
             return bad(format!(
                 "spec.{field} has {n:?}, which is not a valid username"
             ));
