@@ -67,10 +67,10 @@ pub fn check_message(
         return Err(ApiError::bad_request("body must not be empty"));
     }
     if let Some(c) = client_id
-        && (c.is_empty() || c.len() > MAX_CLIENT_ID)
+        && (c.is_empty() || c.chars().count() > MAX_CLIENT_ID)
     {
         return Err(ApiError::bad_request(format!(
-            "client_id must be 1-{MAX_CLIENT_ID} bytes"
+            "client_id must be 1-{MAX_CLIENT_ID} characters"
         )));
     }
     if let Some(r) = reply_to

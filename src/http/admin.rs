@@ -34,19 +34,28 @@ fn admin(caller: &Caller) -> ApiResult<()> {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsersQuery {
+    /// Part of a username.
     q: Option<String>,
+    /// At most this many (default 50; beyond 1-500 it is clamped).
     limit: Option<i64>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct BanBody {
+    /// Shown to the user when they try to log in.
+    #[schema(max_length = 512)]
     reason: Option<String>,
+    /// For good when absent.
+    #[schema(minimum = 0)]
     duration_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct MuteBody {
+    /// For good when absent.
+    #[schema(minimum = 0)]
     pub duration_seconds: Option<u64>,
 }
 
@@ -132,7 +141,7 @@ async fn target(state: &AppState, id: UserId) -> ApiResult<()> {
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/users/{id}/ban", tag = "admin", request_body = BanBody,
-    params(("id" = String, Path, description = "user id")),
+    params(("id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn ban(
     State(state): State<AppState>,
@@ -143,10 +152,16 @@ pub async fn ban(
     admin(&caller)?;
     target(&state, id).await?;
     if id == caller.user.id {
-        return Err(ApiError::bad_request("an admin cannot ban itself"));
+        return Err(ApiError::forbidden("an admin cannot ban itself"));
     }
-    if body.reason.as_ref().is_some_and(|r| r.len() > 512) {
-        return Err(ApiError::bad_request("reason must be at most 512 bytes"));
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 512)
+    {
+        return Err(ApiError::bad_request(
+            "reason must be at most 512 characters",
+        ));
     }
     let until = until(crate::now_ms(), body.duration_seconds);
     state
@@ -160,7 +175,7 @@ pub async fn ban(
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/users/{id}/ban", tag = "admin",
-    params(("id" = String, Path, description = "user id")),
+    params(("id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn unban(
     State(state): State<AppState>,
@@ -173,8 +188,8 @@ pub async fn unban(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/users/{id}/mute", tag = "admin", request_body = MuteBody,
-    params(("id" = String, Path, description = "user id")),
+#[utoipa::path(post, operation_id = "mute_user", path = "/api/v1/admin/users/{id}/mute", tag = "admin", request_body = MuteBody,
+    params(("id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn mute(
     State(state): State<AppState>,
@@ -192,8 +207,8 @@ pub async fn mute(
     .await
 }
 
-#[utoipa::path(delete, path = "/api/v1/admin/users/{id}/mute", tag = "admin",
-    params(("id" = String, Path, description = "user id")),
+#[utoipa::path(delete, operation_id = "unmute_user", path = "/api/v1/admin/users/{id}/mute", tag = "admin",
+    params(("id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn unmute(
     State(state): State<AppState>,

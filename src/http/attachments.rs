@@ -27,7 +27,10 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// The file's name; needed for a raw upload (a multipart part carries its own).
+    #[param(required = true, min_length = 1)]
     filename: Option<String>,
 }
 
@@ -75,8 +78,8 @@ fn clean_content_type(value: Option<&str>) -> String {
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/attachments", tag = "attachments",
-    params(("id" = String, Path, description = "room id"), UploadQuery),
-    request_body(content = Vec<u8>, description = "the file's bytes with its Content-Type (file name in ?filename=), or multipart/form-data with one `file` part"),
+    params(("id" = uuid::Uuid, Path, description = "room id"), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file's bytes with its Content-Type (file name in ?filename=; not empty), or multipart/form-data with one `file` part"),
     responses((status = 201, body = Attachment), (status = 403), (status = 404), (status = 413)))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -102,42 +105,48 @@ pub async fn upload(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let (filename, content_type, size) = if content_type
-        .is_some_and(|c| c.starts_with("multipart/form-data"))
-    {
-        let mut form = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        loop {
-            let field = form
-                .next_field()
+    let (filename, content_type, size) =
+        if content_type.is_some_and(|c| c.starts_with("multipart/form-data")) {
+            let mut form = Multipart::from_request(request, &state)
                 .await
-                .map_err(|e| ApiError::bad_request(e.body_text()))?
-                .ok_or_else(|| ApiError::bad_request("the form has no `file` part"))?;
-            if field.name() != Some("file") {
-                continue;
+                .map_err(|e| ApiError::bad_request(e.body_text()))?;
+            loop {
+                let field = form
+                    .next_field()
+                    .await
+                    .map_err(|e| ApiError::bad_request(e.body_text()))?
+                    .ok_or_else(|| ApiError::bad_request("the form has no `file` part"))?;
+                if field.name() != Some("file") {
+                    continue;
+                }
+                let filename = clean_filename(
+                    field
+                        .file_name()
+                        .or(q.filename.as_deref())
+                        .unwrap_or("file"),
+                );
+                let content_type = clean_content_type(field.content_type());
+                let size = state.blobs.put(id, field, max).await?;
+                break (filename, content_type, size);
             }
-            let filename = clean_filename(
-                field
-                    .file_name()
-                    .or(q.filename.as_deref())
-                    .unwrap_or("file"),
-            );
-            let content_type = clean_content_type(field.content_type());
-            let size = state.blobs.put(id, field, max).await?;
-            break (filename, content_type, size);
-        }
-    } else {
-        let filename = q.filename.as_deref().map(clean_filename).ok_or_else(|| {
-            ApiError::bad_request("give the file name as ?filename=, or send multipart/form-data")
-        })?;
-        let content_type = clean_content_type(content_type);
-        let size = state
-            .blobs
-            .put(id, request.into_body().into_data_stream(), max)
-            .await?;
-        (filename, content_type, size)
-    };
+        } else {
+            let filename = q
+                .filename
+                .as_deref()
+                .filter(|f| !f.is_empty())
+                .map(clean_filename)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "give the file name as ?filename=, or send multipart/form-data",
+                    )
+                })?;
+            let content_type = clean_content_type(content_type);
+            let size = state
+                .blobs
+                .put(id, request.into_body().into_data_stream(), max)
+                .await?;
+            (filename, content_type, size)
+        };
     if size == 0 {
         return Err(ApiError::bad_request("the file is empty"));
     }
@@ -155,7 +164,7 @@ pub async fn upload(
 }
 
 #[utoipa::path(get, path = "/api/v1/attachments/{id}", tag = "attachments",
-    params(("id" = String, Path, description = "attachment id")),
+    params(("id" = uuid::Uuid, Path, description = "attachment id")),
     responses((status = 200, description = "the bytes"), (status = 404)))]
 pub async fn download(
     State(state): State<AppState>,

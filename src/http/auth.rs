@@ -30,10 +30,13 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DirectoryQuery {
     /// Part of a username; empty lists the first users by name.
+    #[param(max_length = 64)]
     q: Option<String>,
     /// At most this many (default 20, at most 50).
+    #[param(minimum = 1, maximum = 50)]
     limit: Option<i64>,
 }
 
@@ -51,8 +54,8 @@ pub async fn directory(
         return Err(ApiError::bad_request("limit must be between 1 and 50"));
     }
     let query = q.q.unwrap_or_default();
-    if query.len() > 64 {
-        return Err(ApiError::bad_request("q must be at most 64 bytes"));
+    if query.chars().count() > 64 {
+        return Err(ApiError::bad_request("q must be at most 64 characters"));
     }
     let users: Vec<User> = state
         .store
@@ -66,8 +69,13 @@ pub async fn directory(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RegisterBody {
+    /// 3-32 of `a-z`, `0-9`, `_`, `.`, `-` (the pattern is set from `validate::USERNAME`).
     username: String,
+    #[schema(min_length = 8)]
     password: String,
+    /// Shown to others; the username when absent. No control or directional characters,
+    /// and something visible (the pattern is set from `validate::SHOWN_TEXT`).
+    #[schema(min_length = 1, max_length = 64)]
     display_name: Option<String>,
 }
 
@@ -85,7 +93,7 @@ pub struct RefreshBody {
 /// A real argon2id hash of nothing, so that a login for an unknown user costs the same time.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3Xy9KFa6KbAiwXOk2Ah0xNjF1l1EMH9lLg2YvqNqmfY";
 
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterBody,
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", security(()), request_body = RegisterBody,
     responses((status = 201, description = "{\"user\": User}"), (status = 400), (status = 409)))]
 pub async fn register(
     State(state): State<AppState>,
@@ -130,7 +138,7 @@ pub async fn register(
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginBody,
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", security(()), request_body = LoginBody,
     responses((status = 200, body = Tokens), (status = 401)))]
 pub async fn login(
     State(state): State<AppState>,
@@ -151,7 +159,7 @@ pub async fn login(
     Ok(Json(state.auth.issue_pair(&*state.store, user.id).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshBody,
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", security(()), request_body = RefreshBody,
     responses((status = 200, body = Tokens), (status = 401)))]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -164,7 +172,7 @@ pub async fn refresh(
     Ok(Json(tokens))
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshBody,
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(()), request_body = RefreshBody,
     responses((status = 204)))]
 pub async fn logout(
     State(state): State<AppState>,
@@ -183,7 +191,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Json<User> {
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
-    params(("id" = String, Path, description = "user id")),
+    params(("id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 200, body = User), (status = 404)))]
 pub async fn user(
     State(state): State<AppState>,

@@ -30,34 +30,54 @@ pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 200;
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Messages before this seq, newest first in the page (the default: from the newest).
     before: Option<i64>,
+    /// Messages after this seq; with `before` too, the messages between the two.
     after: Option<i64>,
+    /// At most this many (default 50; more than 200 gives 200).
+    #[param(minimum = 1)]
     limit: Option<i64>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct SendBody {
+    /// The text; not only white space. At most the policy's `maxMessageBytes` (413 beyond).
+    #[schema(pattern = r"\S")]
     body: String,
+    /// The sender's id for the message; a repeat returns the first message.
+    #[schema(min_length = 1, max_length = 128)]
     client_id: Option<String>,
+    /// The seq of the message this one answers.
+    #[schema(minimum = 1)]
     reply_to: Option<i64>,
     /// Ids of attachments the sender uploaded to this room.
-    attachments: Option<Vec<String>>,
+    #[schema(max_items = 10)]
+    attachments: Option<Vec<uuid::Uuid>>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct ReadBody {
+    #[schema(minimum = 0)]
     seq: i64,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct EditBody {
+    #[schema(pattern = r"\S")]
     body: String,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    q: Option<String>,
+    /// Words to find (all of them), at most 256 characters. The pattern is set from
+    /// `validate::SEARCH_TEXT` in the OpenAPI document.
+    #[param(max_length = 256)]
+    q: String,
+    /// At most this many (default 20; more than 100 gives 100).
+    #[param(minimum = 1)]
     limit: Option<i64>,
 }
 
@@ -66,7 +86,7 @@ pub const MAX_SEARCH: i64 = 100;
 pub const MAX_QUERY: usize = 256;
 
 #[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "messages",
-    params(("id" = String, Path, description = "room id"), HistoryQuery),
+    params(("id" = uuid::Uuid, Path, description = "room id"), HistoryQuery),
     responses((status = 200, description = "{\"messages\": [Message], \"has_more\": bool}"), (status = 400), (status = 404)))]
 pub async fn history(
     State(state): State<AppState>,
@@ -81,16 +101,16 @@ pub async fn history(
     }
     let limit = limit.min(MAX_PAGE);
     let (rows, has_more) = match (q.before, q.after) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give either before or after, not both",
-            ));
-        }
-        (None, Some(after)) => {
+        // Forward from `after`; with `before` too, up to it: `has_more` says whether more
+        // messages lie between the page and `before`.
+        (before, Some(after)) => {
             let mut rows = state
                 .store
                 .messages_after(id, after.max(0), limit + 1)
                 .await?;
+            if let Some(before) = before {
+                rows.retain(|m| m.seq < before);
+            }
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
             (rows, more)
@@ -112,7 +132,7 @@ pub async fn history(
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/messages", tag = "messages", request_body = SendBody,
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 201, body = Message), (status = 200, body = Message, description = "a repeated client_id"),
         (status = 403), (status = 404), (status = 413)))]
 pub async fn send(
@@ -125,7 +145,12 @@ pub async fn send(
         body: body.body,
         client_id: body.client_id,
         reply_to: body.reply_to,
-        attachments: body.attachments.unwrap_or_default(),
+        attachments: body
+            .attachments
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     };
     let (m, new) = chat::send_message(&state, &caller.user, id, draft).await?;
     let status = if new {
@@ -137,7 +162,7 @@ pub async fn send(
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/read", tag = "messages", request_body = ReadBody,
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 204), (status = 400), (status = 403), (status = 404)))]
 pub async fn read(
     State(state): State<AppState>,
@@ -157,7 +182,7 @@ pub async fn read(
 }
 
 #[utoipa::path(patch, path = "/api/v1/rooms/{id}/messages/{seq}", tag = "messages", request_body = EditBody,
-    params(("id" = String, Path, description = "room id"), ("seq" = i64, Path, description = "message seq")),
+    params(("id" = uuid::Uuid, Path, description = "room id"), ("seq" = i64, Path, description = "message seq")),
     responses((status = 200, body = Message), (status = 403), (status = 404)))]
 pub async fn edit(
     State(state): State<AppState>,
@@ -170,7 +195,7 @@ pub async fn edit(
 }
 
 #[utoipa::path(delete, path = "/api/v1/rooms/{id}/messages/{seq}", tag = "messages",
-    params(("id" = String, Path, description = "room id"), ("seq" = i64, Path, description = "message seq")),
+    params(("id" = uuid::Uuid, Path, description = "room id"), ("seq" = i64, Path, description = "message seq")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -182,21 +207,13 @@ pub async fn delete(
 }
 
 fn search_params(q: SearchQuery) -> ApiResult<(String, i64)> {
-    let text = q.q.unwrap_or_default();
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(ApiError::bad_request("q must not be empty"));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "q must not contain control characters",
-        ));
-    }
-    if text.len() > MAX_QUERY {
+    crate::validate::search_text(&q.q).map_err(ApiError::BadRequest)?;
+    if q.q.chars().count() > MAX_QUERY {
         return Err(ApiError::bad_request(format!(
-            "q must be at most {MAX_QUERY} bytes"
+            "q must be at most {MAX_QUERY} characters"
         )));
     }
+    let text = q.q.trim();
     let limit = q.limit.unwrap_or(DEFAULT_SEARCH);
     if limit < 1 {
         return Err(ApiError::bad_request("limit must be at least 1"));
@@ -205,7 +222,7 @@ fn search_params(q: SearchQuery) -> ApiResult<(String, i64)> {
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{id}/search", tag = "messages",
-    params(("id" = String, Path, description = "room id"), SearchQuery),
+    params(("id" = uuid::Uuid, Path, description = "room id"), SearchQuery),
     responses((status = 200, description = "{\"messages\": [Message]}, best match first"), (status = 400), (status = 404)))]
 pub async fn search_room(
     State(state): State<AppState>,

@@ -83,8 +83,9 @@ pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
 
 /// Decodes a JSON request body into `T`, with errors that name the field and never a type.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    integral_numbers(&mut value);
     if !value.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
@@ -97,6 +98,25 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
             format!("{path}: {problem}")
         })
     })
+}
+
+/// JSON has one number type: `5.0` is the integer 5 to a client (and to JSON Schema), so it is
+/// read as one wherever an integer is expected.
+fn integral_numbers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 /// Path parameters whose rejection is a 400 naming the bad segment.

@@ -38,16 +38,23 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateRoomBody {
+    /// 1-64 of `a-z`, `0-9`, `_`, `-` (the pattern is set from `validate::ROOM_NAME`).
     name: String,
+    #[schema(pattern = "^(public|private)$")]
     kind: String,
+    /// At most 1024 characters, no control or directional characters.
+    #[schema(max_length = 1024)]
     topic: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct UpdateRoomBody {
+    #[schema(max_length = 1024)]
     topic: Option<String>,
+    #[schema(pattern = "^(public|private)$")]
     kind: Option<String>,
     /// Seconds a member must wait between messages (0 turns slow mode off).
+    #[schema(minimum = 0, maximum = 86400)]
     slow_mode_seconds: Option<i64>,
     /// Only owners and moderators may post.
     read_only: Option<bool>,
@@ -56,6 +63,7 @@ pub struct UpdateRoomBody {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RoleBody {
     /// `moderator` or `member`.
+    #[schema(pattern = "^(moderator|member)$")]
     role: String,
 }
 
@@ -76,9 +84,9 @@ fn check_kind(kind: &str) -> ApiResult<()> {
 }
 
 fn check_topic(topic: &str) -> ApiResult<()> {
-    if topic.len() > MAX_TOPIC {
+    if topic.chars().count() > MAX_TOPIC {
         return Err(ApiError::bad_request(format!(
-            "topic must be at most {MAX_TOPIC} bytes"
+            "topic must be at most {MAX_TOPIC} characters"
         )));
     }
     crate::validate::shown_text("topic", topic, true).map_err(ApiError::BadRequest)
@@ -147,7 +155,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{id}", tag = "rooms",
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 200, body = Room), (status = 404)))]
 pub async fn get_room(
     State(state): State<AppState>,
@@ -163,7 +171,7 @@ fn can_moderate(caller: &Caller, role: Option<&str>) -> bool {
 }
 
 #[utoipa::path(patch, path = "/api/v1/rooms/{id}", tag = "rooms", request_body = UpdateRoomBody,
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 200, body = Room), (status = 403), (status = 404), (status = 409)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -179,7 +187,7 @@ pub async fn update(
     }
     refuse_if_managed(&r)?;
     if r.kind == "direct" {
-        return Err(ApiError::bad_request("a direct room cannot be changed"));
+        return Err(ApiError::conflict("a direct room cannot be changed"));
     }
     if let Some(k) = &body.kind {
         check_kind(k)?;
@@ -207,7 +215,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/api/v1/rooms/{id}", tag = "rooms",
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 204, description = "archived"), (status = 403), (status = 404)))]
 pub async fn archive(
     State(state): State<AppState>,
@@ -230,7 +238,7 @@ pub async fn archive(
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/join", tag = "rooms",
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 200, body = Room), (status = 404)))]
 pub async fn join(
     State(state): State<AppState>,
@@ -255,7 +263,7 @@ pub async fn join(
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/leave", tag = "rooms",
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 204), (status = 404)))]
 pub async fn leave(
     State(state): State<AppState>,
@@ -273,7 +281,7 @@ pub async fn leave(
 }
 
 #[utoipa::path(get, path = "/api/v1/rooms/{id}/members", tag = "rooms",
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 200, description = "{\"members\": [{\"user\": User, \"role\", \"online\"}]}"), (status = 404)))]
 pub async fn members(
     State(state): State<AppState>,
@@ -301,7 +309,7 @@ pub async fn members(
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "rooms", request_body = UserIdBody,
-    params(("id" = String, Path, description = "room id")),
+    params(("id" = uuid::Uuid, Path, description = "room id")),
     responses((status = 201), (status = 403), (status = 404)))]
 pub async fn invite(
     State(state): State<AppState>,
@@ -316,7 +324,7 @@ pub async fn invite(
         ));
     }
     if r.kind == "direct" {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::conflict(
             "nobody can be invited into a direct room",
         ));
     }
@@ -333,7 +341,7 @@ pub async fn invite(
 }
 
 #[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "rooms",
-    params(("id" = String, Path, description = "room id"), ("user_id" = String, Path, description = "user id")),
+    params(("id" = uuid::Uuid, Path, description = "room id"), ("user_id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn kick(
     State(state): State<AppState>,
@@ -347,14 +355,17 @@ pub async fn kick(
 }
 
 #[utoipa::path(post, path = "/api/v1/dms", tag = "rooms", request_body = UserIdBody,
-    responses((status = 200, body = Room), (status = 201, body = Room), (status = 400), (status = 404)))]
+    responses((status = 200, body = Room), (status = 201, body = Room), (status = 400), (status = 404),
+        (status = 409, description = "user_id is the caller: a direct room is between two users")))]
 pub async fn direct(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<UserIdBody>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
     if body.user_id == caller.user.id {
-        return Err(ApiError::bad_request("user_id must be another user"));
+        return Err(ApiError::conflict(
+            "a direct room is between two users: user_id must be another user",
+        ));
     }
     state
         .store
@@ -420,9 +431,9 @@ async fn moderated_member(
     Ok(())
 }
 
-#[utoipa::path(post, path = "/api/v1/rooms/{id}/members/{user_id}/mute", tag = "rooms",
+#[utoipa::path(post, operation_id = "mute_member", path = "/api/v1/rooms/{id}/members/{user_id}/mute", tag = "rooms",
     request_body = MuteBody,
-    params(("id" = String, Path, description = "room id"), ("user_id" = String, Path, description = "user id")),
+    params(("id" = uuid::Uuid, Path, description = "room id"), ("user_id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn mute(
     State(state): State<AppState>,
@@ -444,8 +455,8 @@ pub async fn mute(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}/mute", tag = "rooms",
-    params(("id" = String, Path, description = "room id"), ("user_id" = String, Path, description = "user id")),
+#[utoipa::path(delete, operation_id = "unmute_member", path = "/api/v1/rooms/{id}/members/{user_id}/mute", tag = "rooms",
+    params(("id" = uuid::Uuid, Path, description = "room id"), ("user_id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn unmute(
     State(state): State<AppState>,
@@ -463,7 +474,7 @@ pub async fn unmute(
 }
 
 #[utoipa::path(patch, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "rooms", request_body = RoleBody,
-    params(("id" = String, Path, description = "room id"), ("user_id" = String, Path, description = "user id")),
+    params(("id" = uuid::Uuid, Path, description = "room id"), ("user_id" = uuid::Uuid, Path, description = "user id")),
     responses((status = 204), (status = 400), (status = 403), (status = 404)))]
 pub async fn set_role(
     State(state): State<AppState>,
