@@ -94,7 +94,8 @@ pub fn shown_text(field: &str, text: &str, allow_empty: bool) -> Result<(), Stri
             "{field} must not contain bidirectional override characters (U+202A-202E, U+2066-2069)"
         ));
     }
-    if !(allow_empty && text.is_empty()) && !SHOWN.is_match(text) {
+    let empty_allowed = allow_empty && text.is_empty();
+    if !empty_allowed && !SHOWN.is_match(text) {
         return Err(format!("{field} must contain a visible character"));
     }
     Ok(())

@@ -180,18 +180,21 @@ impl utoipa::Modify for Patterns {
             }
         }
         for item in openapi.paths.paths.values_mut() {
-            for op in [&mut item.get].into_iter().flatten() {
-                for p in op.parameters.iter_mut().flatten() {
-                    if p.name == "q"
-                        && op
-                            .operation_id
-                            .as_deref()
-                            .is_some_and(|id| id.starts_with("search"))
-                    {
-                        if let Some(schema) = p.schema.as_mut() {
-                            set(schema, SEARCH_TEXT);
-                        }
-                    }
+            let Some(op) = item.get.as_mut() else {
+                continue;
+            };
+            if !op
+                .operation_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("search"))
+            {
+                continue;
+            }
+            for p in op.parameters.iter_mut().flatten() {
+                if p.name == "q"
+                    && let Some(schema) = p.schema.as_mut()
+                {
+                    set(schema, SEARCH_TEXT);
                 }
             }
         }
