@@ -8,7 +8,6 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::operator::resources::{ChatPolicySpec, Registration};
 
 /// The protocol's default message limit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16_384;
@@ -52,46 +51,6 @@ impl Policy {
             burst: c.message_burst,
             ..Policy::default()
         }
-    }
-
-    /// The configuration's defaults with a `ChatPolicy` on top; an invalid spec is an error
-    /// that names the field.
-    pub fn with_spec(base: &Policy, spec: &ChatPolicySpec) -> Result<Policy, String> {
-        let positive = |v: Option<u64>, field: &str| match v {
-            Some(0) => Err(format!("spec.{field} must be at least 1")),
-            _ => Ok(()),
-        };
-        positive(spec.max_message_bytes, "maxMessageBytes")?;
-        positive(spec.max_attachment_bytes, "maxAttachmentBytes")?;
-        positive(spec.messages_per_second.map(u64::from), "messagesPerSecond")?;
-        positive(spec.burst.map(u64::from), "burst")?;
-        if spec.max_message_bytes.is_some_and(|m| m > 1_048_576) {
-            return Err("spec.maxMessageBytes must be at most 1048576".into());
-        }
-        if spec.default_retention_days.is_some_and(|d| d < 1) {
-            return Err("spec.defaultRetentionDays must be at least 1".into());
-        }
-        if spec.blocked_words.iter().any(|w| w.trim().is_empty()) {
-            return Err("spec.blockedWords must not contain empty words".into());
-        }
-        Ok(Policy {
-            registration_open: spec.registration.unwrap_or_default() == Registration::Open,
-            max_message_bytes: spec
-                .max_message_bytes
-                .map_or(base.max_message_bytes, |m| m as usize),
-            max_attachment_bytes: spec
-                .max_attachment_bytes
-                .unwrap_or(base.max_attachment_bytes),
-            messages_per_second: spec.messages_per_second.unwrap_or(base.messages_per_second),
-            burst: spec.burst.unwrap_or(base.burst),
-            blocked_words: spec
-                .blocked_words
-                .iter()
-                .map(|w| w.trim().to_lowercase())
-                .collect(),
-            default_retention_days: spec.default_retention_days,
-            generation: 0,
-        })
     }
 
     /// Size and blocked words of a message body.
@@ -142,13 +101,15 @@ impl Policies {
         self.tx.borrow().clone()
     }
 
-    /// Puts a `ChatPolicy` (or, with `None`, the defaults) in force. On an invalid spec the
-    /// policy in force stays and the error says why.
-    pub fn apply(&self, spec: Option<&ChatPolicySpec>) -> Result<(), String> {
-        let mut next = match spec {
-            Some(s) => Policy::with_spec(&self.base, s)?,
-            None => self.base.clone(),
-        };
+    /// The configuration's defaults, which a `ChatPolicy` overrides.
+    pub fn base(&self) -> &Policy {
+        &self.base
+    }
+
+    /// Puts a policy (or, with `None`, the defaults) in force; its generation moves only if it
+    /// differs from the one in force.
+    pub fn put(&self, policy: Option<Policy>) {
+        let mut next = policy.unwrap_or_else(|| self.base.clone());
         self.tx.send_if_modified(|current| {
             next.generation = current.generation;
             if **current == next {
@@ -159,7 +120,6 @@ impl Policies {
             tracing::info!(generation = next.generation, "policy applied");
             true
         });
-        Ok(())
     }
 }
 
@@ -181,35 +141,11 @@ mod tests {
     }
 
     #[test]
-    fn a_spec_overrides_only_what_it_names() {
-        let spec = ChatPolicySpec {
-            max_message_bytes: Some(10),
-            registration: Some(Registration::Closed),
-            ..Default::default()
-        };
-        let p = Policy::with_spec(&base(), &spec).unwrap();
-        assert_eq!(
-            (p.max_message_bytes, p.registration_open, p.burst),
-            (10, false, 20)
-        );
-        let bad = ChatPolicySpec {
-            burst: Some(0),
-            ..Default::default()
-        };
-        assert!(
-            Policy::with_spec(&base(), &bad)
-                .unwrap_err()
-                .contains("burst")
-        );
-    }
-
-    #[test]
     fn blocked_words_match_whole_words_in_any_case() {
-        let spec = ChatPolicySpec {
-            blocked_words: vec!["Darn".into(), "bad phrase".into()],
-            ..Default::default()
+        let p = Policy {
+            blocked_words: vec!["darn".into(), "bad phrase".into()],
+            ..base()
         };
-        let p = Policy::with_spec(&base(), &spec).unwrap();
         assert!(p.check_body("oh DARN it").is_err());
         assert!(p.check_body("a Bad Phrase here").is_err());
         assert!(
@@ -223,25 +159,14 @@ mod tests {
     }
 
     #[test]
-    fn applying_bumps_the_generation_only_on_change() {
+    fn putting_bumps_the_generation_only_on_change() {
         let ps = Policies::new(base());
-        let spec = ChatPolicySpec {
-            burst: Some(5),
-            ..Default::default()
-        };
-        ps.apply(Some(&spec)).unwrap();
+        let strict = Policy { burst: 5, ..base() };
+        ps.put(Some(strict.clone()));
         assert_eq!((ps.current().burst, ps.current().generation), (5, 1));
-        ps.apply(Some(&spec)).unwrap();
+        ps.put(Some(strict));
         assert_eq!(ps.current().generation, 1);
-        assert!(
-            ps.apply(Some(&ChatPolicySpec {
-                burst: Some(0),
-                ..Default::default()
-            }))
-            .is_err()
-        );
-        assert_eq!(ps.current().burst, 5, "the last good policy stays");
-        ps.apply(None).unwrap();
+        ps.put(None);
         assert_eq!((ps.current().burst, ps.current().generation), (20, 2));
     }
 }

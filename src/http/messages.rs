@@ -34,7 +34,7 @@ pub const MAX_PAGE: i64 = 200;
 pub struct HistoryQuery {
     /// Messages before this seq, newest first in the page (the default: from the newest).
     before: Option<i64>,
-    /// Messages after this seq; with `before` too, the messages between the two.
+    /// Messages after this seq, oldest first (not together with `before`).
     after: Option<i64>,
     /// At most this many (default 50; more than 200 gives 200).
     #[param(minimum = 1)]
@@ -101,16 +101,16 @@ pub async fn history(
     }
     let limit = limit.min(MAX_PAGE);
     let (rows, has_more) = match (q.before, q.after) {
-        // Forward from `after`; with `before` too, up to it: `has_more` says whether more
-        // messages lie between the page and `before`.
-        (before, Some(after)) => {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either before or after, not both",
+            ));
+        }
+        (None, Some(after)) => {
             let mut rows = state
                 .store
                 .messages_after(id, after.max(0), limit + 1)
                 .await?;
-            if let Some(before) = before {
-                rows.retain(|m| m.seq < before);
-            }
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
             (rows, more)

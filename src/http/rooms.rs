@@ -355,17 +355,15 @@ pub async fn kick(
 }
 
 #[utoipa::path(post, path = "/api/v1/dms", tag = "rooms", request_body = UserIdBody,
-    responses((status = 200, body = Room), (status = 201, body = Room), (status = 400), (status = 404),
-        (status = 409, description = "user_id is the caller: a direct room is between two users")))]
+    responses((status = 200, body = Room), (status = 201, body = Room),
+        (status = 400, description = "user_id is the caller's own: a direct room is between two users"), (status = 404)))]
 pub async fn direct(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<UserIdBody>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
     if body.user_id == caller.user.id {
-        return Err(ApiError::conflict(
-            "a direct room is between two users: user_id must be another user",
-        ));
+        return Err(ApiError::bad_request("user_id must be another user"));
     }
     state
         .store

@@ -181,6 +181,11 @@ impl Inbox {
         direct
     }
 
+    /// Whether the server asked the connection to close (nothing more will be queued).
+    pub fn closing(&self) -> bool {
+        self.queue.lock().close.is_some()
+    }
+
     /// Waits until an answer to one of the connection's messages is queued.
     pub fn direct_queued(&mut self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| {

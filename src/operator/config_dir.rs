@@ -246,10 +246,8 @@ async fn reconcile_all(state: &AppState, dir: &Path, ds: &mut DirState) -> Confi
     ds.applied = seen;
 
     let policy_result = match policies.as_slice() {
-        [] => state.policies.apply(None).map(|_| None),
-        [(key, file, spec)] => state
-            .policies
-            .apply(Some(spec))
+        [] => super::apply_policy(&state.policies, None).map(|_| None),
+        [(key, file, spec)] => super::apply_policy(&state.policies, Some(spec))
             .map(|_| Some((key.clone(), file.clone())))
             .inspect_err(|e| {
                 status

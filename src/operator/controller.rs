@@ -244,8 +244,8 @@ pub async fn watch_policies(
             }
         }
         let outcome = match known.values().collect::<Vec<_>>().as_slice() {
-            [] => state.policies.apply(None),
-            [p] => state.policies.apply(Some(&p.spec)),
+            [] => super::apply_policy(&state.policies, None),
+            [p] => super::apply_policy(&state.policies, Some(&p.spec)),
             _ => Err("one ChatPolicy per installation; none applied".into()),
         };
         if let Err(e) = &outcome {

@@ -10,7 +10,17 @@ pub mod resources;
 
 use std::time::Duration;
 
+use crate::policy::Policies;
 use crate::state::AppState;
+use resources::ChatPolicySpec;
+
+/// Puts the installation's `ChatPolicy` (or, with none, the configuration's defaults) in force.
+/// On an invalid spec the policy in force stays and the error says why.
+pub fn apply_policy(policies: &Policies, spec: Option<&ChatPolicySpec>) -> Result<(), String> {
+    let policy = spec.map(|s| s.policy(policies.base())).transpose()?;
+    policies.put(policy);
+    Ok(())
+}
 
 /// Deletes messages past their room's retention, or the policy's default, every `interval`,
 /// on the leader only.

@@ -6,6 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Policy;
+
 pub const GROUP: &str = "confab.dev";
 pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "confab.dev/v1alpha1";
@@ -158,4 +160,89 @@ pub fn crds_yaml() -> String {
         out.push_str(&serde_yaml::to_string(&crd).expect("CRDs serialize"));
     }
     out
+}
+
+impl ChatPolicySpec {
+    /// The policy this resource puts in force over the configuration's defaults `base`; an
+    /// invalid spec is an error that names the field.
+    pub fn policy(&self, base: &Policy) -> Result<Policy, String> {
+        let spec = self;
+        let positive = |v: Option<u64>, field: &str| match v {
+            Some(0) => Err(format!("spec.{field} must be at least 1")),
+            _ => Ok(()),
+        };
+        positive(spec.max_message_bytes, "maxMessageBytes")?;
+        positive(spec.max_attachment_bytes, "maxAttachmentBytes")?;
+        positive(spec.messages_per_second.map(u64::from), "messagesPerSecond")?;
+        positive(spec.burst.map(u64::from), "burst")?;
+        if spec.max_message_bytes.is_some_and(|m| m > 1_048_576) {
+            return Err("spec.maxMessageBytes must be at most 1048576".into());
+        }
+        if spec.default_retention_days.is_some_and(|d| d < 1) {
+            return Err("spec.defaultRetentionDays must be at least 1".into());
+        }
+        if spec.blocked_words.iter().any(|w| w.trim().is_empty()) {
+            return Err("spec.blockedWords must not contain empty words".into());
+        }
+        Ok(Policy {
+            registration_open: spec.registration.unwrap_or_default() == Registration::Open,
+            max_message_bytes: spec
+                .max_message_bytes
+                .map_or(base.max_message_bytes, |m| m as usize),
+            max_attachment_bytes: spec
+                .max_attachment_bytes
+                .unwrap_or(base.max_attachment_bytes),
+            messages_per_second: spec.messages_per_second.unwrap_or(base.messages_per_second),
+            burst: spec.burst.unwrap_or(base.burst),
+            blocked_words: spec
+                .blocked_words
+                .iter()
+                .map(|w| w.trim().to_lowercase())
+                .collect(),
+            default_retention_days: spec.default_retention_days,
+            generation: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Policy {
+        Policy {
+            max_message_bytes: 100,
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_spec_overrides_only_what_it_names() {
+        let spec = ChatPolicySpec {
+            max_message_bytes: Some(10),
+            registration: Some(Registration::Closed),
+            ..Default::default()
+        };
+        let p = spec.policy(&base()).unwrap();
+        assert_eq!(
+            (p.max_message_bytes, p.registration_open, p.burst),
+            (10, false, 20)
+        );
+        let bad = ChatPolicySpec {
+            burst: Some(0),
+            ..Default::default()
+        };
+        assert!(bad.policy(&base()).unwrap_err().contains("burst"));
+    }
+
+    #[test]
+    fn blocked_words_are_kept_trimmed_and_lowercase() {
+        let spec = ChatPolicySpec {
+            blocked_words: vec![" Darn ".into(), "Bad Phrase".into()],
+            ..Default::default()
+        };
+        let p = spec.policy(&base()).unwrap();
+        assert_eq!(p.blocked_words, ["darn", "bad phrase"]);
+        assert!(p.check_body("oh DARN it").is_err());
+    }
 }

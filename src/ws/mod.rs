@@ -344,8 +344,9 @@ impl Connection {
     }
 
     /// Before a close the client did not ask for: writes the acks and errors already queued
-    /// for its messages, and waits (at most [`ACK_LINGER`]) for those still being committed,
-    /// so that a message that was committed is never left without its ack.
+    /// for its messages and, when the connection closes by its own decision (abuse, token
+    /// expiry), waits (at most [`ACK_LINGER`]) for those still being committed, so that a
+    /// committed message is not left without its ack.
     async fn write_replies(&mut self, sink: &mut WebSocket, inbox: &mut Inbox) {
         let deadline = tokio::time::Instant::now() + ACK_LINGER;
         let written = async {
@@ -355,7 +356,8 @@ impl Connection {
                     sink.feed(WsMessage::Text(text)).await?;
                 }
                 sink.flush().await?;
-                if self.unacked == 0 {
+                // A queue closed by the server takes nothing more: what was queued is all.
+                if self.unacked == 0 || inbox.closing() {
                     return Ok::<(), axum::Error>(());
                 }
                 inbox.direct_queued().await;
