@@ -8,9 +8,11 @@
 //! Locks: `rooms` (RwLock, read on the hot path) then one room's Mutex. Both are std locks held
 //! for short, non-async sections; nothing awaits or does I/O under them.
 
+pub mod order;
 pub mod outbox;
+pub mod registry;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -25,7 +27,9 @@ use crate::protocol::{PresenceStatus, ServerFrame};
 use crate::store::{MessageRecord, Store};
 use crate::telemetry::Metrics;
 
+use order::Order;
 pub use outbox::{Close, ConnId, Inbox, Next, Outbound, Outbox, RoomEvent};
+use registry::Registry;
 
 /// How long an out-of-order message waits for the ones before it before they are read from the
 /// store.
@@ -37,42 +41,39 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct RoomState {
-    /// Last seq delivered to local subscribers; `None` until the first subscriber has read it.
-    delivered: Option<i64>,
-    /// Early messages: seq → (frame, when the server read it).
-    pending: BTreeMap<i64, (Utf8Bytes, i64)>,
-    gap_fill_scheduled: bool,
+    /// Delivery order; its items are (frame, when the server read the message).
+    order: Order<(Utf8Bytes, i64)>,
     subscribers: HashMap<ConnId, Outbox>,
     /// Local sockets per user subscribed here: presence changes on 0 <-> 1.
     presence: HashMap<UserId, u32>,
 }
 
-impl RoomState {
-    fn fan_out(
-        &self,
-        text: &Utf8Bytes,
-        room: RoomId,
-        seq: i64,
-        except: Option<UserId>,
-        created_ms: i64,
-    ) -> usize {
-        let mut n = 0;
-        let event = Arc::new(RoomEvent {
-            room,
-            seq,
-            text: text.clone(),
-            created_ms,
-        });
-        for sub in self.subscribers.values() {
-            if Some(sub.user) == except {
-                continue;
-            }
-            if sub.push(Outbound::Room(event.clone())) {
-                n += 1;
-            }
+/// Queues one event, shared, for every subscriber but `except`'s sockets; returns how many
+/// took it.
+fn fan_out(
+    subscribers: &HashMap<ConnId, Outbox>,
+    text: &Utf8Bytes,
+    room: RoomId,
+    seq: i64,
+    except: Option<UserId>,
+    created_ms: i64,
+) -> usize {
+    let mut n = 0;
+    let event = Arc::new(RoomEvent {
+        room,
+        seq,
+        text: text.clone(),
+        created_ms,
+    });
+    for sub in subscribers.values() {
+        if Some(sub.user) == except {
+            continue;
         }
-        n
+        if sub.push(Outbound::Room(event.clone())) {
+            n += 1;
+        }
     }
+    n
 }
 
 /// What a subscriber needs to know when it joins a room.
@@ -87,7 +88,8 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     metrics: Metrics,
     rooms: RwLock<HashMap<RoomId, Arc<Mutex<RoomState>>>>,
-    users: Mutex<HashMap<UserId, HashMap<ConnId, Outbox>>>,
+    /// Every connection of this pod, by user (locked for short, non-async sections only).
+    users: Mutex<Registry>,
     started_ms: i64,
 }
 
@@ -129,12 +131,7 @@ impl Hub {
     // ---- connections -------------------------------------------------------------------
 
     pub fn register(&self, outbox: &Outbox) {
-        self.users
-            .lock()
-            .expect("users lock")
-            .entry(outbox.user)
-            .or_default()
-            .insert(outbox.conn, outbox.clone());
+        self.users.lock().expect("users lock").insert(outbox);
         self.metrics.ws_connections.inc();
         self.metrics.ws_opened.inc();
     }
@@ -148,41 +145,26 @@ impl Hub {
         for room in rooms {
             self.unsubscribe(room, outbox).await;
         }
-        let mut users = self.users.lock().expect("users lock");
-        if let Some(conns) = users.get_mut(&outbox.user) {
-            conns.remove(&outbox.conn);
-            if conns.is_empty() {
-                users.remove(&outbox.user);
-            }
-        }
+        self.users.lock().expect("users lock").remove(outbox);
         self.metrics.ws_connections.dec();
     }
 
     /// Local connections of one user.
     pub fn connections_of(&self, user: UserId) -> usize {
-        self.users
-            .lock()
-            .expect("users lock")
-            .get(&user)
-            .map_or(0, HashMap::len)
+        self.users.lock().expect("users lock").connections_of(user)
     }
 
     pub fn connection_count(&self) -> usize {
-        self.users
-            .lock()
-            .expect("users lock")
-            .values()
-            .map(HashMap::len)
-            .sum()
+        self.users.lock().expect("users lock").len()
     }
 
     fn outboxes_of(&self, user: UserId) -> Vec<Outbox> {
         self.users
             .lock()
             .expect("users lock")
-            .get(&user)
-            .map(|c| c.values().cloned().collect())
-            .unwrap_or_default()
+            .of(user)
+            .cloned()
+            .collect()
     }
 
     /// Closes every local socket, a wave at a time so that clients reconnect elsewhere without
@@ -192,8 +174,8 @@ impl Hub {
             .users
             .lock()
             .expect("users lock")
-            .values()
-            .flat_map(|c| c.values().cloned())
+            .all()
+            .cloned()
             .collect();
         for chunk in all.chunks(wave.max(1)) {
             for o in chunk {
@@ -231,26 +213,17 @@ impl Hub {
             let mut rooms = self.rooms.write().expect("rooms lock");
             let state = rooms.entry(room).or_default().clone();
             drop(rooms);
-            let mut s = state.lock().expect("room lock");
-            let mut fill = false;
-            match s.delivered {
-                None => {
-                    s.delivered = Some(last_seq);
-                    self.flush_pending(&mut s, room);
-                }
-                Some(d) if d < last_seq && !s.gap_fill_scheduled => {
-                    // Committed messages have not reached this pod yet: fetch them if they
-                    // do not arrive by themselves.
-                    s.gap_fill_scheduled = true;
-                    fill = true;
-                }
-                Some(_) => {}
-            }
+            let mut guard = state.lock().expect("room lock");
+            let s = &mut *guard;
+            let (cursor, fill) = s.order.join(last_seq, |seq, (text, created_ms)| {
+                let n = fan_out(&s.subscribers, &text, room, seq, None, created_ms);
+                self.metrics.deliveries.inc_by(n as u64);
+            });
             s.subscribers.insert(outbox.conn, outbox.clone());
             let count = s.presence.entry(outbox.user).or_default();
             *count += 1;
             let first = *count == 1;
-            (s.delivered.unwrap_or(last_seq), first, fill)
+            (cursor, first, fill)
         };
         self.metrics.subscriptions.inc();
         if fill {
@@ -436,54 +409,26 @@ impl Hub {
 
     fn broadcast(&self, room: RoomId, text: &Utf8Bytes, except: Option<UserId>) {
         if let Some(state) = self.room(room) {
-            let n =
-                state
-                    .lock()
-                    .expect("room lock")
-                    .fan_out(text, room, 0, except, crate::now_ms());
+            let s = state.lock().expect("room lock");
+            let n = fan_out(&s.subscribers, text, room, 0, except, crate::now_ms());
             self.metrics.deliveries.inc_by(n as u64);
         }
     }
 
     fn deliver_message(self: &Arc<Self>, room: RoomId, seq: i64, text: Utf8Bytes, created_ms: i64) {
         let Some(state) = self.room(room) else { return };
-        let mut s = state.lock().expect("room lock");
-        let Some(delivered) = s.delivered else {
-            s.pending.insert(seq, (text, created_ms));
-            return;
+        let fill = {
+            let mut guard = state.lock().expect("room lock");
+            let s = &mut *guard;
+            s.order
+                .offer(seq, (text, created_ms), |seq, (text, created_ms)| {
+                    let n = fan_out(&s.subscribers, &text, room, seq, None, created_ms);
+                    self.metrics.deliveries.inc_by(n as u64);
+                })
         };
-        if seq <= delivered {
-            return; // already delivered: a duplicate or a message filled from the store
-        }
-        s.pending.insert(seq, (text, created_ms));
-        self.flush_pending(&mut s, room);
-        if !s.pending.is_empty() && !s.gap_fill_scheduled {
-            s.gap_fill_scheduled = true;
-            let upto = *s.pending.keys().next_back().expect("non-empty");
-            drop(s);
+        if let Some(upto) = fill {
             self.schedule_gap_fill(room, upto);
         }
-    }
-
-    /// Delivers every pending message that continues the sequence; drops stale ones.
-    fn flush_pending(&self, s: &mut RoomState, room: RoomId) {
-        let Some(mut delivered) = s.delivered else {
-            return;
-        };
-        while let Some(entry) = s.pending.first_entry() {
-            let seq = *entry.key();
-            if seq <= delivered {
-                entry.remove();
-            } else if seq == delivered + 1 {
-                let (text, created_ms) = entry.remove();
-                let n = s.fan_out(&text, room, seq, None, created_ms);
-                self.metrics.deliveries.inc_by(n as u64);
-                delivered = seq;
-            } else {
-                break;
-            }
-        }
-        s.delivered = Some(delivered);
     }
 
     fn schedule_gap_fill(self: &Arc<Self>, room: RoomId, upto: i64) {
@@ -498,12 +443,8 @@ impl Hub {
     async fn fill_gap(self: &Arc<Self>, room: RoomId, upto: i64) {
         loop {
             let Some(state) = self.room(room) else { return };
-            let from = {
-                let s = state.lock().expect("room lock");
-                match s.delivered {
-                    Some(d) if d < upto => d,
-                    _ => break,
-                }
+            let Some(from) = state.lock().expect("room lock").order.missing_after(upto) else {
+                break;
             };
             match self
                 .store
@@ -523,14 +464,11 @@ impl Hub {
                 }
             }
         }
-        if let Some(state) = self.room(room) {
-            let mut s = state.lock().expect("room lock");
-            s.gap_fill_scheduled = false;
-            if let Some(&last) = s.pending.keys().next_back() {
-                s.gap_fill_scheduled = true;
-                drop(s);
-                self.schedule_gap_fill(room, last);
-            }
+        let next = self
+            .room(room)
+            .and_then(|state| state.lock().expect("room lock").order.fill_ended());
+        if let Some(upto) = next {
+            self.schedule_gap_fill(room, upto);
         }
     }
 
@@ -543,10 +481,8 @@ impl Hub {
             .expect("rooms lock")
             .iter()
             .filter_map(|(room, s)| {
-                let s = s.lock().expect("room lock");
-                s.delivered
-                    .filter(|_| !s.gap_fill_scheduled)
-                    .map(|d| (*room, d))
+                let point = s.lock().expect("room lock").order.resync_point();
+                point.map(|d| (*room, d))
             })
             .collect();
         if tracked.is_empty() {
@@ -564,14 +500,7 @@ impl Hub {
             let Some(state) = self.room(room) else {
                 continue;
             };
-            let behind = {
-                let mut s = state.lock().expect("room lock");
-                let behind = s.delivered.is_some_and(|d| d < last_seq) && !s.gap_fill_scheduled;
-                if behind {
-                    s.gap_fill_scheduled = true;
-                }
-                behind
-            };
+            let behind = state.lock().expect("room lock").order.behind(last_seq);
             if behind {
                 self.schedule_gap_fill(room, last_seq);
             }
@@ -623,8 +552,8 @@ impl Hub {
                 .users
                 .lock()
                 .expect("users lock")
-                .values()
-                .flat_map(|c| c.values().cloned())
+                .all()
+                .cloned()
                 .collect(),
             ControlEvent::MemberAdded { user, .. }
             | ControlEvent::MemberRemoved { user, .. }
@@ -651,8 +580,7 @@ impl Hub {
             .users
             .lock()
             .expect("users lock")
-            .values()
-            .flat_map(|c| c.values())
+            .all()
             .map(Outbox::queued)
             .fold((0usize, 0usize), |(t, m), q| (t + q, m.max(q)));
         self.metrics.outbound_queue_frames.set(total as i64);
