@@ -7,13 +7,13 @@ use std::time::Duration;
 use axum::extract::Query;
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message as WsMessage, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 
-use super::{MAX_FRAME_BYTES, READ_BUFFER, send_close};
+use super::{MAX_FRAME_BYTES, READ_BUFFER, Socket, send_close};
 use crate::error::{ApiError, ApiResult};
 use crate::hub::Close;
 use crate::protocol::{self, ClientFrame, ServerFrame};
@@ -123,9 +123,9 @@ pub(super) fn token_deadline(exp: u64) -> tokio::time::Instant {
 }
 
 /// Waits for an `auth` frame. `None` when the socket should be dropped.
-pub(super) async fn authenticate(
+pub(super) async fn authenticate<S: Socket>(
     state: &AppState,
-    sink: &mut WebSocket,
+    sink: &mut S,
 ) -> Option<(UserRecord, u64)> {
     let deadline = tokio::time::sleep(Duration::from_millis(state.config.ws_auth_timeout_ms));
     tokio::pin!(deadline);

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes};
 use axum::routing::get;
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 
 use crate::chat::{self, Author, Draft};
 use crate::commit::Reply;
@@ -29,6 +29,26 @@ use handshake::{authenticate, token_deadline, too_big};
 use limits::{FrameKind, Limits, Verdict};
 
 pub use limits::{ABUSE_LIMIT, ABUSE_WINDOW};
+
+/// What a connection reads frames from and writes frames to: axum's `WebSocket` in the server,
+/// an in-memory pair in the unit tests.
+pub trait Socket:
+    Sink<WsMessage, Error = axum::Error>
+    + Stream<Item = Result<WsMessage, axum::Error>>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> Socket for T where
+    T: Sink<WsMessage, Error = axum::Error>
+        + Stream<Item = Result<WsMessage, axum::Error>>
+        + Unpin
+        + Send
+        + 'static
+{
+}
 
 /// The WebSocket route, `GET /ws`.
 pub fn router() -> Router<AppState> {
@@ -64,7 +84,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// A draining close carries a reconnect hint, `retry_after_ms=N` with N drawn at random for
 /// each socket, so that the clients of a pod going away spread their reconnects instead of
 /// arriving elsewhere all at once.
-async fn send_close(sink: &mut WebSocket, close: &Close) {
+async fn send_close<S: Socket>(sink: &mut S, close: &Close) {
     let reason = if close.code == Close::DRAINING.code {
         let wait = rand::random_range(0..DRAIN_RECONNECT_SPREAD_MS);
         Utf8Bytes::from(format!("{}; retry_after_ms={wait}", close.reason))
@@ -84,7 +104,7 @@ async fn send_close(sink: &mut WebSocket, close: &Close) {
     .await;
 }
 
-async fn run(state: AppState, mut socket: WebSocket, authenticated: Option<(UserRecord, u64)>) {
+async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<(UserRecord, u64)>) {
     let (mut user, token_exp) = match authenticated {
         Some(a) => a,
         // Boxed: waiting for the auth frame is over before the connection's long life starts.
@@ -197,7 +217,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    async fn serve(&mut self, sink: &mut WebSocket, inbox: &mut Inbox) -> Ended {
+    async fn serve<S: Socket>(&mut self, sink: &mut S, inbox: &mut Inbox) -> Ended {
         // Built and dropped before the loop: a local held across it would stay in every
         // idle connection's task.
         let hello = ServerFrame::Hello {
@@ -347,7 +367,7 @@ impl Connection {
     /// for its messages and, when the connection closes by its own decision (abuse, token
     /// expiry), waits (at most [`ACK_LINGER`]) for those still being committed, so that a
     /// committed message is not left without its ack.
-    async fn write_replies(&mut self, sink: &mut WebSocket, inbox: &mut Inbox) {
+    async fn write_replies<S: Socket>(&mut self, sink: &mut S, inbox: &mut Inbox) {
         let deadline = tokio::time::Instant::now() + ACK_LINGER;
         let written = async {
             loop {
@@ -367,7 +387,7 @@ impl Connection {
     }
 
     /// Writes one queued item. Err when the socket is gone.
-    async fn outbound(&mut self, item: Outbound, sink: &mut WebSocket) -> Result<(), ()> {
+    async fn outbound<S: Socket>(&mut self, item: Outbound, sink: &mut S) -> Result<(), ()> {
         let text = match item {
             Outbound::Direct(text) => {
                 self.unacked = self.unacked.saturating_sub(1);
@@ -443,12 +463,12 @@ impl Connection {
         }
     }
 
-    async fn reply(&self, sink: &mut WebSocket, text: Utf8Bytes) -> Result<Option<Close>, ()> {
+    async fn reply<S: Socket>(&self, sink: &mut S, text: Utf8Bytes) -> Result<Option<Close>, ()> {
         sink.send(WsMessage::Text(text)).await.map_err(|_| ())?;
         Ok(None)
     }
 
-    async fn handle(&mut self, text: &str, sink: &mut WebSocket) -> Result<Option<Close>, ()> {
+    async fn handle<S: Socket>(&mut self, text: &str, sink: &mut S) -> Result<Option<Close>, ()> {
         let parsed = protocol::parse(text);
         let kind = match &parsed {
             Ok(ClientFrame::Message { .. }) => FrameKind::Message,
@@ -549,11 +569,11 @@ impl Connection {
         Ok(())
     }
 
-    async fn subscribe(
+    async fn subscribe<S: Socket>(
         &mut self,
         room: RoomId,
         since: Option<i64>,
-        sink: &mut WebSocket,
+        sink: &mut S,
     ) -> Result<(), SubscribeError> {
         if !self.subs.contains_key(&room) && self.subs.len() >= self.state.config.max_subscriptions
         {
@@ -752,4 +772,155 @@ async fn rules_for(
     let rules = SendRules::new(&r, &m);
     cache.insert(room, rules.clone());
     Ok(rules)
+}
+
+/// The connection's commands and limits, driven through an in-memory socket (no server, no
+/// TCP): the same `run` the handshake calls, over a pair of channels.
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures::channel::mpsc;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::ids::UserId;
+
+    /// The server's end of an in-memory socket.
+    struct Pipe {
+        to_client: mpsc::UnboundedSender<WsMessage>,
+        from_client: mpsc::UnboundedReceiver<WsMessage>,
+    }
+
+    impl Sink<WsMessage> for Pipe {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
+            self.to_client
+                .unbounded_send(item)
+                .map_err(axum::Error::new)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<WsMessage, axum::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_next_unpin(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    /// The client's end.
+    struct Client {
+        send: mpsc::UnboundedSender<WsMessage>,
+        recv: mpsc::UnboundedReceiver<WsMessage>,
+    }
+
+    impl Client {
+        fn send(&self, frame: Value) {
+            self.send
+                .unbounded_send(WsMessage::Text(frame.to_string().into()))
+                .unwrap();
+        }
+
+        /// The next text frame as JSON, or the close code.
+        async fn next(&mut self) -> Result<Value, Option<u16>> {
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(5), self.recv.next())
+                    .await
+                    .expect("the server answers");
+                match m {
+                    Some(WsMessage::Text(t)) => return Ok(serde_json::from_str(&t).unwrap()),
+                    Some(WsMessage::Close(f)) => return Err(f.map(|f| f.code)),
+                    Some(_) => continue,
+                    None => return Err(None),
+                }
+            }
+        }
+    }
+
+    /// A server state on SQLite in a temp dir, and a socket of a fresh user on it.
+    async fn connect(tune: impl FnOnce(&mut Config)) -> (Client, AppState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(dir.path().to_path_buf());
+        tune(&mut config);
+        let (state, _writer, _stop) = crate::server::build(config).await.unwrap();
+        let user = UserRecord {
+            id: UserId::new(),
+            username: "alice".into(),
+            display_name: "Alice".into(),
+            password_hash: String::new(),
+            created_at: crate::now_ms(),
+            banned_until: None,
+            ban_reason: None,
+            muted_until: None,
+        };
+        state.store.create_user(&user).await.unwrap();
+        let (to_client, recv) = mpsc::unbounded();
+        let (send, from_client) = mpsc::unbounded();
+        let pipe = Pipe {
+            to_client,
+            from_client,
+        };
+        run(state.clone(), pipe, Some((user, crate::now_secs() + 600))).await;
+        let mut client = Client { send, recv };
+        assert_eq!(client.next().await.unwrap()["type"], "hello");
+        (client, state, dir)
+    }
+
+    #[tokio::test]
+    async fn a_ping_is_answered_and_a_bad_frame_keeps_the_socket() {
+        let (mut c, _state, _dir) = connect(|_| {}).await;
+        c.send(json!({"type": "ping"}));
+        assert_eq!(c.next().await.unwrap(), json!({"type": "pong"}));
+        c.send(json!({"type": "dance", "client_id": "c1"}));
+        let e = c.next().await.unwrap();
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_str()),
+            (Some("bad_request"), Some("c1"))
+        );
+        c.send(json!({"type": "ping"}));
+        assert_eq!(c.next().await.unwrap()["type"], "pong");
+    }
+
+    #[tokio::test]
+    async fn frames_beyond_the_budget_are_refused_then_a_flood_is_closed_4008() {
+        let (mut c, _state, _dir) = connect(|config| {
+            config.ws_frames_per_second = 1;
+            config.ws_frames_burst = 3;
+        })
+        .await;
+        for _ in 0..3 {
+            c.send(json!({"type": "ping"}));
+            assert_eq!(c.next().await.unwrap()["type"], "pong");
+        }
+        c.send(json!({"type": "ping"}));
+        let e = c.next().await.unwrap();
+        assert_eq!(e["code"], "rate_limited");
+        assert!(e["retry_after_ms"].as_u64().unwrap() > 0);
+        // Ignoring the hint: the refusals that follow count as abuse.
+        for _ in 0..limits::ABUSE_LIMIT {
+            c.send(json!({"type": "ping"}));
+        }
+        let mut refused = 0;
+        let code = loop {
+            match c.next().await {
+                Ok(v) => {
+                    assert_eq!(v["code"], "rate_limited");
+                    refused += 1;
+                }
+                Err(code) => break code,
+            }
+        };
+        assert_eq!((code, refused), (Some(4008), limits::ABUSE_LIMIT - 1));
+    }
 }
