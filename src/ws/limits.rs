@@ -48,17 +48,26 @@ pub enum FrameKind {
     Other,
 }
 
+/// Held by every connection for its whole life, so kept small: the message budget is made
+/// when the connection first sends a message (most sockets only read), and the clock is the
+/// frame budget's own.
 pub struct Limits<C: Clock = DefaultClock> {
-    clock: C,
     frames: Limiter<C>,
-    messages: Limiter<C>,
+    messages: Option<Box<Limiter<C>>>,
     /// The policy generation `messages` was built for.
     policy_generation: u64,
+    /// The message budget's quota, from the policy.
+    per_second: u32,
+    burst: u32,
     /// Until when the last refusal asked the client to wait.
     hinted_until: Option<C::Instant>,
     /// When recent refusals that ignored a hint happened.
     ignored: VecDeque<C::Instant>,
 }
+
+// Every open socket holds one: within a few words of the one rate limiter a connection had
+// before every frame was counted (112 bytes with its abuse record).
+const _: () = assert!(std::mem::size_of::<Limits>() <= 144);
 
 impl Limits<DefaultClock> {
     pub fn new(frames_per_second: u32, frames_burst: u32, policy: &Policy) -> Self {
@@ -79,16 +88,11 @@ impl<C: Clock + Clone> Limits<C> {
         clock: C,
     ) -> Self {
         Limits {
-            frames: RateLimiter::direct_with_clock(
-                quota(frames_per_second, frames_burst),
-                clock.clone(),
-            ),
-            messages: RateLimiter::direct_with_clock(
-                quota(policy.messages_per_second, policy.burst),
-                clock.clone(),
-            ),
-            clock,
+            frames: RateLimiter::direct_with_clock(quota(frames_per_second, frames_burst), clock),
+            messages: None,
             policy_generation: policy.generation,
+            per_second: policy.messages_per_second,
+            burst: policy.burst,
             hinted_until: None,
             ignored: VecDeque::new(),
         }
@@ -98,20 +102,29 @@ impl<C: Clock + Clone> Limits<C> {
     /// new message limit holds on open sockets too.
     pub fn check(&mut self, kind: FrameKind, policy: &Policy) -> Verdict {
         if policy.generation != self.policy_generation {
-            self.messages = RateLimiter::direct_with_clock(
-                quota(policy.messages_per_second, policy.burst),
-                self.clock.clone(),
-            );
+            // A new limit holds from now on, with a fresh budget.
+            self.messages = None;
             self.policy_generation = policy.generation;
+            self.per_second = policy.messages_per_second;
+            self.burst = policy.burst;
         }
-        let now = self.clock.now();
+        let now = self.frames.clock().now();
         let refused = match self.frames.check() {
             Err(not_until) => Some((not_until.wait_time_from(now), "too many frames; slow down")),
-            Ok(()) if kind == FrameKind::Message => self
-                .messages
-                .check()
-                .err()
-                .map(|n| (n.wait_time_from(now), "too many messages; slow down")),
+            Ok(()) if kind == FrameKind::Message => {
+                let (per_second, burst) = (self.per_second, self.burst);
+                let clock = self.frames.clock().clone();
+                let messages = self.messages.get_or_insert_with(|| {
+                    Box::new(RateLimiter::direct_with_clock(
+                        quota(per_second, burst),
+                        clock,
+                    ))
+                });
+                messages
+                    .check()
+                    .err()
+                    .map(|n| (n.wait_time_from(now), "too many messages; slow down"))
+            }
             Ok(()) => None,
         };
         let Some((wait, message)) = refused else {
