@@ -29,28 +29,26 @@ macro_rules! blank {
 pub const USERNAME: &str = "^[a-z0-9_.-]{3,32}$";
 /// A room name: 1-64 of `[a-z0-9_-]`.
 pub const ROOM_NAME: &str = "^[a-z0-9_-]{1,64}$";
+/// Text with no control or directional characters and something visible, unanchored.
+macro_rules! shown {
+    () => {
+        concat!(
+            "[^",
+            unshown!(),
+            "]*[^",
+            unshown!(),
+            blank!(),
+            "][^",
+            unshown!(),
+            "]*"
+        )
+    };
+}
+
 /// A display name: no control or directional characters, and something visible.
-pub const SHOWN_TEXT: &str = concat!(
-    "^[^",
-    unshown!(),
-    "]*[^",
-    unshown!(),
-    blank!(),
-    "][^",
-    unshown!(),
-    "]*$"
-);
+pub const SHOWN_TEXT: &str = concat!("^", shown!(), "$");
 /// A topic: as a display name, or empty.
-pub const SHOWN_TEXT_OR_EMPTY: &str = concat!(
-    "^([^",
-    unshown!(),
-    "]*[^",
-    unshown!(),
-    blank!(),
-    "][^",
-    unshown!(),
-    "]*)?$"
-);
+pub const SHOWN_TEXT_OR_EMPTY: &str = concat!("^(", shown!(), ")?$");
 /// Search text: no control characters, and something that is not white space.
 pub const SEARCH_TEXT: &str =
     r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";

@@ -10,6 +10,7 @@
 
 pub mod order;
 pub mod outbox;
+pub mod presence;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use crate::telemetry::Metrics;
 
 use order::Order;
 pub use outbox::{Close, ConnId, Inbox, Next, Outbound, Outbox, RoomEvent};
+use presence::Presence;
 use registry::Registry;
 
 /// How long an out-of-order message waits for the ones before it before they are read from the
@@ -44,8 +46,8 @@ struct RoomState {
     /// Delivery order; its items are (frame, when the server read the message).
     order: Order<(Utf8Bytes, i64)>,
     subscribers: HashMap<ConnId, Outbox>,
-    /// Local sockets per user subscribed here: presence changes on 0 <-> 1.
-    presence: HashMap<UserId, u32>,
+    /// Who is online here: presence changes with a user's first and last socket.
+    presence: Presence,
 }
 
 /// Queues one event, shared, for every subscriber but `except`'s sockets; returns how many
@@ -220,9 +222,7 @@ impl Hub {
                 self.metrics.deliveries.inc_by(n as u64);
             });
             s.subscribers.insert(outbox.conn, outbox.clone());
-            let count = s.presence.entry(outbox.user).or_default();
-            *count += 1;
-            let first = *count == 1;
+            let first = s.presence.join(outbox.user);
             (cursor, first, fill)
         };
         self.metrics.subscriptions.inc();
@@ -243,14 +243,7 @@ impl Hub {
             };
             let mut s = state.lock().expect("room lock");
             let removed = s.subscribers.remove(&outbox.conn).is_some();
-            let mut offline = false;
-            if removed && let Some(c) = s.presence.get_mut(&outbox.user) {
-                *c -= 1;
-                if *c == 0 {
-                    s.presence.remove(&outbox.user);
-                    offline = true;
-                }
-            }
+            let offline = removed && s.presence.leave(outbox.user);
             (removed, offline, s.subscribers.is_empty())
         };
         if !removed {
@@ -281,14 +274,7 @@ impl Hub {
     pub async fn online(&self, room: RoomId) -> Vec<UserId> {
         let mut users: Vec<UserId> = self
             .room(room)
-            .map(|s| {
-                s.lock()
-                    .expect("room lock")
-                    .presence
-                    .keys()
-                    .copied()
-                    .collect()
-            })
+            .map(|s| s.lock().expect("room lock").presence.users().collect())
             .unwrap_or_default();
         users.extend(self.bus.presence_remote(room).await);
         users.sort();
@@ -326,7 +312,7 @@ impl Hub {
             for user in self.bus.presence_sweep(room).await {
                 let here = self
                     .room(room)
-                    .is_some_and(|s| s.lock().expect("room lock").presence.contains_key(&user));
+                    .is_some_and(|s| s.lock().expect("room lock").presence.contains(user));
                 if !here {
                     self.announce_presence(room, user, false);
                 }
@@ -344,12 +330,7 @@ impl Hub {
             .map(|(room, s)| {
                 (
                     *room,
-                    s.lock()
-                        .expect("room lock")
-                        .presence
-                        .keys()
-                        .copied()
-                        .collect(),
+                    s.lock().expect("room lock").presence.users().collect(),
                 )
             })
             .collect();
