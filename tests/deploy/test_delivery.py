@@ -98,7 +98,7 @@ def test_workflows_pass_actionlint():
 
 
 def test_skaffold_matches_its_schema():
-    schema = ROOT.parent / "shared" / "schemas" / "skaffold-v4beta14.json"
+    schema = ROOT / "tests" / "deploy" / "schemas" / "skaffold-v4beta14.json"
     run = subprocess.run(["check-jsonschema", "--schemafile", str(schema), str(ROOT / "skaffold.yaml")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
