@@ -56,9 +56,6 @@ pub struct Limits<C: Clock = DefaultClock> {
     messages: Option<Box<Limiter<C>>>,
     /// The policy generation `messages` was built for.
     policy_generation: u64,
-    /// The message budget's quota, from the policy.
-    per_second: u32,
-    burst: u32,
     /// Until when the last refusal asked the client to wait.
     hinted_until: Option<C::Instant>,
     /// When recent refusals that ignored a hint happened.
@@ -67,7 +64,7 @@ pub struct Limits<C: Clock = DefaultClock> {
 
 // Every open socket holds one: within a few words of the one rate limiter a connection had
 // before every frame was counted (112 bytes with its abuse record).
-const _: () = assert!(std::mem::size_of::<Limits>() <= 144);
+const _: () = assert!(std::mem::size_of::<Limits>() <= 136);
 
 impl Limits<DefaultClock> {
     pub fn new(frames_per_second: u32, frames_burst: u32, policy: &Policy) -> Self {
@@ -91,8 +88,6 @@ impl<C: Clock + Clone> Limits<C> {
             frames: RateLimiter::direct_with_clock(quota(frames_per_second, frames_burst), clock),
             messages: None,
             policy_generation: policy.generation,
-            per_second: policy.messages_per_second,
-            burst: policy.burst,
             hinted_until: None,
             ignored: VecDeque::new(),
         }
@@ -105,18 +100,16 @@ impl<C: Clock + Clone> Limits<C> {
             // A new limit holds from now on, with a fresh budget.
             self.messages = None;
             self.policy_generation = policy.generation;
-            self.per_second = policy.messages_per_second;
-            self.burst = policy.burst;
         }
         let now = self.frames.clock().now();
         let refused = match self.frames.check() {
             Err(not_until) => Some((not_until.wait_time_from(now), "too many frames; slow down")),
             Ok(()) if kind == FrameKind::Message => {
-                let (per_second, burst) = (self.per_second, self.burst);
                 let clock = self.frames.clock().clone();
+                // Built from the policy in force, whose generation this budget follows.
                 let messages = self.messages.get_or_insert_with(|| {
                     Box::new(RateLimiter::direct_with_clock(
-                        quota(per_second, burst),
+                        quota(policy.messages_per_second, policy.burst),
                         clock,
                     ))
                 });
