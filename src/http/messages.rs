@@ -53,8 +53,8 @@ pub struct SendBody {
     #[schema(minimum = 1)]
     reply_to: Option<i64>,
     /// Ids of attachments the sender uploaded to this room.
-    #[schema(max_items = 10)]
-    attachments: Option<Vec<uuid::Uuid>>,
+    #[schema(max_items = 10, value_type = Option<Vec<uuid::Uuid>>)]
+    attachments: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -145,12 +145,7 @@ pub async fn send(
         body: body.body,
         client_id: body.client_id,
         reply_to: body.reply_to,
-        attachments: body
-            .attachments
-            .unwrap_or_default()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        attachments: body.attachments.unwrap_or_default(),
     };
     let (m, new) = chat::send_message(&state, &caller.user, id, draft).await?;
     let status = if new {
