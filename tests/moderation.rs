@@ -470,18 +470,8 @@ async fn the_message_rate_limit_answers_then_closes_4008() {
     for i in 0..40 {
         a.say(&room, "x", &format!("d{i}")).await;
     }
-    let mut code = None;
-    for _ in 0..200 {
-        match tokio::time::timeout(WAIT, futures::StreamExt::next(&mut a.inner)).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
-                code = Some(u16::from(f.code));
-                break;
-            }
-            Ok(Some(Ok(_))) => continue,
-            _ => break,
-        }
-    }
-    assert_eq!(code, Some(4008));
+    let (_, closed) = a.frames_until_close(WAIT).await;
+    assert_eq!(closed, Closed::Code(4008));
     let metrics = s.metrics().await;
     assert!(
         metrics.contains("confab_rate_limited_total{scope=\"ws\"}"),
@@ -750,23 +740,13 @@ async fn committed_messages_are_acked_before_a_4008_close() {
     for i in 0..70 {
         a.say(&room, "flood", &format!("c{i}")).await;
     }
-    let mut acked = std::collections::BTreeSet::new();
-    let code = loop {
-        match tokio::time::timeout(WAIT, futures::StreamExt::next(&mut a.inner)).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "ack" {
-                    acked.insert(v["client_id"].as_str().unwrap().to_string());
-                }
-            }
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
-                break f.map(|f| u16::from(f.code));
-            }
-            Ok(Some(Ok(_))) => {}
-            other => panic!("expected frames then a close, got {other:?}"),
-        }
-    };
-    assert_eq!(code, Some(4008));
+    let (frames, closed) = a.frames_until_close(WAIT).await;
+    assert_eq!(closed, Closed::Code(4008));
+    let acked: std::collections::BTreeSet<String> = frames
+        .iter()
+        .filter(|v| v["type"] == "ack")
+        .map(|v| v["client_id"].as_str().unwrap().to_string())
+        .collect();
     let (_, history) = alice
         .api
         .get(&format!("/api/v1/rooms/{room}/messages?limit=200"))

@@ -1067,3 +1067,77 @@ async fn slow_and_idle_http_connections_are_dropped() {
     let (st, _) = s.api().get("/healthz").await;
     assert_eq!(st, StatusCode::OK);
 }
+
+/// Answers chosen so that the OpenAPI document can describe them: an integer may be written
+/// `5.0`; limits on text count characters, not bytes; an empty `?filename=` is refused; a direct
+/// room cannot be changed or invited into (409), and an admin cannot ban itself (403).
+#[tokio::test]
+async fn answers_the_api_description_can_state() {
+    let (mut config, dir) = common::embedded();
+    config.admins = vec!["root".into()];
+    let s = Server::start_with(config, Some(dir)).await;
+    let root = s.user("root").await;
+    let alice = s.user("alice").await;
+    let room = alice.create_room("general", "public").await;
+    alice.post_message(&room, "one").await;
+    let (st, body) = alice
+        .api
+        .post(&format!("/api/v1/rooms/{room}/read"), json!({"seq": 1.0}))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{body}");
+    let (st, body) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}"),
+            json!({"topic": "é".repeat(1024)}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "1024 characters, 2048 bytes: {body}");
+    let (st, _) = alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}"),
+            json!({"topic": "é".repeat(1025)}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let r = alice
+        .api
+        .client
+        .post(format!(
+            "{}/api/v1/rooms/{room}/attachments?filename=",
+            alice.api.base
+        ))
+        .bearer_auth(&alice.token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let (st, dm) = alice
+        .api
+        .post("/api/v1/dms", json!({"user_id": root.id}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let dm = dm["id"].as_str().unwrap();
+    // An admin may change any room, but not a direct one.
+    let (st, _) = root
+        .api
+        .patch(&format!("/api/v1/rooms/{dm}"), json!({"topic": "x"}))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let carol = s.user("carol").await;
+    let (st, _) = root
+        .api
+        .post(
+            &format!("/api/v1/rooms/{dm}/members"),
+            json!({"user_id": carol.id}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, _) = root
+        .api
+        .post(&format!("/api/v1/admin/users/{}/ban", root.id), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+}

@@ -141,6 +141,27 @@ impl Ws {
         self.expect_close_reason(within).await.0
     }
 
+    /// Every text frame until the server closes the socket, and the close.
+    pub async fn frames_until_close(&mut self, within: Duration) -> (Vec<Value>, Closed) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    frames.push(serde_json::from_str(&t).expect("server frames are JSON"));
+                }
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    return (frames, Closed::Code(f.code.into()));
+                }
+                Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => {
+                    return (frames, Closed::Dropped);
+                }
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => panic!("the server did not close the socket within {within:?}"),
+            }
+        }
+    }
+
     /// The close, with the reason text of its close frame (empty when there was none).
     pub async fn expect_close_reason(&mut self, within: Duration) -> (Closed, String) {
         let deadline = tokio::time::Instant::now() + within;
