@@ -24,7 +24,12 @@ use crate::telemetry::Metrics;
 
 /// `confab migrate`: apply migrations and exit.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = store::open(config.database_url.as_deref(), &config.data_dir).await?;
+    let store = store::open(
+        config.database_url.as_deref(),
+        &config.data_dir,
+        store::QueryTimer::default(),
+    )
+    .await?;
     tracing::info!(backend = store.backend(), "migrations applied");
     Ok(())
 }
@@ -76,10 +81,12 @@ pub(crate) async fn build(
     config: Config,
 ) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>, Arc<Notify>)> {
     let metrics = Metrics::new();
-    let store: Arc<dyn Store> = Arc::new(store::TimedStore::new(
-        store::open(config.database_url.as_deref(), &config.data_dir).await?,
-        metrics.clone(),
-    ));
+    let store: Arc<dyn Store> = store::open(
+        config.database_url.as_deref(),
+        &config.data_dir,
+        store::QueryTimer::new(metrics.store_query.clone()),
+    )
+    .await?;
     let secret = match &config.jwt_secret {
         Some(s) => s.clone(),
         None => store.setting_init("jwt_secret", &random_token()).await?,

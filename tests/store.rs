@@ -20,7 +20,9 @@ struct Fixture {
 
 async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = store::open(None, dir.path()).await.unwrap();
+    let store = store::open(None, dir.path(), Default::default())
+        .await
+        .unwrap();
     Fixture {
         store,
         _dir: Some(dir),
@@ -30,9 +32,13 @@ async fn sqlite() -> Fixture {
 
 async fn postgres() -> Fixture {
     let pg = Postgres::start();
-    let store = store::open(Some(&pg.url), std::path::Path::new("/unused"))
-        .await
-        .unwrap();
+    let store = store::open(
+        Some(&pg.url),
+        std::path::Path::new("/unused"),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     Fixture {
         store,
         _dir: None,

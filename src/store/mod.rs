@@ -7,14 +7,11 @@
 
 pub mod blobs;
 mod sql;
-mod timed;
-
-pub use timed::TimedStore;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -407,8 +404,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 }
 
+/// Where a store reports how long each call took (`confab_store_query_duration_seconds{op}`);
+/// `None` when nothing is measured (the `migrate` command, store tests).
+#[derive(Clone, Default)]
+pub struct QueryTimer(Option<prometheus::HistogramVec>);
+
+impl QueryTimer {
+    pub fn new(histogram: prometheus::HistogramVec) -> Self {
+        QueryTimer(Some(histogram))
+    }
+
+    fn observe(&self, op: &str, started: Instant) {
+        if let Some(h) = &self.0 {
+            h.with_label_values(&[op])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
 /// Opens the store the configuration names and applies pending migrations.
-pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    timer: QueryTimer,
+) -> anyhow::Result<Arc<dyn Store>> {
     use anyhow::Context;
     match database_url {
         Some(url) => {
@@ -424,7 +443,7 @@ pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result
                 .run(&pool)
                 .await
                 .context("PostgreSQL migrations failed")?;
-            Ok(Arc::new(PgStore::new(pool)))
+            Ok(Arc::new(PgStore::new(pool, timer)))
         }
         None => {
             std::fs::create_dir_all(data_dir).with_context(|| {
@@ -450,7 +469,7 @@ pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result
                 .run(&pool)
                 .await
                 .context("SQLite migrations failed")?;
-            Ok(Arc::new(SqliteStore::new(pool)))
+            Ok(Arc::new(SqliteStore::new(pool, timer)))
         }
     }
 }

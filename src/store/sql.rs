@@ -34,23 +34,53 @@ const COMMIT_ATTEMPTS: usize = 3;
 #[derive(Clone)]
 pub struct PgStore {
     pool: sqlx::PgPool,
+    timer: QueryTimer,
 }
 
 impl PgStore {
-    pub fn new(pool: sqlx::PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: sqlx::PgPool, timer: QueryTimer) -> Self {
+        Self { pool, timer }
     }
 }
 
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    timer: QueryTimer,
 }
 
 impl SqliteStore {
-    pub fn new(pool: sqlx::SqlitePool) -> Self {
-        Self { pool }
+    pub fn new(pool: sqlx::SqlitePool, timer: QueryTimer) -> Self {
+        Self { pool, timer }
     }
+}
+
+/// Emits `impl Store for $store`: the plain methods as written, and each async method timed into
+/// `confab_store_query_duration_seconds{op}` under its own name, so the implementation is the
+/// one list of operations.
+macro_rules! timed_store_impl {
+    (
+        $store:ident,
+        plain { $($plain:item)* }
+        timed {
+        $(
+            async fn $op:ident(&$self:ident $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty $body:block
+        )*
+        }
+    ) => {
+        #[async_trait]
+        impl Store for $store {
+            $($plain)*
+            $(
+                async fn $op(&$self $(, $arg: $ty)*) -> $ret {
+                    let started = std::time::Instant::now();
+                    let result: $ret = async { $body }.await;
+                    $self.timer.observe(stringify!($op), started);
+                    result
+                }
+            )*
+        }
+    };
 }
 
 fn dm_key(a: UserId, b: UserId) -> String {
@@ -283,631 +313,634 @@ macro_rules! sql_store {
             }
         }
 
-        #[async_trait]
-        impl Store for $store {
-            fn backend(&self) -> &'static str {
-                $backend
-            }
-
-            fn statements_on_own_thread(&self) -> bool {
-                $own_thread
-            }
-
-            async fn ping(&self) -> StoreResult<()> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
-                Ok(())
-            }
-
-            async fn setting_init(&self, key: &str, value: &str) -> StoreResult<String> {
-                sqlx::query(
-                    "INSERT INTO settings (key, value) VALUES ($1, $2) \
-                     ON CONFLICT (key) DO NOTHING",
-                )
-                .bind(key)
-                .bind(value)
-                .execute(&self.pool)
-                .await?;
-                Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-                    .bind(key)
-                    .fetch_one(&self.pool)
-                    .await?)
-            }
-
-            async fn create_user(&self, u: &UserRecord) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO users (id, username, display_name, password_hash, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(u.id)
-                .bind(&u.username)
-                .bind(&u.display_name)
-                .bind(&u.password_hash)
-                .bind(u.created_at)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| conflict(e, "the username is taken"))?;
-                Ok(())
-            }
-
-            async fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
-                    .bind(username)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn insert_refresh(
-                &self,
-                token_hash: &str,
-                family: FamilyId,
-                user: UserId,
-                expires_at: i64,
-            ) -> StoreResult<()> {
-                let now = crate::now_ms();
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO token_families (id, user_id, revoked, created_at) \
-                     VALUES ($1, $2, FALSE, $3)",
-                )
-                .bind(family)
-                .bind(user)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                Self::insert_token(&mut tx, token_hash, family, user, expires_at, now).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn spend_refresh(
-                &self,
-                token_hash: &str,
-                now: i64,
-                next: (&str, i64),
-            ) -> StoreResult<RefreshOutcome> {
-                let mut tx = self.begin_write().await?;
-                let row: Option<(FamilyId, UserId, i64, bool, bool)> = sqlx::query_as(
-                    "SELECT t.family_id, t.user_id, t.expires_at, t.spent, f.revoked \
-                     FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
-                     WHERE t.token_hash = $1",
-                )
-                .bind(token_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((family, user, expires_at, spent, revoked)) = row else {
-                    return Ok(RefreshOutcome::Invalid);
-                };
-                if revoked || expires_at <= now {
-                    return Ok(RefreshOutcome::Invalid);
+        timed_store_impl! {
+            $store,
+            plain {
+                fn backend(&self) -> &'static str {
+                    $backend
                 }
-                let claimed = !spent
-                    && sqlx::query(
-                        "UPDATE refresh_tokens SET spent = TRUE \
-                         WHERE token_hash = $1 AND spent = FALSE",
+
+                fn statements_on_own_thread(&self) -> bool {
+                    $own_thread
+                }
+            }
+            timed {
+                async fn ping(&self) -> StoreResult<()> {
+                    sqlx::query("SELECT 1").execute(&self.pool).await?;
+                    Ok(())
+                }
+
+                async fn setting_init(&self, key: &str, value: &str) -> StoreResult<String> {
+                    sqlx::query(
+                        "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                         ON CONFLICT (key) DO NOTHING",
+                    )
+                    .bind(key)
+                    .bind(value)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                        .bind(key)
+                        .fetch_one(&self.pool)
+                        .await?)
+                }
+
+                async fn create_user(&self, u: &UserRecord) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO users (id, username, display_name, password_hash, created_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(u.id)
+                    .bind(&u.username)
+                    .bind(&u.display_name)
+                    .bind(&u.password_hash)
+                    .bind(u.created_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| conflict(e, "the username is taken"))?;
+                    Ok(())
+                }
+
+                async fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+                    Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?)
+                }
+
+                async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+                    Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
+                        .bind(username)
+                        .fetch_optional(&self.pool)
+                        .await?)
+                }
+
+                async fn insert_refresh(
+                    &self,
+                    token_hash: &str,
+                    family: FamilyId,
+                    user: UserId,
+                    expires_at: i64,
+                ) -> StoreResult<()> {
+                    let now = crate::now_ms();
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(
+                        "INSERT INTO token_families (id, user_id, revoked, created_at) \
+                         VALUES ($1, $2, FALSE, $3)",
+                    )
+                    .bind(family)
+                    .bind(user)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    Self::insert_token(&mut tx, token_hash, family, user, expires_at, now).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn spend_refresh(
+                    &self,
+                    token_hash: &str,
+                    now: i64,
+                    next: (&str, i64),
+                ) -> StoreResult<RefreshOutcome> {
+                    let mut tx = self.begin_write().await?;
+                    let row: Option<(FamilyId, UserId, i64, bool, bool)> = sqlx::query_as(
+                        "SELECT t.family_id, t.user_id, t.expires_at, t.spent, f.revoked \
+                         FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
+                         WHERE t.token_hash = $1",
                     )
                     .bind(token_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((family, user, expires_at, spent, revoked)) = row else {
+                        return Ok(RefreshOutcome::Invalid);
+                    };
+                    if revoked || expires_at <= now {
+                        return Ok(RefreshOutcome::Invalid);
+                    }
+                    let claimed = !spent
+                        && sqlx::query(
+                            "UPDATE refresh_tokens SET spent = TRUE \
+                             WHERE token_hash = $1 AND spent = FALSE",
+                        )
+                        .bind(token_hash)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            == 1;
+                    if !claimed {
+                        // Theft detection: whoever holds this family's tokens loses them all.
+                        sqlx::query("UPDATE token_families SET revoked = TRUE WHERE id = $1")
+                            .bind(family)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        return Ok(RefreshOutcome::Reused);
+                    }
+                    Self::insert_token(&mut tx, next.0, family, user, next.1, now).await?;
+                    tx.commit().await?;
+                    Ok(RefreshOutcome::Valid { user, family })
+                }
+
+                async fn revoke_family_of(&self, token_hash: &str) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE token_families SET revoked = TRUE WHERE id = \
+                         (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
+                    )
+                    .bind(token_hash)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn create_room(&self, r: &NewRoom) -> StoreResult<RoomRecord> {
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(
+                        "INSERT INTO rooms (id, name, kind, topic, created_at, created_by) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(r.id)
+                    .bind(&r.name)
+                    .bind(&r.kind)
+                    .bind(&r.topic)
+                    .bind(r.created_at)
+                    .bind(r.created_by)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| conflict(e, "a room with this name exists"))?;
+                    sqlx::query(
+                        "INSERT INTO members (room_id, user_id, role, joined_at) \
+                         VALUES ($1, $2, 'owner', $3)",
+                    )
+                    .bind(r.id)
+                    .bind(r.created_by)
+                    .bind(r.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    self.room(r.id).await?.ok_or(StoreError::NotFound)
+                }
+
+                async fn room(&self, id: RoomId) -> StoreResult<Option<RoomRecord>> {
+                    Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?)
+                }
+
+                async fn room_by_name(&self, name: &str) -> StoreResult<Option<RoomRecord>> {
+                    Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.name = $1"))
+                        .bind(name)
+                        .fetch_optional(&self.pool)
+                        .await?)
+                }
+
+                async fn last_seqs(&self, rooms: &[RoomId]) -> StoreResult<Vec<(RoomId, i64)>> {
+                    if rooms.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let mut q = QueryBuilder::<$db>::new("SELECT id, last_seq FROM rooms WHERE id IN (");
+                    let mut sep = q.separated(", ");
+                    for r in rooms {
+                        sep.push_bind(*r);
+                    }
+                    q.push(")");
+                    Ok(q.build_query_as().fetch_all(&self.pool).await?)
+                }
+
+                async fn users_by_names(&self, names: &[String]) -> StoreResult<Vec<UserRecord>> {
+                    if names.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let mut q = QueryBuilder::<$db>::new("SELECT * FROM users WHERE username IN (");
+                    let mut sep = q.separated(", ");
+                    for n in names {
+                        sep.push_bind(n.clone());
+                    }
+                    q.push(")");
+                    Ok(q.build_query_as().fetch_all(&self.pool).await?)
+                }
+
+                async fn expire_messages(&self, now: i64, default_days: Option<i64>) -> StoreResult<u64> {
+                    const DAY: i64 = 86_400_000;
+                    let mut n = sqlx::query(
+                        "UPDATE messages SET body = '', deleted = TRUE, attachments = NULL \
+                         WHERE deleted = FALSE AND room_id IN \
+                           (SELECT id FROM rooms WHERE retention_days IS NOT NULL) \
+                         AND created_at < $1 - (SELECT retention_days FROM rooms WHERE id = messages.room_id) * $2",
+                    )
+                    .bind(now)
+                    .bind(DAY)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    if let Some(days) = default_days {
+                        n += sqlx::query(
+                            "UPDATE messages SET body = '', deleted = TRUE, attachments = NULL \
+                             WHERE deleted = FALSE AND created_at < $1 AND room_id IN \
+                               (SELECT id FROM rooms WHERE retention_days IS NULL)",
+                        )
+                        .bind(now - days.saturating_mul(DAY))
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                    }
+                    Ok(n)
+                }
+
+                async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomListing>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ", room_columns!(), ", m.role, m.last_read_seq, \
+                         (SELECT COUNT(*) FROM messages x WHERE x.room_id = r.id \
+                            AND x.seq > m.last_read_seq AND x.user_id <> m.user_id \
+                            AND x.deleted = FALSE) AS unread \
+                         FROM rooms r JOIN members m ON m.room_id = r.id \
+                         WHERE m.user_id = $1 ORDER BY r.name"
+                    ))
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn public_rooms_outside(&self, user: UserId) -> StoreResult<Vec<RoomRecord>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ", room_columns!(), " FROM rooms r WHERE r.kind = 'public' \
+                         AND NOT EXISTS (SELECT 1 FROM members m \
+                                         WHERE m.room_id = r.id AND m.user_id = $1) \
+                         ORDER BY r.name"
+                    ))
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn update_room(&self, id: RoomId, c: &RoomChanges<'_>) -> StoreResult<RoomRecord> {
+                    sqlx::query(
+                        "UPDATE rooms SET topic = COALESCE($2, topic), kind = COALESCE($3, kind), \
+                         slow_mode_seconds = COALESCE($4, slow_mode_seconds), \
+                         read_only = COALESCE($5, read_only), \
+                         retention_days = CASE WHEN $6 THEN $7 ELSE retention_days END, \
+                         managed_by = CASE WHEN $8 THEN $9 ELSE managed_by END, \
+                         archived = COALESCE($10, archived) WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(c.topic)
+                    .bind(c.kind)
+                    .bind(c.slow_mode_seconds)
+                    .bind(c.read_only)
+                    .bind(c.retention_days.is_some())
+                    .bind(c.retention_days.flatten())
+                    .bind(c.managed_by.is_some())
+                    .bind(c.managed_by.flatten())
+                    .bind(c.archived)
+                    .execute(&self.pool)
+                    .await?;
+                    self.room(id).await?.ok_or(StoreError::NotFound)
+                }
+
+                async fn archive_room(&self, id: RoomId) -> StoreResult<()> {
+                    sqlx::query("UPDATE rooms SET archived = TRUE WHERE id = $1")
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn direct_room(
+                    &self,
+                    a: UserId,
+                    b: UserId,
+                    now: i64,
+                ) -> StoreResult<(RoomRecord, bool)> {
+                    let key = dm_key(a, b);
+                    let find = concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.dm_key = $1");
+                    if let Some(r) = sqlx::query_as(find).bind(&key).fetch_optional(&self.pool).await? {
+                        return Ok((r, false));
+                    }
+                    let id = RoomId::new();
+                    let mut tx = self.begin_write().await?;
+                    let created = sqlx::query(
+                        "INSERT INTO rooms (id, name, kind, topic, created_at, created_by, dm_key) \
+                         VALUES ($1, $2, 'direct', '', $3, $4, $5) ON CONFLICT (dm_key) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(format!("dm-{id}"))
+                    .bind(now)
+                    .bind(a)
+                    .bind(&key)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
                         == 1;
-                if !claimed {
-                    // Theft detection: whoever holds this family's tokens loses them all.
-                    sqlx::query("UPDATE token_families SET revoked = TRUE WHERE id = $1")
-                        .bind(family)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    return Ok(RefreshOutcome::Reused);
-                }
-                Self::insert_token(&mut tx, next.0, family, user, next.1, now).await?;
-                tx.commit().await?;
-                Ok(RefreshOutcome::Valid { user, family })
-            }
-
-            async fn revoke_family_of(&self, token_hash: &str) -> StoreResult<bool> {
-                let done = sqlx::query(
-                    "UPDATE token_families SET revoked = TRUE WHERE id = \
-                     (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
-                )
-                .bind(token_hash)
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            async fn create_room(&self, r: &NewRoom) -> StoreResult<RoomRecord> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO rooms (id, name, kind, topic, created_at, created_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(r.id)
-                .bind(&r.name)
-                .bind(&r.kind)
-                .bind(&r.topic)
-                .bind(r.created_at)
-                .bind(r.created_by)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| conflict(e, "a room with this name exists"))?;
-                sqlx::query(
-                    "INSERT INTO members (room_id, user_id, role, joined_at) \
-                     VALUES ($1, $2, 'owner', $3)",
-                )
-                .bind(r.id)
-                .bind(r.created_by)
-                .bind(r.created_at)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                self.room(r.id).await?.ok_or(StoreError::NotFound)
-            }
-
-            async fn room(&self, id: RoomId) -> StoreResult<Option<RoomRecord>> {
-                Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.id = $1"))
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn room_by_name(&self, name: &str) -> StoreResult<Option<RoomRecord>> {
-                Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.name = $1"))
-                    .bind(name)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn last_seqs(&self, rooms: &[RoomId]) -> StoreResult<Vec<(RoomId, i64)>> {
-                if rooms.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut q = QueryBuilder::<$db>::new("SELECT id, last_seq FROM rooms WHERE id IN (");
-                let mut sep = q.separated(", ");
-                for r in rooms {
-                    sep.push_bind(*r);
-                }
-                q.push(")");
-                Ok(q.build_query_as().fetch_all(&self.pool).await?)
-            }
-
-            async fn users_by_names(&self, names: &[String]) -> StoreResult<Vec<UserRecord>> {
-                if names.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut q = QueryBuilder::<$db>::new("SELECT * FROM users WHERE username IN (");
-                let mut sep = q.separated(", ");
-                for n in names {
-                    sep.push_bind(n.clone());
-                }
-                q.push(")");
-                Ok(q.build_query_as().fetch_all(&self.pool).await?)
-            }
-
-            async fn expire_messages(&self, now: i64, default_days: Option<i64>) -> StoreResult<u64> {
-                const DAY: i64 = 86_400_000;
-                let mut n = sqlx::query(
-                    "UPDATE messages SET body = '', deleted = TRUE, attachments = NULL \
-                     WHERE deleted = FALSE AND room_id IN \
-                       (SELECT id FROM rooms WHERE retention_days IS NOT NULL) \
-                     AND created_at < $1 - (SELECT retention_days FROM rooms WHERE id = messages.room_id) * $2",
-                )
-                .bind(now)
-                .bind(DAY)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-                if let Some(days) = default_days {
-                    n += sqlx::query(
-                        "UPDATE messages SET body = '', deleted = TRUE, attachments = NULL \
-                         WHERE deleted = FALSE AND created_at < $1 AND room_id IN \
-                           (SELECT id FROM rooms WHERE retention_days IS NULL)",
-                    )
-                    .bind(now - days.saturating_mul(DAY))
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                }
-                Ok(n)
-            }
-
-            async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomListing>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT ", room_columns!(), ", m.role, m.last_read_seq, \
-                     (SELECT COUNT(*) FROM messages x WHERE x.room_id = r.id \
-                        AND x.seq > m.last_read_seq AND x.user_id <> m.user_id \
-                        AND x.deleted = FALSE) AS unread \
-                     FROM rooms r JOIN members m ON m.room_id = r.id \
-                     WHERE m.user_id = $1 ORDER BY r.name"
-                ))
-                .bind(user)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn public_rooms_outside(&self, user: UserId) -> StoreResult<Vec<RoomRecord>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT ", room_columns!(), " FROM rooms r WHERE r.kind = 'public' \
-                     AND NOT EXISTS (SELECT 1 FROM members m \
-                                     WHERE m.room_id = r.id AND m.user_id = $1) \
-                     ORDER BY r.name"
-                ))
-                .bind(user)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn update_room(&self, id: RoomId, c: &RoomChanges<'_>) -> StoreResult<RoomRecord> {
-                sqlx::query(
-                    "UPDATE rooms SET topic = COALESCE($2, topic), kind = COALESCE($3, kind), \
-                     slow_mode_seconds = COALESCE($4, slow_mode_seconds), \
-                     read_only = COALESCE($5, read_only), \
-                     retention_days = CASE WHEN $6 THEN $7 ELSE retention_days END, \
-                     managed_by = CASE WHEN $8 THEN $9 ELSE managed_by END, \
-                     archived = COALESCE($10, archived) WHERE id = $1",
-                )
-                .bind(id)
-                .bind(c.topic)
-                .bind(c.kind)
-                .bind(c.slow_mode_seconds)
-                .bind(c.read_only)
-                .bind(c.retention_days.is_some())
-                .bind(c.retention_days.flatten())
-                .bind(c.managed_by.is_some())
-                .bind(c.managed_by.flatten())
-                .bind(c.archived)
-                .execute(&self.pool)
-                .await?;
-                self.room(id).await?.ok_or(StoreError::NotFound)
-            }
-
-            async fn archive_room(&self, id: RoomId) -> StoreResult<()> {
-                sqlx::query("UPDATE rooms SET archived = TRUE WHERE id = $1")
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            async fn direct_room(
-                &self,
-                a: UserId,
-                b: UserId,
-                now: i64,
-            ) -> StoreResult<(RoomRecord, bool)> {
-                let key = dm_key(a, b);
-                let find = concat!("SELECT ", room_columns!(), " FROM rooms r WHERE r.dm_key = $1");
-                if let Some(r) = sqlx::query_as(find).bind(&key).fetch_optional(&self.pool).await? {
-                    return Ok((r, false));
-                }
-                let id = RoomId::new();
-                let mut tx = self.begin_write().await?;
-                let created = sqlx::query(
-                    "INSERT INTO rooms (id, name, kind, topic, created_at, created_by, dm_key) \
-                     VALUES ($1, $2, 'direct', '', $3, $4, $5) ON CONFLICT (dm_key) DO NOTHING",
-                )
-                .bind(id)
-                .bind(format!("dm-{id}"))
-                .bind(now)
-                .bind(a)
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1;
-                if created {
-                    for user in [a, b] {
-                        sqlx::query(
-                            "INSERT INTO members (room_id, user_id, role, joined_at) \
-                             VALUES ($1, $2, 'member', $3)",
-                        )
-                        .bind(id)
-                        .bind(user)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                    if created {
+                        for user in [a, b] {
+                            sqlx::query(
+                                "INSERT INTO members (room_id, user_id, role, joined_at) \
+                                 VALUES ($1, $2, 'member', $3)",
+                            )
+                            .bind(id)
+                            .bind(user)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
                     }
+                    tx.commit().await?;
+                    let r = sqlx::query_as(find).bind(&key).fetch_one(&self.pool).await?;
+                    Ok((r, created))
                 }
-                tx.commit().await?;
-                let r = sqlx::query_as(find).bind(&key).fetch_one(&self.pool).await?;
-                Ok((r, created))
-            }
 
-            async fn member(&self, room: RoomId, user: UserId) -> StoreResult<Option<MemberRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT room_id, user_id, role, last_read_seq, last_delivered_seq, muted_until \
-                     FROM members WHERE room_id = $1 AND user_id = $2",
-                )
-                .bind(room)
-                .bind(user)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
+                async fn member(&self, room: RoomId, user: UserId) -> StoreResult<Option<MemberRecord>> {
+                    Ok(sqlx::query_as(
+                        "SELECT room_id, user_id, role, last_read_seq, last_delivered_seq, muted_until \
+                         FROM members WHERE room_id = $1 AND user_id = $2",
+                    )
+                    .bind(room)
+                    .bind(user)
+                    .fetch_optional(&self.pool)
+                    .await?)
+                }
 
-            async fn add_member(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool> {
-                let done = sqlx::query(
-                    "INSERT INTO members (room_id, user_id, role, joined_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (room_id, user_id) DO NOTHING",
-                )
-                .bind(room)
-                .bind(user)
-                .bind(role)
-                .bind(crate::now_ms())
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn set_role(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool> {
-                let done = sqlx::query("UPDATE members SET role = $3 WHERE room_id = $1 AND user_id = $2")
+                async fn add_member(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "INSERT INTO members (room_id, user_id, role, joined_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (room_id, user_id) DO NOTHING",
+                    )
                     .bind(room)
                     .bind(user)
                     .bind(role)
+                    .bind(crate::now_ms())
                     .execute(&self.pool)
                     .await?;
-                Ok(done.rows_affected() == 1)
-            }
+                    Ok(done.rows_affected() == 1)
+                }
 
-            async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
-                let done = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
+                async fn set_role(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool> {
+                    let done = sqlx::query("UPDATE members SET role = $3 WHERE room_id = $1 AND user_id = $2")
+                        .bind(room)
+                        .bind(user)
+                        .bind(role)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
+                    let done = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
+                        .bind(room)
+                        .bind(user)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn members(&self, room: RoomId) -> StoreResult<Vec<MemberUser>> {
+                    Ok(sqlx::query_as(
+                        "SELECT u.*, m.role, m.last_read_seq, m.last_delivered_seq FROM members m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = $1 ORDER BY u.username",
+                    )
                     .bind(room)
-                    .bind(user)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
 
-            async fn members(&self, room: RoomId) -> StoreResult<Vec<MemberUser>> {
-                Ok(sqlx::query_as(
-                    "SELECT u.*, m.role, m.last_read_seq, m.last_delivered_seq FROM members m JOIN users u ON u.id = m.user_id \
-                     WHERE m.room_id = $1 ORDER BY u.username",
-                )
-                .bind(room)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
-                let mut attempt = 1;
-                let mut look_up = false;
-                loop {
-                    match self.commit_once(batch, look_up).await {
-                        Ok(Some(outcomes)) => return Ok(outcomes),
-                        // The bet lost (only the first attempt bets): a resend was in the
-                        // batch, and the next attempt looks it up.
-                        Ok(None) => look_up = true,
-                        Err(e) if attempt < COMMIT_ATTEMPTS && is_retryable(&e) => {
-                            attempt += 1;
-                            tracing::debug!(error = %e, attempt, "commit raced another pod; retrying");
+                async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
+                    let mut attempt = 1;
+                    let mut look_up = false;
+                    loop {
+                        match self.commit_once(batch, look_up).await {
+                            Ok(Some(outcomes)) => return Ok(outcomes),
+                            // The bet lost (only the first attempt bets): a resend was in the
+                            // batch, and the next attempt looks it up.
+                            Ok(None) => look_up = true,
+                            Err(e) if attempt < COMMIT_ATTEMPTS && is_retryable(&e) => {
+                                attempt += 1;
+                                tracing::debug!(error = %e, attempt, "commit raced another pod; retrying");
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
                 }
-            }
 
-            async fn messages_before(
-                &self,
-                room: RoomId,
-                before: i64,
-                limit: i64,
-            ) -> StoreResult<Vec<MessageRecord>> {
-                let mut rows: Vec<MessageRecord> = sqlx::query_as(concat!(
-                    "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
-                     WHERE m.room_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
-                ))
-                .bind(room)
-                .bind(before)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.reverse();
-                Ok(rows)
-            }
+                async fn messages_before(
+                    &self,
+                    room: RoomId,
+                    before: i64,
+                    limit: i64,
+                ) -> StoreResult<Vec<MessageRecord>> {
+                    let mut rows: Vec<MessageRecord> = sqlx::query_as(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
+                    ))
+                    .bind(room)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.reverse();
+                    Ok(rows)
+                }
 
-            async fn messages_after(
-                &self,
-                room: RoomId,
-                after: i64,
-                limit: i64,
-            ) -> StoreResult<Vec<MessageRecord>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
-                     WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3"
-                ))
-                .bind(room)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?)
-            }
+                async fn messages_after(
+                    &self,
+                    room: RoomId,
+                    after: i64,
+                    limit: i64,
+                ) -> StoreResult<Vec<MessageRecord>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3"
+                    ))
+                    .bind(room)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
 
-            async fn message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
-                     WHERE m.room_id = $1 AND m.seq = $2"
-                ))
-                .bind(room)
-                .bind(seq)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn insert_attachment(&self, a: &AttachmentRecord) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO attachments (id, room_id, user_id, filename, content_type, size, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(a.id)
-                .bind(a.room_id)
-                .bind(a.user_id)
-                .bind(&a.filename)
-                .bind(&a.content_type)
-                .bind(a.size)
-                .bind(a.created_at)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn attachment(&self, id: AttachmentId) -> StoreResult<Option<AttachmentRecord>> {
-                Ok(sqlx::query_as("SELECT * FROM attachments WHERE id = $1")
-                    .bind(id)
+                async fn message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = $1 AND m.seq = $2"
+                    ))
+                    .bind(room)
+                    .bind(seq)
                     .fetch_optional(&self.pool)
                     .await?)
-            }
-
-            async fn edit_message(
-                &self,
-                room: RoomId,
-                seq: i64,
-                body: &str,
-                now: i64,
-            ) -> StoreResult<Option<MessageRecord>> {
-                let done = sqlx::query(
-                    "UPDATE messages SET body = $3, edited_at = $4 \
-                     WHERE room_id = $1 AND seq = $2 AND deleted = FALSE",
-                )
-                .bind(room)
-                .bind(seq)
-                .bind(body)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-                if done.rows_affected() == 0 {
-                    return Ok(None);
                 }
-                self.message(room, seq).await
-            }
 
-            async fn delete_message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>> {
-                let done = sqlx::query(
-                    "UPDATE messages SET body = '', deleted = TRUE \
-                     WHERE room_id = $1 AND seq = $2 AND deleted = FALSE",
-                )
-                .bind(room)
-                .bind(seq)
-                .execute(&self.pool)
-                .await?;
-                if done.rows_affected() == 0 {
-                    return Ok(None);
+                async fn insert_attachment(&self, a: &AttachmentRecord) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO attachments (id, room_id, user_id, filename, content_type, size, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(a.id)
+                    .bind(a.room_id)
+                    .bind(a.user_id)
+                    .bind(&a.filename)
+                    .bind(&a.content_type)
+                    .bind(a.size)
+                    .bind(a.created_at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
                 }
-                self.message(room, seq).await
-            }
 
-            async fn search_room(&self, room: RoomId, query: &str, limit: i64) -> StoreResult<Vec<MessageRecord>> {
-                Ok(sqlx::query_as($search_room)
-                    .bind($search_query(query))
+                async fn attachment(&self, id: AttachmentId) -> StoreResult<Option<AttachmentRecord>> {
+                    Ok(sqlx::query_as("SELECT * FROM attachments WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?)
+                }
+
+                async fn edit_message(
+                    &self,
+                    room: RoomId,
+                    seq: i64,
+                    body: &str,
+                    now: i64,
+                ) -> StoreResult<Option<MessageRecord>> {
+                    let done = sqlx::query(
+                        "UPDATE messages SET body = $3, edited_at = $4 \
+                         WHERE room_id = $1 AND seq = $2 AND deleted = FALSE",
+                    )
                     .bind(room)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn search_rooms_of(&self, user: UserId, query: &str, limit: i64) -> StoreResult<Vec<MessageRecord>> {
-                Ok(sqlx::query_as($search_rooms_of)
-                    .bind($search_query(query))
-                    .bind(user)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn set_ban(&self, user: UserId, until: Option<i64>, reason: Option<&str>) -> StoreResult<bool> {
-                let done = sqlx::query("UPDATE users SET banned_until = $2, ban_reason = $3 WHERE id = $1")
-                    .bind(user)
-                    .bind(until)
-                    .bind(reason)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn set_mute(&self, user: UserId, until: Option<i64>) -> StoreResult<bool> {
-                let done = sqlx::query("UPDATE users SET muted_until = $2 WHERE id = $1")
-                    .bind(user)
-                    .bind(until)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn set_member_mute(&self, room: RoomId, user: UserId, until: Option<i64>) -> StoreResult<bool> {
-                let done = sqlx::query("UPDATE members SET muted_until = $3 WHERE room_id = $1 AND user_id = $2")
-                    .bind(room)
-                    .bind(user)
-                    .bind(until)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn revoke_user_tokens(&self, user: UserId) -> StoreResult<()> {
-                sqlx::query("UPDATE token_families SET revoked = TRUE WHERE user_id = $1")
-                    .bind(user)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            async fn find_users(&self, query: &str, limit: i64) -> StoreResult<Vec<UserRecord>> {
-                let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-                Ok(sqlx::query_as(
-                    "SELECT * FROM users WHERE username LIKE $1 ESCAPE '\\' ORDER BY username LIMIT $2",
-                )
-                .bind(pattern)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn all_rooms(&self) -> StoreResult<Vec<RoomRecord>> {
-                Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r ORDER BY r.name"))
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn totals(&self) -> StoreResult<Totals> {
-                let (users, rooms, messages): (i64, i64, i64) = sqlx::query_as(
-                    "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM rooms), \
-                     (SELECT COUNT(*) FROM messages)",
-                )
-                .fetch_one(&self.pool)
-                .await?;
-                Ok(Totals { users, rooms, messages })
-            }
-
-            async fn move_marker(
-                &self,
-                room: RoomId,
-                user: UserId,
-                marker: Marker,
-                seq: i64,
-            ) -> StoreResult<bool> {
-                let sql = match marker {
-                    Marker::Read => {
-                        "UPDATE members SET last_read_seq = $1 \
-                         WHERE room_id = $2 AND user_id = $3 AND last_read_seq < $1 \
-                         AND $1 <= (SELECT last_seq FROM rooms WHERE id = $2)"
-                    }
-                    Marker::Delivered => {
-                        "UPDATE members SET last_delivered_seq = $1 \
-                         WHERE room_id = $2 AND user_id = $3 AND last_delivered_seq < $1 \
-                         AND $1 <= (SELECT last_seq FROM rooms WHERE id = $2)"
-                    }
-                };
-                let done = sqlx::query(sql)
                     .bind(seq)
-                    .bind(room)
-                    .bind(user)
+                    .bind(body)
+                    .bind(now)
                     .execute(&self.pool)
                     .await?;
-                Ok(done.rows_affected() == 1)
+                    if done.rows_affected() == 0 {
+                        return Ok(None);
+                    }
+                    self.message(room, seq).await
+                }
+
+                async fn delete_message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>> {
+                    let done = sqlx::query(
+                        "UPDATE messages SET body = '', deleted = TRUE \
+                         WHERE room_id = $1 AND seq = $2 AND deleted = FALSE",
+                    )
+                    .bind(room)
+                    .bind(seq)
+                    .execute(&self.pool)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Ok(None);
+                    }
+                    self.message(room, seq).await
+                }
+
+                async fn search_room(&self, room: RoomId, query: &str, limit: i64) -> StoreResult<Vec<MessageRecord>> {
+                    Ok(sqlx::query_as($search_room)
+                        .bind($search_query(query))
+                        .bind(room)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?)
+                }
+
+                async fn search_rooms_of(&self, user: UserId, query: &str, limit: i64) -> StoreResult<Vec<MessageRecord>> {
+                    Ok(sqlx::query_as($search_rooms_of)
+                        .bind($search_query(query))
+                        .bind(user)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?)
+                }
+
+                async fn set_ban(&self, user: UserId, until: Option<i64>, reason: Option<&str>) -> StoreResult<bool> {
+                    let done = sqlx::query("UPDATE users SET banned_until = $2, ban_reason = $3 WHERE id = $1")
+                        .bind(user)
+                        .bind(until)
+                        .bind(reason)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn set_mute(&self, user: UserId, until: Option<i64>) -> StoreResult<bool> {
+                    let done = sqlx::query("UPDATE users SET muted_until = $2 WHERE id = $1")
+                        .bind(user)
+                        .bind(until)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn set_member_mute(&self, room: RoomId, user: UserId, until: Option<i64>) -> StoreResult<bool> {
+                    let done = sqlx::query("UPDATE members SET muted_until = $3 WHERE room_id = $1 AND user_id = $2")
+                        .bind(room)
+                        .bind(user)
+                        .bind(until)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn revoke_user_tokens(&self, user: UserId) -> StoreResult<()> {
+                    sqlx::query("UPDATE token_families SET revoked = TRUE WHERE user_id = $1")
+                        .bind(user)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn find_users(&self, query: &str, limit: i64) -> StoreResult<Vec<UserRecord>> {
+                    let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+                    Ok(sqlx::query_as(
+                        "SELECT * FROM users WHERE username LIKE $1 ESCAPE '\\' ORDER BY username LIMIT $2",
+                    )
+                    .bind(pattern)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn all_rooms(&self) -> StoreResult<Vec<RoomRecord>> {
+                    Ok(sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms r ORDER BY r.name"))
+                        .fetch_all(&self.pool)
+                        .await?)
+                }
+
+                async fn totals(&self) -> StoreResult<Totals> {
+                    let (users, rooms, messages): (i64, i64, i64) = sqlx::query_as(
+                        "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM rooms), \
+                         (SELECT COUNT(*) FROM messages)",
+                    )
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Ok(Totals { users, rooms, messages })
+                }
+
+                async fn move_marker(
+                    &self,
+                    room: RoomId,
+                    user: UserId,
+                    marker: Marker,
+                    seq: i64,
+                ) -> StoreResult<bool> {
+                    let sql = match marker {
+                        Marker::Read => {
+                            "UPDATE members SET last_read_seq = $1 \
+                             WHERE room_id = $2 AND user_id = $3 AND last_read_seq < $1 \
+                             AND $1 <= (SELECT last_seq FROM rooms WHERE id = $2)"
+                        }
+                        Marker::Delivered => {
+                            "UPDATE members SET last_delivered_seq = $1 \
+                             WHERE room_id = $2 AND user_id = $3 AND last_delivered_seq < $1 \
+                             AND $1 <= (SELECT last_seq FROM rooms WHERE id = $2)"
+                        }
+                    };
+                    let done = sqlx::query(sql)
+                        .bind(seq)
+                        .bind(room)
+                        .bind(user)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
             }
         }
     };
