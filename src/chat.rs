@@ -20,7 +20,9 @@ use crate::moderation::SendRules;
 use crate::policy::Policy;
 use crate::protocol::{ReceiptKind, ServerFrame};
 use crate::state::AppState;
-use crate::store::{CommitOutcome, Marker, MessageRecord, NewMessage, RoomRecord, UserRecord};
+use crate::store::{
+    CommitOutcome, Marker, MessageRecord, NewMessage, Role, RoomRecord, UserRecord,
+};
 
 /// The longest `client_id` a message may carry.
 pub const MAX_CLIENT_ID: usize = 128;
@@ -234,9 +236,7 @@ pub async fn delete_message(
         .message(room, seq)
         .await?
         .ok_or_else(|| ApiError::not_found("no such message"))?;
-    let moderator = member
-        .as_ref()
-        .is_some_and(|m| m.role == "owner" || m.role == "moderator");
+    let moderator = member.as_ref().is_some_and(|m| m.role.moderates());
     if !(existing.user_id == user.id || moderator || state.is_admin(&user.username)) {
         return Err(ApiError::forbidden(
             "only the author, a moderator or an admin may delete a message",
@@ -291,7 +291,7 @@ pub async fn add_member(
     state: &AppState,
     room: RoomId,
     user: UserId,
-    role: &str,
+    role: Role,
 ) -> crate::store::StoreResult<bool> {
     let added = state.store.add_member(room, user, role).await?;
     if added {

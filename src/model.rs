@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::ids::{AttachmentId, MessageId, RoomId, UserId};
 use crate::store::{AttachmentRecord, MemberRecord, MessageRecord, RoomRecord, UserRecord};
+pub use crate::store::{Role, RoomKind};
 
 /// RFC 3339 UTC with milliseconds, as every time in the protocol.
 pub fn rfc3339(ms: i64) -> String {
@@ -38,7 +39,7 @@ impl User {
 pub struct Room {
     pub id: RoomId,
     pub name: String,
-    pub kind: String,
+    pub kind: RoomKind,
     pub topic: String,
     pub created_at: String,
     pub created_by: UserId,
@@ -51,7 +52,7 @@ pub struct Room {
     /// Only owners and moderators may post. An addition to PROTOCOL.md's Room.
     pub read_only: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<Role>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_read_seq: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,7 +64,7 @@ impl From<&RoomRecord> for Room {
         Room {
             id: r.id,
             name: r.name.clone(),
-            kind: r.kind.clone(),
+            kind: r.kind,
             topic: r.topic.clone(),
             created_at: rfc3339(r.created_at),
             created_by: r.created_by,

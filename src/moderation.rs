@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
 use crate::ids::{RoomId, UserId};
-use crate::store::{MemberRecord, RoomRecord};
+use crate::store::{MemberRecord, Role, RoomRecord};
 
 /// The parts of a room and a membership that decide whether a member may send.
 #[derive(Clone, Debug)]
 pub struct SendRules {
-    pub role: String,
+    pub role: Role,
     pub archived: bool,
     pub read_only: bool,
     pub slow_mode_seconds: i64,
@@ -24,7 +24,7 @@ pub struct SendRules {
 impl SendRules {
     pub fn new(room: &RoomRecord, member: &MemberRecord) -> Self {
         SendRules {
-            role: member.role.clone(),
+            role: member.role,
             archived: room.archived,
             read_only: room.read_only,
             slow_mode_seconds: room.slow_mode_seconds,
@@ -33,7 +33,7 @@ impl SendRules {
     }
 
     pub fn is_moderator(&self) -> bool {
-        matches!(self.role.as_str(), "owner" | "moderator")
+        self.role.moderates()
     }
 
     /// Checks everything but slow mode (which needs the time of the user's last message).
@@ -117,9 +117,9 @@ pub fn until(now: i64, duration_seconds: Option<u64>) -> i64 {
 mod tests {
     use super::*;
 
-    fn rules(role: &str) -> SendRules {
+    fn rules(role: Role) -> SendRules {
         SendRules {
-            role: role.into(),
+            role,
             archived: false,
             read_only: false,
             slow_mode_seconds: 0,
@@ -131,13 +131,13 @@ mod tests {
     fn read_only_rooms_let_moderators_speak() {
         let r = SendRules {
             read_only: true,
-            ..rules("member")
+            ..rules(Role::Member)
         };
         assert_eq!(r.check(None, 0).unwrap_err().code(), "forbidden");
         assert!(
             SendRules {
                 read_only: true,
-                ..rules("moderator")
+                ..rules(Role::Moderator)
             }
             .check(None, 0)
             .is_ok()
@@ -148,28 +148,28 @@ mod tests {
     fn mutes_expire_by_themselves() {
         let r = SendRules {
             member_muted_until: Some(1_000),
-            ..rules("member")
+            ..rules(Role::Member)
         };
         assert_eq!(r.check(None, 999).unwrap_err().code(), "muted");
         assert!(r.check(None, 1_000).is_ok());
         assert_eq!(
-            rules("member").check(Some(5), 4).unwrap_err().code(),
+            rules(Role::Member).check(Some(5), 4).unwrap_err().code(),
             "muted"
         );
-        assert!(rules("member").check(Some(5), 5).is_ok());
+        assert!(rules(Role::Member).check(Some(5), 5).is_ok());
     }
 
     #[test]
     fn slow_mode_spares_moderators() {
         let r = SendRules {
             slow_mode_seconds: 5,
-            ..rules("member")
+            ..rules(Role::Member)
         };
         assert_eq!(r.slow_mode(), Some(std::time::Duration::from_secs(5)));
         assert_eq!(
             SendRules {
                 slow_mode_seconds: 5,
-                ..rules("owner")
+                ..rules(Role::Owner)
             }
             .slow_mode(),
             None
@@ -192,7 +192,7 @@ mod tests {
         // Moderators are not held at all.
         let owner = SendRules {
             slow_mode_seconds: 5,
-            ..rules("owner")
+            ..rules(Role::Owner)
         };
         assert!(slow.take(&owner, room, alice).is_ok());
     }

@@ -18,7 +18,7 @@ use crate::model::User;
 use crate::moderation::{SendRules, SlowMode};
 use crate::policy::Policies;
 use crate::store::blobs::Blobs;
-use crate::store::{MemberRecord, RoomRecord, Store, UserRecord};
+use crate::store::{MemberRecord, RoomKind, RoomRecord, Store, UserRecord};
 use crate::telemetry::Metrics;
 
 /// Cheap handles shared by every request and connection.
@@ -82,7 +82,7 @@ impl AppState {
         let not_found = || ApiError::not_found("no such room");
         let r = self.store.room(room).await?.ok_or_else(not_found)?;
         let member = self.store.member(room, user).await?;
-        if r.kind != "public" && member.is_none() {
+        if r.kind != RoomKind::Public && member.is_none() {
             return Err(not_found());
         }
         Ok((r, member))

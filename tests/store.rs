@@ -7,8 +7,8 @@ use std::sync::Arc;
 use common::Postgres;
 use confab::ids::{AttachmentId, FamilyId, MessageId, RoomId, UserId};
 use confab::store::{
-    self, AttachmentRecord, CommitOutcome, Marker, NewMessage, NewRoom, RefreshOutcome,
-    RoomChanges, Store, StoreError, UserRecord,
+    self, AttachmentRecord, CommitOutcome, Marker, NewMessage, NewRoom, RefreshOutcome, Role,
+    RoomChanges, RoomKind, Store, StoreError, UserRecord,
 };
 
 /// A store of each kind, with whatever keeps it alive.
@@ -93,12 +93,12 @@ async fn user(store: &dyn Store, name: &str) -> UserId {
     u.id
 }
 
-async fn room(store: &dyn Store, name: &str, kind: &str, owner: UserId) -> RoomId {
+async fn room(store: &dyn Store, name: &str, kind: RoomKind, owner: UserId) -> RoomId {
     let r = store
         .create_room(&NewRoom {
             id: RoomId::new(),
             name: name.into(),
-            kind: kind.into(),
+            kind,
             topic: String::new(),
             created_by: owner,
             created_at: confab::now_ms(),
@@ -237,11 +237,11 @@ async fn logout_revokes_the_family(s: &dyn Store) {
 async fn rooms_are_listed_with_role_and_unread(s: &dyn Store) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
-    let general = room(s, "general", "public", a).await;
-    let secret = room(s, "secret", "private", a).await;
-    assert!(s.add_member(general, b, "member").await.unwrap());
+    let general = room(s, "general", RoomKind::Public, a).await;
+    let secret = room(s, "secret", RoomKind::Private, a).await;
+    assert!(s.add_member(general, b, Role::Member).await.unwrap());
     assert!(
-        !s.add_member(general, b, "member").await.unwrap(),
+        !s.add_member(general, b, Role::Member).await.unwrap(),
         "adding twice is a no-op"
     );
     s.commit_messages(&[
@@ -254,7 +254,7 @@ async fn rooms_are_listed_with_role_and_unread(s: &dyn Store) {
     let bobs = s.rooms_of(b).await.unwrap();
     assert_eq!(bobs.len(), 1);
     assert_eq!(bobs[0].room.id, general);
-    assert_eq!(bobs[0].role, "member");
+    assert_eq!(bobs[0].role, Role::Member);
     assert_eq!(bobs[0].room.member_count, 2);
     assert_eq!(bobs[0].room.last_seq, 3);
     // Bob's own message moved his read marker to 3: nothing unread.
@@ -262,10 +262,7 @@ async fn rooms_are_listed_with_role_and_unread(s: &dyn Store) {
     assert_eq!(bobs[0].unread, 0);
     let alices = s.rooms_of(a).await.unwrap();
     let g = alices.iter().find(|l| l.room.id == general).unwrap();
-    assert_eq!(
-        (g.role.as_str(), g.last_read_seq, g.unread),
-        ("owner", 2, 1)
-    );
+    assert_eq!((g.role, g.last_read_seq, g.unread), (Role::Owner, 2, 1));
     // Private rooms are never offered to outsiders; public ones are.
     let outside = s.public_rooms_outside(b).await.unwrap();
     assert!(outside.iter().all(|r| r.id != secret && r.id != general));
@@ -284,11 +281,11 @@ async fn rooms_are_listed_with_role_and_unread(s: &dyn Store) {
 
 async fn room_names_are_unique(s: &dyn Store) {
     let a = user(s, "alice").await;
-    room(s, "general", "public", a).await;
+    room(s, "general", RoomKind::Public, a).await;
     let dup = NewRoom {
         id: RoomId::new(),
         name: "general".into(),
-        kind: "private".into(),
+        kind: RoomKind::Private,
         topic: String::new(),
         created_by: a,
         created_at: 0,
@@ -306,14 +303,14 @@ async fn direct_rooms_are_created_once(s: &dyn Store) {
     let (r2, created2) = s.direct_room(b, a, 2).await.unwrap();
     assert!(created1 && !created2);
     assert_eq!(r1.id, r2.id);
-    assert_eq!(r1.kind, "direct");
+    assert_eq!(r1.kind, RoomKind::Direct);
     assert_eq!(r2.member_count, 2);
 }
 
 async fn batches_allocate_gapless_seq_per_room(s: &dyn Store) {
     let a = user(s, "alice").await;
-    let r1 = room(s, "one", "public", a).await;
-    let r2 = room(s, "two", "public", a).await;
+    let r1 = room(s, "one", RoomKind::Public, a).await;
+    let r2 = room(s, "two", RoomKind::Public, a).await;
     let out = s
         .commit_messages(&[
             msg(r1, a, "a", None),
@@ -340,8 +337,8 @@ async fn batches_allocate_gapless_seq_per_room(s: &dyn Store) {
 async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
-    let r = room(s, "general", "public", a).await;
-    s.add_member(r, b, "member").await.unwrap();
+    let r = room(s, "general", RoomKind::Public, a).await;
+    s.add_member(r, b, Role::Member).await.unwrap();
     let first = s
         .commit_messages(&[msg(r, a, "hi", Some("c1"))])
         .await
@@ -395,8 +392,8 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
 
 async fn archived_rooms_refuse_messages(s: &dyn Store) {
     let a = user(s, "alice").await;
-    let open = room(s, "open", "public", a).await;
-    let closed = room(s, "closed", "public", a).await;
+    let open = room(s, "open", RoomKind::Public, a).await;
+    let closed = room(s, "closed", RoomKind::Public, a).await;
     s.archive_room(closed).await.unwrap();
     let out = s
         .commit_messages(&[msg(closed, a, "no", None), msg(open, a, "yes", None)])
@@ -410,8 +407,8 @@ async fn archived_rooms_refuse_messages(s: &dyn Store) {
 async fn markers_move_forward_only(s: &dyn Store) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
-    let r = room(s, "general", "public", a).await;
-    s.add_member(r, b, "member").await.unwrap();
+    let r = room(s, "general", RoomKind::Public, a).await;
+    s.add_member(r, b, Role::Member).await.unwrap();
     s.commit_messages(&[
         msg(r, a, "1", None),
         msg(r, a, "2", None),
@@ -437,7 +434,7 @@ async fn markers_move_forward_only(s: &dyn Store) {
 
 async fn history_pages_both_ways(s: &dyn Store) {
     let a = user(s, "alice").await;
-    let r = room(s, "general", "public", a).await;
+    let r = room(s, "general", RoomKind::Public, a).await;
     let batch: Vec<NewMessage> = (1..=10).map(|i| msg(r, a, &i.to_string(), None)).collect();
     s.commit_messages(&batch).await.unwrap();
     let newest: Vec<i64> = s
@@ -474,7 +471,7 @@ async fn history_pages_both_ways(s: &dyn Store) {
 async fn concurrent_writers_share_one_sequence(s: &dyn Store) {
     // Many batches at once (as several pods' writers would): seq stays gapless and unique.
     let a = user(s, "alice").await;
-    let r = room(s, "busy", "public", a).await;
+    let r = room(s, "busy", RoomKind::Public, a).await;
     let mut all = Vec::new();
     let futures = (0..8).map(|w| {
         let batch: Vec<NewMessage> = (0..25)
@@ -497,9 +494,9 @@ async fn settings_keep_the_first_value(s: &dyn Store) {
 async fn search_finds_words_only_where_allowed_and_follows_edits(s: &dyn Store) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
-    let general = room(s, "general", "public", a).await;
-    let secret = room(s, "secret", "private", a).await;
-    s.add_member(general, b, "member").await.unwrap();
+    let general = room(s, "general", RoomKind::Public, a).await;
+    let secret = room(s, "secret", RoomKind::Private, a).await;
+    s.add_member(general, b, Role::Member).await.unwrap();
     s.commit_messages(&[
         msg(general, a, "The rocket launch is on Friday", None),
         msg(general, a, "lunch at noon", None),
@@ -558,7 +555,7 @@ async fn search_finds_words_only_where_allowed_and_follows_edits(s: &dyn Store) 
 
 async fn edits_and_deletes_keep_seq(s: &dyn Store) {
     let a = user(s, "alice").await;
-    let r = room(s, "general", "public", a).await;
+    let r = room(s, "general", RoomKind::Public, a).await;
     s.commit_messages(&[msg(r, a, "helo", None), msg(r, a, "two", None)])
         .await
         .unwrap();
@@ -583,8 +580,8 @@ async fn edits_and_deletes_keep_seq(s: &dyn Store) {
 async fn bans_and_mutes_are_stored_and_lifted(s: &dyn Store) {
     let a = user(s, "alice").await;
     let b = user(s, "bob").await;
-    let r = room(s, "general", "public", a).await;
-    s.add_member(r, b, "member").await.unwrap();
+    let r = room(s, "general", RoomKind::Public, a).await;
+    s.add_member(r, b, Role::Member).await.unwrap();
     assert!(s.set_ban(b, Some(i64::MAX), Some("spam")).await.unwrap());
     assert!(s.set_mute(b, Some(5_000)).await.unwrap());
     let u = s.user(b).await.unwrap().unwrap();
@@ -652,7 +649,7 @@ async fn bans_and_mutes_are_stored_and_lifted(s: &dyn Store) {
 
 async fn attachments_and_totals(s: &dyn Store) {
     let a = user(s, "alice").await;
-    let r = room(s, "general", "public", a).await;
+    let r = room(s, "general", RoomKind::Public, a).await;
     let rec = AttachmentRecord {
         id: AttachmentId::new(),
         room_id: r,
@@ -677,8 +674,8 @@ async fn attachments_and_totals(s: &dyn Store) {
 
 async fn retention_deletes_old_messages_and_keeps_seq(s: &dyn Store) {
     let a = user(s, "alice").await;
-    let keep = room(s, "keep", "public", a).await;
-    let short = room(s, "short", "public", a).await;
+    let keep = room(s, "keep", RoomKind::Public, a).await;
+    let short = room(s, "short", RoomKind::Public, a).await;
     let changes = RoomChanges {
         retention_days: Some(Some(1)),
         ..Default::default()

@@ -13,7 +13,7 @@ use crate::http::admin::{MuteBody, OptionalJson};
 use crate::hub::ControlEvent;
 use crate::ids::{RoomId, UserId};
 use crate::model::Room;
-use crate::store::{NewRoom, RoomChanges, RoomRecord};
+use crate::store::{MemberRecord, NewRoom, Role, RoomChanges, RoomKind, RoomRecord};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -74,9 +74,10 @@ pub struct UserIdBody {
 
 const MAX_TOPIC: usize = 1024;
 
-fn check_kind(kind: &str) -> ApiResult<()> {
-    match kind {
-        "public" | "private" => Ok(()),
+/// The kinds a client may create or switch to (a direct room comes from `POST /dm`).
+fn check_kind(kind: &str) -> ApiResult<RoomKind> {
+    match RoomKind::parse(kind) {
+        Some(k @ (RoomKind::Public | RoomKind::Private)) => Ok(k),
         _ => Err(ApiError::bad_request(
             "kind must be \"public\" or \"private\"",
         )),
@@ -114,7 +115,7 @@ pub async fn create(
             "name must be 1-64 characters of a-z, 0-9, '_', '-'",
         ));
     }
-    check_kind(&body.kind)?;
+    let kind = check_kind(&body.kind)?;
     let topic = body.topic.unwrap_or_default();
     check_topic(&topic)?;
     let r = state
@@ -122,14 +123,14 @@ pub async fn create(
         .create_room(&NewRoom {
             id: RoomId::new(),
             name: body.name,
-            kind: body.kind,
+            kind,
             topic,
             created_by: caller.user.id,
             created_at: crate::now_ms(),
         })
         .await?;
     let mut room = Room::from(&r);
-    room.role = Some("owner".into());
+    room.role = Some(Role::Owner);
     room.last_read_seq = Some(0);
     room.unread = Some(0);
     Ok((StatusCode::CREATED, Json(room)))
@@ -144,7 +145,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
         .iter()
         .map(|l| {
             let mut r = Room::from(&l.room);
-            r.role = Some(l.role.clone());
+            r.role = Some(l.role);
             r.last_read_seq = Some(l.last_read_seq);
             r.unread = Some(l.unread);
             r
@@ -166,8 +167,8 @@ pub async fn get_room(
     Ok(Json(Room::for_member(&r, member)))
 }
 
-fn can_moderate(caller: &Caller, role: Option<&str>) -> bool {
-    caller.is_admin || matches!(role, Some("owner") | Some("moderator"))
+fn can_moderate(caller: &Caller, member: Option<&MemberRecord>) -> bool {
+    caller.is_admin || member.is_some_and(|m| m.role.moderates())
 }
 
 #[utoipa::path(patch, path = "/api/v1/rooms/{id}", tag = "rooms", request_body = UpdateRoomBody,
@@ -180,18 +181,16 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateRoomBody>,
 ) -> ApiResult<Json<Room>> {
     let (r, member) = state.readable_room(id, caller.user.id).await?;
-    if !can_moderate(&caller, member.as_ref().map(|m| m.role.as_str())) {
+    if !can_moderate(&caller, member.as_ref()) {
         return Err(ApiError::forbidden(
             "only the owner, a moderator or an admin may change the room",
         ));
     }
     refuse_if_managed(&r)?;
-    if r.kind == "direct" {
+    if r.kind == RoomKind::Direct {
         return Err(ApiError::conflict("a direct room cannot be changed"));
     }
-    if let Some(k) = &body.kind {
-        check_kind(k)?;
-    }
+    let kind = body.kind.as_deref().map(check_kind).transpose()?;
     if let Some(t) = &body.topic {
         check_topic(t)?;
     }
@@ -204,7 +203,7 @@ pub async fn update(
     }
     let changes = RoomChanges {
         topic: body.topic.as_deref(),
-        kind: body.kind.as_deref(),
+        kind,
         slow_mode_seconds: body.slow_mode_seconds,
         read_only: body.read_only,
         ..Default::default()
@@ -223,7 +222,7 @@ pub async fn archive(
     ApiPath(id): ApiPath<RoomId>,
 ) -> ApiResult<StatusCode> {
     let (r, member) = state.readable_room(id, caller.user.id).await?;
-    let is_owner = member.as_ref().is_some_and(|m| m.role == "owner");
+    let is_owner = member.as_ref().is_some_and(|m| m.role == Role::Owner);
     if !(is_owner || caller.is_admin) {
         return Err(ApiError::forbidden(
             "only the owner or an admin may archive the room",
@@ -246,13 +245,13 @@ pub async fn join(
     ApiPath(id): ApiPath<RoomId>,
 ) -> ApiResult<Json<Room>> {
     let (r, member) = state.readable_room(id, caller.user.id).await?;
-    if r.kind != "public" && member.is_none() {
+    if r.kind != RoomKind::Public && member.is_none() {
         return Err(ApiError::not_found("no such room"));
     }
     if r.archived {
         return Err(ApiError::forbidden("the room is archived"));
     }
-    chat::add_member(&state, id, caller.user.id, "member").await?;
+    chat::add_member(&state, id, caller.user.id, Role::Member).await?;
     let r = state
         .store
         .room(id)
@@ -275,7 +274,7 @@ pub async fn leave(
         // A public room stays readable; any other stops reaching the user's sockets.
         state
             .hub
-            .member_removed(id, caller.user.id, false, r.kind != "public");
+            .member_removed(id, caller.user.id, false, r.kind != RoomKind::Public);
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -318,12 +317,12 @@ pub async fn invite(
     ApiJson(body): ApiJson<UserIdBody>,
 ) -> ApiResult<StatusCode> {
     let (r, member) = state.readable_room(id, caller.user.id).await?;
-    if !can_moderate(&caller, member.as_ref().map(|m| m.role.as_str())) {
+    if !can_moderate(&caller, member.as_ref()) {
         return Err(ApiError::forbidden(
             "only the owner or a moderator may invite",
         ));
     }
-    if r.kind == "direct" {
+    if r.kind == RoomKind::Direct {
         return Err(ApiError::conflict(
             "nobody can be invited into a direct room",
         ));
@@ -336,7 +335,7 @@ pub async fn invite(
         .user(body.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    chat::add_member(&state, id, body.user_id, "member").await?;
+    chat::add_member(&state, id, body.user_id, Role::Member).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -411,7 +410,7 @@ async fn moderated_member(
     action: &str,
 ) -> ApiResult<()> {
     let (_, member) = state.readable_room(room, caller.user.id).await?;
-    if !can_moderate(caller, member.as_ref().map(|m| m.role.as_str())) {
+    if !can_moderate(caller, member.as_ref()) {
         return Err(ApiError::forbidden(format!(
             "only the owner or a moderator may {action} members"
         )));
@@ -421,7 +420,7 @@ async fn moderated_member(
         .member(room, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("the user is not a member"))?;
-    if target.role == "owner" && !caller.is_admin {
+    if target.role == Role::Owner && !caller.is_admin {
         return Err(ApiError::forbidden(format!(
             "the owner cannot be {action}d"
         )));
@@ -480,13 +479,16 @@ pub async fn set_role(
     ApiPath((id, user_id)): ApiPath<(RoomId, UserId)>,
     ApiJson(body): ApiJson<RoleBody>,
 ) -> ApiResult<StatusCode> {
-    if !matches!(body.role.as_str(), "moderator" | "member") {
-        return Err(ApiError::bad_request(
-            "role must be \"moderator\" or \"member\"",
-        ));
-    }
+    let role = match Role::parse(&body.role) {
+        Some(r @ (Role::Moderator | Role::Member)) => r,
+        _ => {
+            return Err(ApiError::bad_request(
+                "role must be \"moderator\" or \"member\"",
+            ));
+        }
+    };
     let (r, member) = state.readable_room(id, caller.user.id).await?;
-    let is_owner = member.as_ref().is_some_and(|m| m.role == "owner");
+    let is_owner = member.as_ref().is_some_and(|m| m.role == Role::Owner);
     if !(is_owner || caller.is_admin) {
         return Err(ApiError::forbidden(
             "only the owner or an admin may change roles",
@@ -498,10 +500,10 @@ pub async fn set_role(
         .member(id, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("the user is not a member"))?;
-    if target.role == "owner" {
+    if target.role == Role::Owner {
         return Err(ApiError::forbidden("the owner's role cannot be changed"));
     }
-    state.store.set_role(id, user_id, &body.role).await?;
+    state.store.set_role(id, user_id, role).await?;
     // The member's sockets re-read their rules (a moderator escapes slow mode and read-only).
     state.hub.control(ControlEvent::RoomChanged { room: id });
     Ok(StatusCode::NO_CONTENT)

@@ -350,7 +350,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::resources::{ChatRoomSpec, RoomKind};
+    use crate::operator::resources::{ChatRoomSpec, DeclaredKind};
     use http::{Method, Request, Response, StatusCode};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::client::Body;
@@ -436,7 +436,7 @@ mod tests {
     fn spec() -> ChatRoomSpec {
         ChatRoomSpec {
             name: "general".into(),
-            kind: RoomKind::Public,
+            kind: DeclaredKind::Public,
             topic: Some("hello".into()),
             slow_mode_seconds: None,
             read_only: None,
@@ -651,7 +651,7 @@ mod tests {
         let new = crate::store::NewRoom {
             id: crate::ids::RoomId::new(),
             name: "general".into(),
-            kind: "private".into(),
+            kind: crate::store::RoomKind::Private,
             topic: String::new(),
             created_by: owner.id,
             created_at: 0,

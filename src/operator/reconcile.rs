@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::ids::{RoomId, UserId};
 use crate::operator::resources::ChatRoomSpec;
 use crate::state::AppState;
-use crate::store::{NewRoom, RoomChanges, StoreError, UserRecord};
+use crate::store::{NewRoom, Role, RoomChanges, StoreError, UserRecord};
 
 /// The account that creates rooms for resources that name no owner. Its name cannot be
 /// registered (usernames are lowercase letters, digits and `_.-`), and it cannot log in.
@@ -116,11 +116,11 @@ pub async fn apply_room(
 ) -> Result<RoomApplied, ReconcileError> {
     validate(spec)?;
     // Declared users, the highest role winning.
-    let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut wanted: BTreeMap<&str, Role> = BTreeMap::new();
     for (role, names) in [
-        ("member", &spec.members),
-        ("moderator", &spec.moderators),
-        ("owner", &spec.owners),
+        (Role::Member, &spec.members),
+        (Role::Moderator, &spec.moderators),
+        (Role::Owner, &spec.owners),
     ] {
         for n in names {
             wanted.insert(n, role);
@@ -152,7 +152,7 @@ pub async fn apply_room(
                 .create_room(&NewRoom {
                     id: RoomId::new(),
                     name: spec.name.clone(),
-                    kind: spec.kind.as_str().into(),
+                    kind: spec.kind.into(),
                     topic: String::new(),
                     created_by: creator,
                     created_at: crate::now_ms(),
@@ -174,7 +174,7 @@ pub async fn apply_room(
     // Write only what differs: a resync of an unchanged resource costs reads, not writes.
     let changes = RoomChanges {
         topic: Some(spec.topic.as_deref().unwrap_or("")),
-        kind: Some(spec.kind.as_str()),
+        kind: Some(spec.kind.into()),
         slow_mode_seconds: Some(spec.slow_mode_seconds.unwrap_or(0)),
         read_only: Some(spec.read_only.unwrap_or(false)),
         retention_days: Some(spec.retention_days),

@@ -7,23 +7,26 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
+use crate::store::RoomKind;
 
 pub const GROUP: &str = "confab.dev";
 pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "confab.dev/v1alpha1";
 
+// The kinds a resource may declare: a direct room belongs to its two people and is never
+// declared.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum RoomKind {
+pub enum DeclaredKind {
     Public,
     Private,
 }
 
-impl RoomKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoomKind::Public => "public",
-            RoomKind::Private => "private",
+impl From<DeclaredKind> for RoomKind {
+    fn from(kind: DeclaredKind) -> RoomKind {
+        match kind {
+            DeclaredKind::Public => RoomKind::Public,
+            DeclaredKind::Private => RoomKind::Private,
         }
     }
 }
@@ -46,7 +49,7 @@ pub struct ChatRoomSpec {
     /// The room's name: 1-64 of a-z, 0-9, '_', '-'. Unique in the installation.
     #[schemars(pattern(r"^[a-z0-9_-]{1,64}$"))]
     pub name: String,
-    pub kind: RoomKind,
+    pub kind: DeclaredKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub topic: Option<String>,

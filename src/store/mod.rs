@@ -73,6 +73,83 @@ pub(crate) fn conflict(e: sqlx::Error, what: &str) -> StoreError {
     }
 }
 
+/// A column value the code does not know (a row written by a newer release, or by hand).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {what} {value:?} in the database")]
+pub struct UnknownValue {
+    what: &'static str,
+    value: String,
+}
+
+/// Declares a closed set of values kept as lowercase text in a column and in JSON.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident ($what:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownValue;
+            fn try_from(value: String) -> Result<Self, UnknownValue> {
+                $name::parse(&value).ok_or(UnknownValue { what: $what, value })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Who may find and read a room.
+    RoomKind ("room kind") {
+        /// Listed to everyone; anyone may read and join.
+        Public = "public",
+        /// Seen only by its members.
+        Private = "private",
+        /// The conversation of two people.
+        Direct = "direct",
+    }
+}
+
+text_enum! {
+    /// A member's standing in a room.
+    Role ("role") {
+        Owner = "owner",
+        Moderator = "moderator",
+        Member = "member",
+    }
+}
+
+impl Role {
+    /// Owners and moderators moderate (delete others' messages, mute, post in read-only rooms).
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Owner | Role::Moderator)
+    }
+}
+
 #[derive(sqlx::FromRow, Clone, Debug)]
 pub struct UserRecord {
     pub id: UserId,
@@ -100,7 +177,8 @@ impl UserRecord {
 pub struct RoomRecord {
     pub id: RoomId,
     pub name: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: RoomKind,
     pub topic: String,
     pub created_at: i64,
     pub created_by: UserId,
@@ -117,7 +195,8 @@ pub struct RoomRecord {
 pub struct RoomListing {
     #[sqlx(flatten)]
     pub room: RoomRecord,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub last_read_seq: i64,
     pub unread: i64,
 }
@@ -126,7 +205,8 @@ pub struct RoomListing {
 pub struct MemberRecord {
     pub room_id: RoomId,
     pub user_id: UserId,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub last_read_seq: i64,
     pub last_delivered_seq: i64,
     pub muted_until: Option<i64>,
@@ -136,7 +216,8 @@ pub struct MemberRecord {
 pub struct MemberUser {
     #[sqlx(flatten)]
     pub user: UserRecord,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub last_read_seq: i64,
     pub last_delivered_seq: i64,
 }
@@ -216,7 +297,7 @@ pub enum Marker {
 #[derive(Clone, Debug, Default)]
 pub struct RoomChanges<'a> {
     pub topic: Option<&'a str>,
-    pub kind: Option<&'a str>,
+    pub kind: Option<RoomKind>,
     pub slow_mode_seconds: Option<i64>,
     pub read_only: Option<bool>,
     /// `Some(x)` sets the field to `x` (which may be `None`).
@@ -232,7 +313,7 @@ impl RoomChanges<'_> {
             wanted.is_some_and(|w| w != current)
         }
         differs(self.topic, r.topic.as_str())
-            || differs(self.kind, r.kind.as_str())
+            || differs(self.kind, r.kind)
             || differs(self.slow_mode_seconds, r.slow_mode_seconds)
             || differs(self.read_only, r.read_only)
             || differs(self.retention_days, r.retention_days)
@@ -253,7 +334,7 @@ pub struct Totals {
 pub struct NewRoom {
     pub id: RoomId,
     pub name: String,
-    pub kind: String,
+    pub kind: RoomKind,
     pub topic: String,
     pub created_by: UserId,
     pub created_at: i64,
@@ -318,9 +399,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn member(&self, room: RoomId, user: UserId) -> StoreResult<Option<MemberRecord>>;
     /// True when the user was not a member before.
-    async fn add_member(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool>;
+    async fn add_member(&self, room: RoomId, user: UserId, role: Role) -> StoreResult<bool>;
     /// Changes a member's role. False when the user is not a member.
-    async fn set_role(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool>;
+    async fn set_role(&self, room: RoomId, user: UserId, role: Role) -> StoreResult<bool>;
     /// True when the user was a member.
     async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<bool>;
     async fn members(&self, room: RoomId) -> StoreResult<Vec<MemberUser>>;
@@ -471,5 +552,25 @@ pub async fn open(
                 .context("SQLite migrations failed")?;
             Ok(Arc::new(SqliteStore::new(pool, timer)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_enums_read_back_what_they_write() {
+        for k in [RoomKind::Public, RoomKind::Private, RoomKind::Direct] {
+            assert_eq!(RoomKind::try_from(k.as_str().to_string()).unwrap(), k);
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        for r in [Role::Owner, Role::Moderator, Role::Member] {
+            assert_eq!(Role::try_from(r.to_string()).unwrap(), r);
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        let e = Role::try_from("admin".to_string()).unwrap_err();
+        assert_eq!(e.to_string(), "unknown role \"admin\" in the database");
+        assert!(Role::Moderator.moderates() && !Role::Member.moderates());
     }
 }

@@ -462,7 +462,7 @@ macro_rules! sql_store {
                     )
                     .bind(r.id)
                     .bind(&r.name)
-                    .bind(&r.kind)
+                    .bind(r.kind.as_str())
                     .bind(&r.topic)
                     .bind(r.created_at)
                     .bind(r.created_by)
@@ -586,7 +586,7 @@ macro_rules! sql_store {
                     )
                     .bind(id)
                     .bind(c.topic)
-                    .bind(c.kind)
+                    .bind(c.kind.map(RoomKind::as_str))
                     .bind(c.slow_mode_seconds)
                     .bind(c.read_only)
                     .bind(c.retention_days.is_some())
@@ -662,25 +662,25 @@ macro_rules! sql_store {
                     .await?)
                 }
 
-                async fn add_member(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool> {
+                async fn add_member(&self, room: RoomId, user: UserId, role: Role) -> StoreResult<bool> {
                     let done = sqlx::query(
                         "INSERT INTO members (room_id, user_id, role, joined_at) \
                          VALUES ($1, $2, $3, $4) ON CONFLICT (room_id, user_id) DO NOTHING",
                     )
                     .bind(room)
                     .bind(user)
-                    .bind(role)
+                    .bind(role.as_str())
                     .bind(crate::now_ms())
                     .execute(&self.pool)
                     .await?;
                     Ok(done.rows_affected() == 1)
                 }
 
-                async fn set_role(&self, room: RoomId, user: UserId, role: &str) -> StoreResult<bool> {
+                async fn set_role(&self, room: RoomId, user: UserId, role: Role) -> StoreResult<bool> {
                     let done = sqlx::query("UPDATE members SET role = $3 WHERE room_id = $1 AND user_id = $2")
                         .bind(room)
                         .bind(user)
-                        .bind(role)
+                        .bind(role.as_str())
                         .execute(&self.pool)
                         .await?;
                     Ok(done.rows_affected() == 1)
