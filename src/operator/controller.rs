@@ -49,16 +49,27 @@ pub struct Context {
 
 impl Context {
     pub fn new(state: AppState, client: Client) -> Arc<Context> {
+        Arc::new(Context::build(state, client, HashMap::new()))
+    }
+
+    fn build(state: AppState, client: Client, failures: HashMap<String, u32>) -> Context {
         let reporter = Reporter {
             controller: "confab".into(),
             instance: Some(state.hub.pod().to_string()),
         };
-        Arc::new(Context {
+        Context {
             recorder: Recorder::new(client.clone(), reporter),
             state,
             client,
-            failures: Mutex::default(),
-        })
+            failures: Mutex::new(failures),
+        }
+    }
+
+    /// The same context talking through another client; the back-off memory carries over.
+    #[cfg(test)]
+    pub(super) fn with_client(&self, client: Client) -> Context {
+        let failures = self.failures.lock().expect("failures lock").clone();
+        Context::build(self.state.clone(), client, failures)
     }
 }
 
@@ -110,7 +121,6 @@ async fn apply(api: &Api<ChatRoom>, room: &ChatRoom, ctx: &Context) -> Result<Ac
     let prev_ready = previous.conditions.iter().find(|c| c.type_ == "Ready");
     let (status, action, event) = match &result {
         Ok(applied) => {
-            ctx.failures.lock().expect("failures lock").remove(&key);
             let message = if applied.unresolved.is_empty() {
                 "the room matches the resource".to_string()
             } else {
@@ -165,7 +175,12 @@ async fn apply(api: &Api<ChatRoom>, room: &ChatRoom, ctx: &Context) -> Result<Ac
     }
     match result {
         Err(ReconcileError::Store(e)) => Err(Error::Reconcile(ReconcileError::Store(e))),
-        _ => Ok(action),
+        // Only a reconcile that got all the way (status written) ends the back-off: a status
+        // write that keeps failing must keep backing off.
+        _ => {
+            ctx.failures.lock().expect("failures lock").remove(&key);
+            Ok(action)
+        }
     }
 }
 
@@ -345,262 +360,101 @@ pub async fn run(
     Ok(())
 }
 
-/// Reconcile tests against a mock Kubernetes API server (kube-rs's `tower_test` pattern), with
-/// a real store behind the reconcile code.
+/// Reconcile tests: a real store behind the reconcile code, a mock API server playing a
+/// [`Scenario`](super::fixtures::Scenario) (the fixtures are in `fixtures.rs`).
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::resources::{ChatRoomSpec, DeclaredKind};
-    use http::{Method, Request, Response, StatusCode};
+    use crate::operator::fixtures::{Fixture, Scenario, resource, spec, statuses};
+    use crate::store::RoomKind;
+    use http::Method;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use kube::client::Body;
-    use serde_json::Value;
-
-    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-    #[derive(Debug, Clone)]
-    struct Seen {
-        method: Method,
-        path: String,
-        body: Value,
-    }
-
-    /// Answers every request like an API server would, recording it. `fail_status` makes
-    /// status writes fail with a 500.
-    fn api_server(
-        mut handle: Handle,
-        object: ChatRoom,
-        fail_status: bool,
-    ) -> tokio::task::JoinHandle<Vec<Seen>> {
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while let Some((req, send)) = handle.next_request().await {
-                let method = req.method().clone();
-                let path = req.uri().path().to_string();
-                let bytes = req.into_body().collect_bytes().await.unwrap();
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                seen.push(Seen {
-                    method: method.clone(),
-                    path: path.clone(),
-                    body: body.clone(),
-                });
-                let (status, answer) = if path.ends_with("/status") {
-                    if fail_status {
-                        (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd is sad", "reason": "InternalError", "code": 500}),
-                        )
-                    } else {
-                        let mut o = serde_json::to_value(&object).unwrap();
-                        o["status"] = body["status"].clone();
-                        (StatusCode::OK, o)
-                    }
-                } else if path.contains("/events") {
-                    (StatusCode::CREATED, body)
-                } else {
-                    (StatusCode::OK, serde_json::to_value(&object).unwrap())
-                };
-                let resp = Response::builder()
-                    .status(status)
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap();
-                send.send_response(resp);
-            }
-            seen
-        })
-    }
-
-    struct Fixture {
-        ctx: Arc<Context>,
-        state: AppState,
-        handle: Option<Handle>,
-        _dir: tempfile::TempDir,
-    }
-
-    async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let (state, _writer, _stop) =
-            crate::server::build(crate::config::Config::for_tests(dir.path().to_path_buf()))
-                .await
-                .unwrap();
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
-        Fixture {
-            ctx: Context::new(state.clone(), client),
-            state,
-            handle: Some(handle),
-            _dir: dir,
-        }
-    }
-
-    fn spec() -> ChatRoomSpec {
-        ChatRoomSpec {
-            name: "general".into(),
-            kind: DeclaredKind::Public,
-            topic: Some("hello".into()),
-            slow_mode_seconds: None,
-            read_only: None,
-            retention_days: None,
-            owners: vec![],
-            moderators: vec![],
-            members: vec!["carol".into()],
-        }
-    }
-
-    fn resource(spec: ChatRoomSpec, generation: i64, finalizer: bool) -> ChatRoom {
-        let mut r = ChatRoom::new("general", spec);
-        r.metadata.namespace = Some("chat".into());
-        r.metadata.generation = Some(generation);
-        r.metadata.uid = Some("0b1c2d3e".into());
-        if finalizer {
-            r.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        }
-        r
-    }
-
-    /// Runs one reconcile and returns its result and every API request it made.
-    async fn run_once(
-        f: &mut Fixture,
-        object: ChatRoom,
-        fail_status: bool,
-    ) -> (Result<Action, Error>, Vec<Seen>) {
-        let server = api_server(f.handle.take().unwrap(), object.clone(), fail_status);
-        let result = reconcile(Arc::new(object), f.ctx.clone()).await;
-        // Give the mock its handle back for the next run: a fresh pair.
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let old = std::mem::replace(
-            &mut f.ctx,
-            Context::new(f.state.clone(), Client::new(service, "default")),
-        );
-        drop(old);
-        f.handle = Some(handle);
-        let seen = tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .expect("mock ends")
-            .unwrap();
-        (result, seen)
-    }
-
-    fn status_patches(seen: &[Seen]) -> Vec<&Seen> {
-        seen.iter()
-            .filter(|s| s.path.ends_with("/status"))
-            .collect()
-    }
 
     #[tokio::test]
     async fn a_new_resource_gets_its_finalizer_first() {
-        let mut f = fixture().await;
-        let (result, seen) = run_once(&mut f, resource(spec(), 1, false), false).await;
+        let mut f = Fixture::new().await;
+        let (result, seen) = f
+            .reconcile(resource(spec(), 1, false), Scenario::Healthy)
+            .await;
         assert!(result.is_ok());
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert_eq!(
-            (seen[0].method.clone(), seen[0].path.as_str()),
+            (&seen[0].method, seen[0].path.as_str()),
             (
-                Method::PATCH,
+                &Method::PATCH,
                 "/apis/confab.dev/v1alpha1/namespaces/chat/chatrooms/general"
             )
         );
         assert!(seen[0].body.to_string().contains(FINALIZER));
         assert!(
-            f.state
-                .store
-                .room_by_name("general")
-                .await
-                .unwrap()
-                .is_none(),
+            f.room("general").await.is_none(),
             "nothing created before the finalizer"
         );
     }
 
     #[tokio::test]
     async fn create_reports_ready_with_room_id_and_generation() {
-        let mut f = fixture().await;
-        let (result, seen) = run_once(&mut f, resource(spec(), 3, true), false).await;
+        let mut f = Fixture::new().await;
+        let (result, seen) = f
+            .reconcile(resource(spec(), 3, true), Scenario::Healthy)
+            .await;
         assert!(result.is_ok(), "{result:?}");
-        let room = f
-            .state
-            .store
-            .room_by_name("general")
-            .await
-            .unwrap()
-            .expect("room created");
+        let room = f.room("general").await.expect("room created");
         assert_eq!(
-            (
-                room.managed_by.as_deref(),
-                room.topic.as_str(),
-                room.kind.as_str()
-            ),
-            (Some("chat/general"), "hello", "public")
+            (room.managed_by.as_deref(), room.topic.as_str(), room.kind),
+            (Some("chat/general"), "hello", RoomKind::Public)
         );
-        let patches = status_patches(&seen);
-        assert_eq!(patches.len(), 1, "{seen:?}");
-        let status = &patches[0].body["status"];
+        let statuses = statuses(&seen);
+        assert_eq!(statuses.len(), 1, "{seen:?}");
+        let status = statuses[0];
         assert_eq!(status["roomId"], room.id.to_string());
         assert_eq!(status["observedGeneration"], 3);
+        let ready = &status["conditions"][0];
         assert_eq!(
-            (
-                status["conditions"][0]["type"].as_str(),
-                status["conditions"][0]["status"].as_str()
-            ),
+            (ready["type"].as_str(), ready["status"].as_str()),
             (Some("Ready"), Some("True"))
         );
         assert_eq!(status["unresolvedUsers"], json!(["carol"]));
         assert!(
             seen.iter()
-                .any(|s| s.path.contains("/events") && s.body.to_string().contains("Reconciled")),
+                .any(|s| s.is_event() && s.body.to_string().contains("Reconciled")),
             "an Event is published"
         );
     }
 
     #[tokio::test]
     async fn an_update_changes_the_room_and_an_unchanged_generation_writes_nothing() {
-        let mut f = fixture().await;
-        let (_, seen) = run_once(&mut f, resource(spec(), 1, true), false).await;
-        let first = status_patches(&seen)[0].body["status"].clone();
+        let mut f = Fixture::new().await;
+        let (_, seen) = f
+            .reconcile(resource(spec(), 1, true), Scenario::Healthy)
+            .await;
+        let first = statuses(&seen)[0].clone();
         // The same generation, its status already written: no API call at all.
         let mut settled = resource(spec(), 1, true);
         settled.status = Some(serde_json::from_value(first).unwrap());
-        let (result, seen) = run_once(&mut f, settled.clone(), false).await;
+        let (result, seen) = f.reconcile(settled.clone(), Scenario::Healthy).await;
         assert!(result.is_ok());
         assert!(seen.is_empty(), "{seen:?}");
         // A new generation with another topic: the room follows, the status records it.
         let mut changed = settled;
         changed.spec.topic = Some("launch".into());
         changed.metadata.generation = Some(2);
-        let (_, seen) = run_once(&mut f, changed, false).await;
-        assert_eq!(
-            status_patches(&seen)[0].body["status"]["observedGeneration"],
-            2
-        );
-        assert_eq!(
-            f.state
-                .store
-                .room_by_name("general")
-                .await
-                .unwrap()
-                .unwrap()
-                .topic,
-            "launch"
-        );
+        let (_, seen) = f.reconcile(changed, Scenario::Healthy).await;
+        assert_eq!(statuses(&seen)[0]["observedGeneration"], 2);
+        assert_eq!(f.room("general").await.unwrap().topic, "launch");
     }
 
     #[tokio::test]
     async fn deletion_archives_the_room_and_releases_the_finalizer() {
-        let mut f = fixture().await;
-        let _ = run_once(&mut f, resource(spec(), 1, true), false).await;
+        let mut f = Fixture::new().await;
+        let _ = f
+            .reconcile(resource(spec(), 1, true), Scenario::Healthy)
+            .await;
         let mut deleting = resource(spec(), 1, true);
         deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        let (result, seen) = run_once(&mut f, deleting, false).await;
+        let (result, seen) = f.reconcile(deleting, Scenario::Healthy).await;
         assert!(result.is_ok(), "{result:?}");
-        assert!(
-            f.state
-                .store
-                .room_by_name("general")
-                .await
-                .unwrap()
-                .unwrap()
-                .archived
-        );
+        assert!(f.room("general").await.unwrap().archived);
         let removal = seen
             .iter()
             .find(|s| s.method == Method::PATCH && s.path.ends_with("/chatrooms/general"))
@@ -614,81 +468,66 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_spec_is_ready_false_with_a_reason() {
-        let mut f = fixture().await;
+        let mut f = Fixture::new().await;
         let mut bad = spec();
         bad.members = vec!["Not A User".into()];
-        let (result, seen) = run_once(&mut f, resource(bad, 1, true), false).await;
+        let (result, seen) = f.reconcile(resource(bad, 1, true), Scenario::Healthy).await;
         assert!(
             result.is_ok(),
             "an invalid spec is reported, not retried in a loop"
         );
-        let c = &status_patches(&seen)[0].body["status"]["conditions"][0];
+        let ready = &statuses(&seen)[0]["conditions"][0];
         assert_eq!(
-            (c["status"].as_str(), c["reason"].as_str()),
+            (ready["status"].as_str(), ready["reason"].as_str()),
             (Some("False"), Some("InvalidSpec"))
         );
-        assert!(c["message"].as_str().unwrap().contains("Not A User"));
+        assert!(ready["message"].as_str().unwrap().contains("Not A User"));
         assert!(
             seen.iter()
-                .any(|s| s.path.contains("/events") && s.body.to_string().contains("Warning"))
+                .any(|s| s.is_event() && s.body.to_string().contains("Warning"))
         );
     }
 
     #[tokio::test]
     async fn a_rest_created_room_of_the_same_name_is_a_conflict() {
-        let mut f = fixture().await;
-        let owner = crate::store::UserRecord {
-            id: crate::ids::UserId::new(),
-            username: "alice".into(),
-            display_name: "alice".into(),
-            password_hash: "x".into(),
-            created_at: 0,
-            banned_until: None,
-            ban_reason: None,
-            muted_until: None,
-        };
-        f.state.store.create_user(&owner).await.unwrap();
-        let new = crate::store::NewRoom {
-            id: crate::ids::RoomId::new(),
-            name: "general".into(),
-            kind: crate::store::RoomKind::Private,
-            topic: String::new(),
-            created_by: owner.id,
-            created_at: 0,
-        };
-        f.state.store.create_room(&new).await.unwrap();
-        let (_, seen) = run_once(&mut f, resource(spec(), 1, true), false).await;
-        let c = &status_patches(&seen)[0].body["status"]["conditions"][0];
+        let mut f = Fixture::new().await;
+        f.rest_room("general", RoomKind::Private, "alice").await;
+        let (_, seen) = f
+            .reconcile(resource(spec(), 1, true), Scenario::Healthy)
+            .await;
+        let ready = &statuses(&seen)[0]["conditions"][0];
         assert_eq!(
-            (c["status"].as_str(), c["reason"].as_str()),
+            (ready["status"].as_str(), ready["reason"].as_str()),
             (Some("False"), Some("NameConflict"))
         );
-        let room = f
-            .state
-            .store
-            .room_by_name("general")
-            .await
-            .unwrap()
-            .unwrap();
+        let room = f.room("general").await.unwrap();
         assert_eq!(
-            (room.kind.as_str(), room.managed_by.is_none()),
-            ("private", true),
+            (room.kind, room.managed_by.is_none()),
+            (RoomKind::Private, true),
             "the REST room is untouched"
         );
     }
 
     #[tokio::test]
     async fn api_errors_fail_the_reconcile_and_back_off_exponentially() {
-        let mut f = fixture().await;
+        let mut f = Fixture::new().await;
         let object = resource(spec(), 1, true);
-        let (result, _) = run_once(&mut f, object.clone(), true).await;
+        let (result, _) = f
+            .reconcile(object.clone(), Scenario::StatusWritesFail)
+            .await;
         let err = result.expect_err("a failed status write fails the reconcile");
         let policy = |ctx: &Arc<Context>| error_policy(Arc::new(object.clone()), &err, ctx.clone());
         for secs in [5, 10, 20, 40] {
             assert_eq!(policy(&f.ctx), Action::requeue(Duration::from_secs(secs)));
         }
-        // Success resets the back-off.
-        let (result, _) = run_once(&mut f, object.clone(), false).await;
+        // The back-off is remembered from one reconcile to the next until one succeeds.
+        let (result, _) = f
+            .reconcile(object.clone(), Scenario::StatusWritesFail)
+            .await;
+        assert!(result.is_err());
+        assert_eq!(policy(&f.ctx), Action::requeue(Duration::from_secs(80)));
+        // Success resets it.
+        let (result, _) = f.reconcile(object.clone(), Scenario::Healthy).await;
         assert!(result.is_ok());
         assert_eq!(policy(&f.ctx), Action::requeue(Duration::from_secs(5)));
     }
@@ -699,194 +538,23 @@ mod tests {
 #[cfg(test)]
 mod election {
     use super::*;
-    use http::{Method, Request, Response, StatusCode};
-    use kube::client::Body;
-    use serde_json::Value;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// The one Lease both pods see, with the field manager that holds it.
-    #[derive(Default)]
-    struct LeaseStore {
-        lease: Option<Value>,
-        holder_manager: Option<String>,
-    }
-
-    fn status(code: u16, reason: &str) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": reason})
-    }
-
-    fn merge_spec(lease: &mut Value, patch: &Value) {
-        if let Some(spec) = patch["spec"].as_object() {
-            for (k, v) in spec {
-                if v.is_null() {
-                    lease["spec"].as_object_mut().unwrap().remove(k);
-                } else {
-                    lease["spec"][k] = v.clone();
-                }
-            }
-        }
-    }
-
-    /// One pod's API server: Leases from the shared store; ChatRoom and ChatPolicy lists are
-    /// empty and their watches stay open. Counts ChatRoom lists.
-    fn api_server(
-        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-        leases: Arc<Mutex<LeaseStore>>,
-        room_lists: Arc<AtomicUsize>,
-    ) {
-        tokio::spawn(async move {
-            let mut open_watches = Vec::new();
-            while let Some((req, send)) = handle.next_request().await {
-                let method = req.method().clone();
-                let path = req.uri().path().to_string();
-                let query = req.uri().query().unwrap_or("").to_string();
-                let ctype = req
-                    .headers()
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                let body: Value =
-                    serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
-                        .unwrap_or(Value::Null);
-                let (code, answer) = if path.contains("/leases") {
-                    let mut store = leases.lock().unwrap();
-                    let manager = query
-                        .split('&')
-                        .find_map(|kv| kv.strip_prefix("fieldManager="))
-                        .unwrap_or("")
-                        .to_string();
-                    match method {
-                        Method::GET => match &store.lease {
-                            Some(l) => (200, l.clone()),
-                            None => (404, status(404, "NotFound")),
-                        },
-                        Method::POST => {
-                            if store.lease.is_some() {
-                                (409, status(409, "AlreadyExists"))
-                            } else {
-                                let mut l = body.clone();
-                                l["metadata"]["resourceVersion"] = json!("1");
-                                if l.get("spec").is_none() {
-                                    l["spec"] = json!({});
-                                }
-                                store.lease = Some(l.clone());
-                                (201, l)
-                            }
-                        }
-                        Method::PATCH => {
-                            let held = store
-                                .lease
-                                .as_ref()
-                                .is_some_and(|l| !l["spec"]["holderIdentity"].is_null());
-                            let apply = ctype.contains("apply-patch");
-                            if apply
-                                && held
-                                && store.holder_manager.as_deref() != Some(manager.as_str())
-                            {
-                                (409, status(409, "Conflict"))
-                            } else if let Some(l) = store.lease.as_mut() {
-                                merge_spec(l, &body);
-                                let now_held = !l["spec"]["holderIdentity"].is_null();
-                                let l = l.clone();
-                                if apply {
-                                    store.holder_manager = Some(manager);
-                                } else if !now_held {
-                                    store.holder_manager = None;
-                                }
-                                (200, l)
-                            } else {
-                                (404, status(404, "NotFound"))
-                            }
-                        }
-                        _ => (405, status(405, "MethodNotAllowed")),
-                    }
-                } else if query.contains("watch=true") {
-                    open_watches.push(send); // a watch with nothing to say stays open
-                    continue;
-                } else {
-                    if path.ends_with("/chatrooms") {
-                        room_lists.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let kind = if path.ends_with("/chatrooms") {
-                        "ChatRoomList"
-                    } else {
-                        "ChatPolicyList"
-                    };
-                    (
-                        200,
-                        json!({"apiVersion": "confab.dev/v1alpha1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": []}),
-                    )
-                };
-                let resp = Response::builder()
-                    .status(StatusCode::from_u16(code).unwrap())
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap();
-                send.send_response(resp);
-            }
-        });
-    }
-
-    struct Pod {
-        state: AppState,
-        room_lists: Arc<AtomicUsize>,
-        stop: tokio::sync::watch::Sender<bool>,
-        task: tokio::task::JoinHandle<anyhow::Result<()>>,
-        _dir: tempfile::TempDir,
-    }
-
-    async fn pod(leases: Arc<Mutex<LeaseStore>>) -> Pod {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::for_tests(dir.path().to_path_buf());
-        config.watch_resources = true;
-        config.lease_duration_secs = 3;
-        let (state, _writer, _stop) = crate::server::build(config).await.unwrap();
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let room_lists = Arc::new(AtomicUsize::new(0));
-        api_server(handle, leases, room_lists.clone());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run(
-            state.clone(),
-            Client::new(service, "default"),
-            "chat".into(),
-            stopped,
-        ));
-        Pod {
-            state,
-            room_lists,
-            stop,
-            task,
-            _dir: dir,
-        }
-    }
-
-    async fn settle(check: impl Fn() -> bool) -> bool {
-        for _ in 0..200 {
-            if check() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        false
-    }
+    use crate::operator::fixtures::{LeaseScenario, settle};
 
     #[tokio::test]
     async fn only_the_lease_holder_reconciles_and_a_stopping_pod_hands_over() {
-        let leases = Arc::new(Mutex::new(LeaseStore::default()));
-        let a = pod(leases.clone()).await;
-        let b = pod(leases.clone()).await;
-        let leader = |p: &Pod| p.state.leader.load(Ordering::SeqCst);
-        assert!(settle(|| leader(&a) || leader(&b)).await, "somebody leads");
+        let scenario = LeaseScenario::default();
+        let a = scenario.pod().await;
+        let b = scenario.pod().await;
+        assert!(settle(|| a.leads() || b.leads()).await, "somebody leads");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(leader(&a) != leader(&b), "exactly one leads");
-        let (first, second) = if leader(&a) { (a, b) } else { (b, a) };
+        assert!(a.leads() != b.leads(), "exactly one leads");
+        let (first, second) = if a.leads() { (a, b) } else { (b, a) };
         assert!(
-            settle(|| first.room_lists.load(Ordering::SeqCst) > 0).await,
+            settle(|| first.has_listed_rooms()).await,
             "the leader lists ChatRooms"
         );
-        assert_eq!(
-            second.room_lists.load(Ordering::SeqCst),
-            0,
+        assert!(
+            !second.has_listed_rooms(),
             "the follower does not reconcile"
         );
 
@@ -897,16 +565,16 @@ mod election {
             .expect("stops promptly")
             .unwrap()
             .unwrap();
-        assert!(!first.state.leader.load(Ordering::SeqCst));
-        let lease = leases.lock().unwrap().lease.clone().unwrap();
+        assert!(!first.state.leader.load(std::sync::atomic::Ordering::SeqCst));
+        let lease = scenario.leases.lock().unwrap().lease.clone().unwrap();
         assert!(
             lease["spec"]["holderIdentity"].is_null(),
             "the Lease was released: {lease}"
         );
         assert!(
-            settle(|| leader(&second)).await,
+            settle(|| second.leads()).await,
             "the other pod takes the released Lease"
         );
-        assert!(settle(|| second.room_lists.load(Ordering::SeqCst) > 0).await);
+        assert!(settle(|| second.has_listed_rooms()).await);
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod config_dir;
 pub mod controller;
+#[cfg(test)]
+mod fixtures;
 pub mod reconcile;
 pub mod resources;
 
