@@ -21,7 +21,8 @@ use crate::policy::Policy;
 use crate::protocol::{ReceiptKind, ServerFrame};
 use crate::state::AppState;
 use crate::store::{
-    CommitOutcome, Marker, MessageRecord, NewMessage, Role, RoomRecord, UserRecord,
+    Change, CommitOutcome, MAX_EMOJI_PER_MESSAGE, MAX_PINS, Marker, MessageRecord, NewMessage,
+    Role, RoomRecord, UserRecord,
 };
 
 /// The longest `client_id` a message may carry.
@@ -55,6 +56,8 @@ pub struct Draft {
     pub reply_to: Option<i64>,
     /// Ids of attachments the sender uploaded to the room.
     pub attachments: Vec<String>,
+    /// A reply in the thread of the message with this seq.
+    pub thread: Option<i64>,
 }
 
 /// Checks a message body and client id against the protocol's limits.
@@ -106,7 +109,13 @@ pub async fn submit_message(
     )?;
     let rules = rules.await?;
     rules.check(author.muted_until, crate::now_ms())?;
+    if let Some(root) = draft.thread {
+        check_thread_root(state, room, root).await?;
+    }
     let attachments = attachments_for_message(state, author.id, room, &draft.attachments).await?;
+    let (mention_names, mentions_room) = crate::validate::mentions(&draft.body);
+    let notifies =
+        rules.direct || draft.thread.is_some() || mentions_room || !mention_names.is_empty();
     state.slow_mode.take(&rules, room, author.id)?;
     state.metrics.messages_received.inc();
     state
@@ -122,10 +131,30 @@ pub async fn submit_message(
                 reply_to: draft.reply_to,
                 created_at: crate::now_ms(),
                 attachments,
+                thread: draft.thread,
+                mention_names,
+                mentions_room,
             },
             reply,
+            notifies,
         })
         .await
+}
+
+/// A thread's root: a message of this room that is not deleted and not itself a reply.
+async fn check_thread_root(state: &AppState, room: RoomId, root: i64) -> ApiResult<()> {
+    let bad = || {
+        ApiError::bad_request(
+            "thread must be the seq of a message in this room that is not deleted and not a reply",
+        )
+    };
+    if root < 1 {
+        return Err(bad());
+    }
+    match state.store.message(room, root).await? {
+        Some(m) if !m.deleted && m.thread.is_none() => Ok(()),
+        _ => Err(bad()),
+    }
 }
 
 /// [`submit_message`] for a caller that waits for the commit (REST, bots): the committed
@@ -247,11 +276,84 @@ pub async fn delete_message(
             room,
             seq: deleted.seq,
             id: deleted.id,
+            rev: deleted.rev,
         }
         .encode();
         state.hub.publish_event(room, frame, None);
     }
     Ok(())
+}
+
+/// Adds or removes the user's reaction on a message: members of the room only. Subscribers
+/// (the reacting socket included) get `reaction`; a repeat changes nothing and sends nothing.
+pub async fn react(
+    state: &AppState,
+    user: &UserRecord,
+    room: RoomId,
+    seq: i64,
+    emoji: &str,
+    active: bool,
+) -> ApiResult<()> {
+    if !crate::validate::emoji(emoji) {
+        return Err(ApiError::bad_request(
+            "emoji must be one emoji or a :shortcode: of 1-32 of a-z, 0-9, '_', '+', '-'",
+        ));
+    }
+    let (_, member) = state.readable_room(room, user.id).await?;
+    if member.is_none() {
+        return Err(ApiError::forbidden("join the room first"));
+    }
+    match state.store.react(room, seq, user.id, emoji, active).await? {
+        Change::Made(m) => {
+            let frame = ServerFrame::Reaction {
+                room,
+                seq,
+                user: user.id,
+                emoji,
+                active,
+                rev: m.rev,
+            }
+            .encode();
+            state.hub.publish_event(room, frame, None);
+            Ok(())
+        }
+        Change::Unchanged => Ok(()),
+        Change::NoMessage => Err(ApiError::not_found("no such message")),
+        Change::TooMany => Err(ApiError::conflict(format!(
+            "a message carries at most {MAX_EMOJI_PER_MESSAGE} different emoji"
+        ))),
+    }
+}
+
+/// Pins or unpins a message: a room owner or moderator, or an admin. Subscribers get
+/// `message_updated`.
+pub async fn pin(
+    state: &AppState,
+    user: &UserRecord,
+    room: RoomId,
+    seq: i64,
+    pinned: bool,
+) -> ApiResult<()> {
+    let (_, member) = state.readable_room(room, user.id).await?;
+    let moderator = member.as_ref().is_some_and(|m| m.role.moderates());
+    if !(moderator || state.is_admin(&user.username)) {
+        return Err(ApiError::forbidden(
+            "only the owner, a moderator or an admin may pin messages",
+        ));
+    }
+    let at = pinned.then(crate::now_ms);
+    match state.store.pin(room, seq, at).await? {
+        Change::Made(m) => {
+            let frame = ServerFrame::MessageUpdated(&Message::from(&*m)).encode();
+            state.hub.publish_event(room, frame, None);
+            Ok(())
+        }
+        Change::Unchanged => Ok(()),
+        Change::NoMessage => Err(ApiError::not_found("no such message")),
+        Change::TooMany => Err(ApiError::conflict(format!(
+            "a room has at most {MAX_PINS} pinned messages; unpin one first"
+        ))),
+    }
 }
 
 /// Moves a read or delivered marker forward (never back). True when it moved; the caller

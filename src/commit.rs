@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
 use crate::hub::{Hub, Outbound, Outbox};
-use crate::model::rfc3339;
+use crate::model::{Message, rfc3339};
 use crate::protocol::ServerFrame;
 use crate::store::{CommitOutcome, MessageRecord, NewMessage, Store};
 use crate::telemetry::Metrics;
@@ -29,6 +29,9 @@ pub enum Reply {
 pub struct Pending {
     pub message: NewMessage,
     pub reply: Reply,
+    /// Whether the message may notify someone (a mention, a thread reply, a direct room):
+    /// only those cost the reads that find whom.
+    pub notifies: bool,
 }
 
 #[derive(Clone)]
@@ -123,8 +126,8 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
         .observe(started.elapsed().as_secs_f64());
     metrics.commit_batch_size.observe(batch.len() as f64);
 
-    let outcomes = match result {
-        Ok(o) => o,
+    let committed = match result {
+        Ok(c) => c,
         Err(e) => {
             let e = ApiError::from(e);
             for p in batch {
@@ -144,7 +147,8 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
             return;
         }
     };
-    for (p, outcome) in batch.into_iter().zip(outcomes) {
+    for (p, outcome) in batch.into_iter().zip(committed.outcomes) {
+        let notifies = p.notifies;
         let fresh = match &outcome {
             CommitOutcome::New(m) => {
                 metrics.messages_committed.inc();
@@ -172,7 +176,15 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
         }
         if let Some(m) = fresh {
             hub.publish_message(&m);
+            if notifies {
+                hub.notify_for(&m);
+            }
         }
+    }
+    // A reply's root, with its new summary and the reply's rev, after the reply itself.
+    for root in &committed.roots {
+        let frame = ServerFrame::MessageUpdated(&Message::from(root)).encode();
+        hub.publish_event(root.room_id, frame, None);
     }
 }
 

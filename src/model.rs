@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::ids::{AttachmentId, MessageId, RoomId, UserId};
 use crate::store::{AttachmentRecord, MemberRecord, MessageRecord, RoomRecord, UserRecord};
-pub use crate::store::{Role, RoomKind};
+pub use crate::store::{ReactionCount, Role, RoomKind};
 
 /// RFC 3339 UTC with milliseconds, as every time in the protocol.
 pub fn rfc3339(ms: i64) -> String {
@@ -57,6 +57,11 @@ pub struct Room {
     pub last_read_seq: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unread: Option<i64>,
+    /// For a member's listing: unread messages by others that mention them or `@room`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mentions: Option<i64>,
+    /// The room's change counter.
+    pub rev: i64,
 }
 
 impl From<&RoomRecord> for Room {
@@ -77,6 +82,8 @@ impl From<&RoomRecord> for Room {
             role: None,
             last_read_seq: None,
             unread: None,
+            mentions: None,
+            rev: r.rev,
         }
     }
 }
@@ -117,6 +124,29 @@ pub struct Message {
     pub client_id: Option<String>,
     pub reply_to: Option<i64>,
     pub attachments: Vec<Attachment>,
+    /// The room's `rev` at this message's last change.
+    pub rev: i64,
+    /// In order of each emoji's first use; `[]` when none.
+    pub reactions: Vec<ReactionCount>,
+    /// The root's seq, for a reply in a thread.
+    pub thread: Option<i64>,
+    /// On a thread's root (null on others and on roots without replies).
+    pub thread_summary: Option<ThreadSummary>,
+    /// Members mentioned by `@username`, in order of first appearance.
+    pub mentions: Vec<UserId>,
+    /// Whether the body mentions `@room`.
+    pub mentions_room: bool,
+    pub pinned: bool,
+}
+
+/// A thread root's replies at a glance.
+#[derive(Serialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct ThreadSummary {
+    pub reply_count: i64,
+    pub last_reply_seq: i64,
+    pub last_reply_at: String,
+    /// Up to 10 repliers, in order of their first reply.
+    pub participants: Vec<UserId>,
 }
 
 impl From<&MessageRecord> for Message {
@@ -141,6 +171,30 @@ impl From<&MessageRecord> for Message {
                 (Some(json), false) => serde_json::from_str(json).unwrap_or_default(),
                 _ => Vec::new(),
             },
+            rev: m.rev,
+            reactions: m
+                .reactions
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default(),
+            thread: m.thread,
+            thread_summary: m
+                .thread_summary
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<crate::store::ThreadSummary>(j).ok())
+                .map(|t| ThreadSummary {
+                    reply_count: t.reply_count,
+                    last_reply_seq: t.last_reply_seq,
+                    last_reply_at: rfc3339(t.last_reply_at),
+                    participants: t.participants,
+                }),
+            mentions: m
+                .mentions
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default(),
+            mentions_room: m.mentions_room,
+            pinned: m.pinned_at.is_some(),
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct SendRules {
     pub read_only: bool,
     pub slow_mode_seconds: i64,
     pub member_muted_until: Option<i64>,
+    /// A direct room: every message notifies the other person.
+    pub direct: bool,
 }
 
 impl SendRules {
@@ -29,6 +31,7 @@ impl SendRules {
             read_only: room.read_only,
             slow_mode_seconds: room.slow_mode_seconds,
             member_muted_until: member.muted_until,
+            direct: room.kind == crate::store::RoomKind::Direct,
         }
     }
 
@@ -124,6 +127,7 @@ mod tests {
             read_only: false,
             slow_mode_seconds: 0,
             member_muted_until: None,
+            direct: false,
         }
     }
 

@@ -20,6 +20,7 @@ pub enum ClientFrame {
     Subscribe {
         room: RoomId,
         since: Option<i64>,
+        since_rev: Option<i64>,
     },
     Unsubscribe {
         room: RoomId,
@@ -31,6 +32,7 @@ pub enum ClientFrame {
         reply_to: Option<i64>,
         #[serde(default)]
         attachments: Vec<String>,
+        thread: Option<i64>,
     },
     Edit {
         room: RoomId,
@@ -53,6 +55,12 @@ pub enum ClientFrame {
         room: RoomId,
         seq: i64,
     },
+    React {
+        room: RoomId,
+        seq: i64,
+        emoji: String,
+        active: bool,
+    },
     Ping,
 }
 
@@ -71,7 +79,8 @@ impl ClientFrame {
             | ClientFrame::Delete { room, .. }
             | ClientFrame::Typing { room, .. }
             | ClientFrame::Delivered { room, .. }
-            | ClientFrame::Read { room, .. } => Some(room.to_string()),
+            | ClientFrame::Read { room, .. }
+            | ClientFrame::React { room, .. } => Some(room.to_string()),
             ClientFrame::Auth { .. } | ClientFrame::Ping => None,
         }
     }
@@ -95,6 +104,8 @@ pub enum ServerFrame<'a> {
         /// Only in answer to a `since`: whether the missed messages follow.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// The room's change counter.
+        rev: i64,
     },
     Unsubscribed {
         room: RoomId,
@@ -112,6 +123,24 @@ pub enum ServerFrame<'a> {
         room: RoomId,
         seq: i64,
         id: MessageId,
+        rev: i64,
+    },
+    /// A change to an existing message (a reaction, a pin, a thread's summary, a resume's
+    /// catch-up): the whole message.
+    MessageUpdated(&'a Message),
+    Reaction {
+        room: RoomId,
+        seq: i64,
+        user: UserId,
+        emoji: &'a str,
+        active: bool,
+        rev: i64,
+    },
+    /// To a user's sockets not subscribed to the room.
+    Notification {
+        reason: NotificationReason,
+        room: RoomId,
+        message: &'a Message,
     },
     Typing {
         room: RoomId,
@@ -152,6 +181,14 @@ pub enum ServerFrame<'a> {
 pub enum ReceiptKind {
     Delivered,
     Read,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationReason {
+    Mention,
+    Dm,
+    ThreadReply,
 }
 
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +254,8 @@ mod tests {
             )),
             Ok(ClientFrame::Subscribe {
                 room,
-                since: Some(3)
+                since: Some(3),
+                since_rev: None,
             })
         );
         assert_eq!(
@@ -230,6 +268,7 @@ mod tests {
                 client_id: Some("c1".into()),
                 reply_to: None,
                 attachments: vec![],
+                thread: None,
             })
         );
     }
@@ -265,6 +304,7 @@ mod tests {
             last_seq: 4,
             presence: vec![],
             recovered: None,
+            rev: 9,
         }
         .encode();
         assert!(!subscribed.as_str().contains("recovered"), "{subscribed}");

@@ -220,3 +220,113 @@ mod tests {
         }
     }
 }
+
+/// The `@mentions` in a message body: the names (each the longest run of username characters
+/// after an `@` that starts the body or follows a character that is not one), in order of first
+/// appearance without repeats, and whether `@room` is among them. Which names are members is
+/// decided at commit.
+pub fn mentions(body: &str) -> (Vec<String>, bool) {
+    let is_name = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b);
+    let bytes = body.as_bytes();
+    let mut names: Vec<String> = Vec::new();
+    let mut room = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'@' && (i == 0 || !is_name(bytes[i - 1])) {
+            let start = i + 1;
+            let mut end = start;
+            while end < bytes.len() && is_name(bytes[end]) {
+                end += 1;
+            }
+            let name = &body[start..end];
+            if name == "room" {
+                room = true;
+            } else if username(name) && !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+            i = end.max(start);
+            continue;
+        }
+        i += 1;
+    }
+    (names, room)
+}
+
+#[cfg(test)]
+mod mention_tests {
+    use super::mentions;
+
+    #[test]
+    fn mentions_are_runs_of_username_characters_after_a_free_at() {
+        assert_eq!(
+            mentions("@alice hi @bob.smith, and @alice again; mail a@carol.com @Dave"),
+            (vec!["alice".to_string(), "bob.smith".to_string()], false)
+        );
+        assert_eq!(mentions("heads up @room!"), (vec![], true));
+        assert_eq!(
+            mentions("@@eve (@frank) @ x @ab"),
+            (vec!["eve".into(), "frank".into()], false)
+        );
+        assert_eq!(mentions("ünï@zed @zed"), (vec!["zed".into()], false));
+    }
+}
+
+/// A reaction: one emoji grapheme (at most 64 bytes) or a `:shortcode:` of 1-32 of
+/// `[a-z0-9_+-]`. Emoji are kept exactly as sent.
+pub fn emoji(text: &str) -> bool {
+    use unicode_segmentation::UnicodeSegmentation;
+    if let Some(code) = text.strip_prefix(':').and_then(|t| t.strip_suffix(':')) {
+        return (1..=32).contains(&code.len())
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_+-".contains(&b));
+    }
+    if text.is_empty() || text.len() > 64 || text.graphemes(true).count() != 1 {
+        return false;
+    }
+    let mut chars = text.chars();
+    let first = chars.next().expect("not empty");
+    let keycap = matches!(first, '0'..='9' | '#' | '*') && text.ends_with('\u{20E3}');
+    // Emoji are symbols: no letter, digit (outside a keycap), space, control or format
+    // character leads one.
+    keycap
+        || (!first.is_alphanumeric()
+            && !first.is_whitespace()
+            && !first.is_control()
+            && (first as u32) >= 0xA9
+            && !is_format(first))
+}
+
+/// Invisible format characters (zero-width, bidi controls) that must not stand alone.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}')
+}
+
+#[cfg(test)]
+mod emoji_tests {
+    use super::emoji;
+
+    #[test]
+    fn an_emoji_is_one_grapheme_or_a_shortcode() {
+        for ok in [
+            "👍",
+            "👍🏽",
+            "👨‍👩‍👧‍👦",
+            "🇫🇷",
+            "1️⃣",
+            "❤️",
+            ":thumbsup:",
+            ":+1:",
+            ":a_b-c:",
+        ] {
+            assert!(emoji(ok), "{ok}");
+        }
+        for bad in [
+            "", "a", "ab", "👍👍", ":", "::", ":Thumbs:", ":a b:", " 👍", "\u{200B}", "\u{202E}",
+            "1", "é", "\u{0007}",
+        ] {
+            assert!(!emoji(bad), "{bad:?}");
+        }
+        assert!(!emoji(&format!(":{}:", "a".repeat(33))));
+    }
+}

@@ -119,6 +119,9 @@ fn msg(room: RoomId, user: UserId, body: &str, client_id: Option<&str>) -> NewMe
         reply_to: None,
         created_at: confab::now_ms(),
         attachments: None,
+        thread: None,
+        mention_names: vec![],
+        mentions_room: false,
     }
 }
 
@@ -319,9 +322,9 @@ async fn batches_allocate_gapless_seq_per_room(s: &dyn Store) {
             msg(r2, a, "d", None),
         ])
         .await
-        .unwrap();
+        .unwrap().outcomes;
     assert_eq!(seqs(&out), vec![1, 1, 2, 2]);
-    let out = s.commit_messages(&[msg(r1, a, "e", None)]).await.unwrap();
+    let out = s.commit_messages(&[msg(r1, a, "e", None)]).await.unwrap().outcomes;
     assert_eq!(seqs(&out), vec![3]);
     assert_eq!(s.room(r1).await.unwrap().unwrap().last_seq, 3);
     let bodies: Vec<String> = s
@@ -342,7 +345,7 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
     let first = s
         .commit_messages(&[msg(r, a, "hi", Some("c1"))])
         .await
-        .unwrap();
+        .unwrap().outcomes;
     let CommitOutcome::New(original) = &first[0] else {
         panic!("{first:?}")
     };
@@ -355,7 +358,7 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
             msg(r, b, "bob's c1", Some("c1")),
         ])
         .await
-        .unwrap();
+        .unwrap().outcomes;
     match &out[0] {
         CommitOutcome::Duplicate(m) => {
             assert_eq!((m.id, m.seq, m.body.as_str()), (original.id, 1, "hi"))
@@ -378,7 +381,7 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
             msg(r, a, "hi, a third time", Some("c1")),
         ])
         .await
-        .unwrap();
+        .unwrap().outcomes;
     assert!(
         matches!(&out[0], CommitOutcome::New(m) if m.seq == 4),
         "{out:?}"
@@ -398,7 +401,7 @@ async fn archived_rooms_refuse_messages(s: &dyn Store) {
     let out = s
         .commit_messages(&[msg(closed, a, "no", None), msg(open, a, "yes", None)])
         .await
-        .unwrap();
+        .unwrap().outcomes;
     assert!(matches!(out[0], CommitOutcome::Rejected(_)));
     assert!(matches!(&out[1], CommitOutcome::New(m) if m.seq == 1));
     assert_eq!(s.room(closed).await.unwrap().unwrap().last_seq, 0);
@@ -477,7 +480,7 @@ async fn concurrent_writers_share_one_sequence(s: &dyn Store) {
         let batch: Vec<NewMessage> = (0..25)
             .map(|i| msg(r, a, &format!("{w}-{i}"), Some(&format!("{w}-{i}"))))
             .collect();
-        async move { s.commit_messages(&batch).await }
+        async move { s.commit_messages(&batch).await.map(|c| c.outcomes) }
     });
     for out in futures::future::join_all(futures).await {
         all.extend(seqs(&out.unwrap()));

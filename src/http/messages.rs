@@ -55,6 +55,9 @@ pub struct SendBody {
     /// Ids of attachments the sender uploaded to this room.
     #[schema(max_items = 10, value_type = Option<Vec<uuid::Uuid>>)]
     attachments: Option<Vec<String>>,
+    /// A reply in the thread of the message with this seq (a top-level message of the room).
+    #[schema(minimum = 1)]
+    thread: Option<i64>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -146,6 +149,7 @@ pub async fn send(
         client_id: body.client_id,
         reply_to: body.reply_to,
         attachments: body.attachments.unwrap_or_default(),
+        thread: body.thread,
     };
     let (m, new) = chat::send_message(&state, &caller.user, id, draft).await?;
     let status = if new {

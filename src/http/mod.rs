@@ -12,6 +12,7 @@ pub mod messages;
 pub mod openapi;
 pub mod ops;
 pub mod rooms;
+pub mod updates;
 pub mod web;
 
 use std::time::Duration;
@@ -171,6 +172,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(auth::router())
         .merge(rooms::router())
         .merge(messages::router())
+        .merge(updates::router())
         .merge(admin::router())
         .merge(attachments::router())
         .merge(web::router())

@@ -133,6 +133,7 @@ pub async fn create(
     room.role = Some(Role::Owner);
     room.last_read_seq = Some(0);
     room.unread = Some(0);
+    room.mentions = Some(0);
     Ok((StatusCode::CREATED, Json(room)))
 }
 
@@ -148,6 +149,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
             r.role = Some(l.role);
             r.last_read_seq = Some(l.last_read_seq);
             r.unread = Some(l.unread);
+            r.mentions = Some(l.mentions);
             r
         })
         .collect();

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::bus::{Bus, Envelope, Kind, PodStats};
 use crate::ids::{PodId, RoomId, UserId};
 use crate::model::Message;
-use crate::protocol::{PresenceStatus, ServerFrame};
+use crate::protocol::{NotificationReason, PresenceStatus, ServerFrame};
 use crate::store::{MessageRecord, Store};
 use crate::telemetry::Metrics;
 
@@ -353,6 +353,73 @@ impl Hub {
         });
     }
 
+    /// After a commit: the `notification`s a new message causes, to the sockets (on every
+    /// pod) of users it concerns that are not subscribed to its room. Runs on its own task: it
+    /// reads the store and must not hold up the writer.
+    pub fn notify_for(self: &Arc<Self>, m: &MessageRecord) {
+        let hub = self.clone();
+        let m = m.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hub.notify(&m).await {
+                tracing::warn!(error = %e, room = %m.room_id, seq = m.seq, "notifications not sent");
+            }
+        });
+    }
+
+    async fn notify(&self, m: &MessageRecord) -> crate::store::StoreResult<()> {
+        let mut reasons: Vec<(NotificationReason, Vec<UserId>)> = Vec::new();
+        let mut told: Vec<UserId> = vec![m.user_id];
+        let mut add = |reason, candidates: Vec<UserId>, told: &mut Vec<UserId>| {
+            let fresh: Vec<UserId> = candidates
+                .into_iter()
+                .filter(|u| !told.contains(u))
+                .collect();
+            told.extend(&fresh);
+            if !fresh.is_empty() {
+                reasons.push((reason, fresh));
+            }
+        };
+        let message = Message::from(m);
+        let mut mentioned = message.mentions.clone();
+        if m.mentions_room {
+            let members = self.store.members(m.room_id).await?;
+            mentioned.extend(members.iter().map(|x| x.user.id));
+        }
+        add(NotificationReason::Mention, mentioned, &mut told);
+        let room = self.store.room(m.room_id).await?;
+        if room.is_some_and(|r| r.kind == crate::store::RoomKind::Direct) {
+            let members = self.store.members(m.room_id).await?;
+            add(
+                NotificationReason::Dm,
+                members.iter().map(|x| x.user.id).collect(),
+                &mut told,
+            );
+        }
+        if let Some(root) = m.thread
+            && let Some(root) = self.store.message(m.room_id, root).await?
+        {
+            let mut thread = vec![root.user_id];
+            if let Some(summary) = Message::from(&root).thread_summary {
+                thread.extend(summary.participants);
+            }
+            add(NotificationReason::ThreadReply, thread, &mut told);
+        }
+        for (reason, users) in reasons {
+            let frame = ServerFrame::Notification {
+                reason,
+                room: m.room_id,
+                message: &message,
+            }
+            .encode();
+            self.control(ControlEvent::Notify {
+                users,
+                room: m.room_id,
+                frame: frame.as_str().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Any other room event made on this pod: deliver here, then tell the other pods.
     pub fn publish_event(&self, room: RoomId, text: Utf8Bytes, except: Option<UserId>) {
         self.broadcast(room, &text, except);
@@ -540,6 +607,9 @@ impl Hub {
             | ControlEvent::MemberRemoved { user, .. }
             | ControlEvent::MemberMuted { user, .. }
             | ControlEvent::UserMuted { user, .. } => self.outboxes_of(*user),
+            ControlEvent::Notify { users, .. } => {
+                users.iter().flat_map(|u| self.outboxes_of(*u)).collect()
+            }
         };
         // One copy for all the sockets it concerns, as for room events.
         let shared = Arc::new(event.clone());
@@ -646,5 +716,11 @@ pub enum ControlEvent {
     },
     RoomChanged {
         room: RoomId,
+    },
+    /// A `notification` frame for these users' sockets that are not subscribed to `room`.
+    Notify {
+        users: Vec<UserId>,
+        room: RoomId,
+        frame: String,
     },
 }

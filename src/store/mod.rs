@@ -183,6 +183,8 @@ pub struct RoomRecord {
     pub created_at: i64,
     pub created_by: UserId,
     pub last_seq: i64,
+    /// The room's change counter: every committed change to its messages adds one.
+    pub rev: i64,
     pub archived: bool,
     pub managed_by: Option<String>,
     pub member_count: i64,
@@ -199,6 +201,8 @@ pub struct RoomListing {
     pub role: Role,
     pub last_read_seq: i64,
     pub unread: i64,
+    /// Unread messages by others that mention the member or `@room`.
+    pub mentions: i64,
 }
 
 #[derive(sqlx::FromRow, Clone, Debug)]
@@ -237,6 +241,59 @@ pub struct MessageRecord {
     pub reply_to: Option<i64>,
     /// The message's attachments as a JSON array of `Attachment` objects.
     pub attachments: Option<String>,
+    /// The room's `rev` at the message's last change.
+    pub rev: i64,
+    /// The root's seq, for a reply in a thread.
+    pub thread: Option<i64>,
+    /// On a thread's root: a [`ThreadSummary`] as JSON.
+    pub thread_summary: Option<String>,
+    /// The reactions aggregate as a JSON array of [`ReactionCount`].
+    pub reactions: Option<String>,
+    /// Mentioned members' ids, as a JSON array, in order of first appearance.
+    pub mentions: Option<String>,
+    pub mentions_room: bool,
+    pub pinned_at: Option<i64>,
+}
+
+/// A thread root's summary, kept by the writer in the transaction of each reply.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ThreadSummary {
+    pub reply_count: i64,
+    pub last_reply_seq: i64,
+    /// Milliseconds since the epoch.
+    pub last_reply_at: i64,
+    /// Repliers in order of their first reply, at most [`MAX_THREAD_PARTICIPANTS`].
+    pub participants: Vec<UserId>,
+}
+
+pub const MAX_THREAD_PARTICIPANTS: usize = 10;
+/// Distinct emoji one message may carry.
+pub const MAX_EMOJI_PER_MESSAGE: i64 = 20;
+/// Users listed per emoji in a message's aggregate.
+pub const MAX_REACTION_USERS: usize = 50;
+/// Pinned messages per room.
+pub const MAX_PINS: i64 = 50;
+
+/// One emoji's reactions on a message, as `Message.reactions` shows them.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: i64,
+    /// The first users to react with it, in the order they did.
+    pub users: Vec<UserId>,
+}
+
+/// What became of a change to an existing message (a reaction, a pin).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Committed: the message as it is now, with its new `rev`.
+    Made(Box<MessageRecord>),
+    /// Already so: nothing written, no `rev` taken.
+    Unchanged,
+    /// No such message (or it is deleted).
+    NoMessage,
+    /// A limit would be passed (distinct emoji, pins).
+    TooMany,
 }
 
 #[derive(sqlx::FromRow, Clone, Debug, PartialEq)]
@@ -263,6 +320,18 @@ pub struct NewMessage {
     pub created_at: i64,
     /// JSON array of `Attachment` objects, checked by the caller.
     pub attachments: Option<String>,
+    /// A reply in the thread of this root (checked by the caller).
+    pub thread: Option<i64>,
+    /// `@names` in the body; those of members become the message's mentions at commit.
+    pub mention_names: Vec<String>,
+    pub mentions_room: bool,
+}
+
+/// A batch's outcomes, one per message in order, and the thread roots whose summary changed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Committed {
+    pub outcomes: Vec<CommitOutcome>,
+    pub roots: Vec<MessageRecord>,
 }
 
 /// What became of one message of a batch.
@@ -408,7 +477,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a batch in one transaction, allocating each room's `seq`; one outcome per input,
     /// in order.
-    async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>>;
+    async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Committed>;
     /// Up to `limit` messages with `seq < before` (newest first in the database, returned in
     /// ascending order).
     async fn messages_before(
@@ -437,6 +506,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<MessageRecord>>;
     /// Empties a message and marks it deleted; it keeps its seq.
     async fn delete_message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>>;
+    /// Adds (`active`) or removes `user`'s `emoji` on a message, with a new `rev` when it
+    /// changed anything.
+    async fn react(
+        &self,
+        room: RoomId,
+        seq: i64,
+        user: UserId,
+        emoji: &str,
+        active: bool,
+    ) -> StoreResult<Change>;
+    /// Pins (`Some(now)`) or unpins (`None`) a message.
+    async fn pin(&self, room: RoomId, seq: i64, at: Option<i64>) -> StoreResult<Change>;
+    /// The room's pinned messages, most recently pinned first.
+    async fn pins(&self, room: RoomId) -> StoreResult<Vec<MessageRecord>>;
+    /// Up to `limit` messages whose `rev` is above `since_rev` and whose seq is at most
+    /// `max_seq`, in `rev` order.
+    async fn changes(
+        &self,
+        room: RoomId,
+        since_rev: i64,
+        max_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRecord>>;
+    /// Up to `limit` replies in the thread of `root` with `seq > after`, ascending.
+    async fn thread_replies(
+        &self,
+        room: RoomId,
+        root: i64,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRecord>>;
     /// Full-text search in one room, best match first.
     async fn search_room(
         &self,

@@ -14,7 +14,7 @@ use crate::ids::AttachmentId;
 macro_rules! room_columns {
     () => {
         "r.id, r.name, r.kind, r.topic, r.created_at, r.created_by, \
-     r.last_seq, r.archived, r.managed_by, \
+     r.last_seq, r.rev, r.archived, r.managed_by, \
      (SELECT COUNT(*) FROM members c WHERE c.room_id = r.id) AS member_count, \
      r.slow_mode_seconds, r.read_only, r.retention_days"
     };
@@ -23,7 +23,8 @@ macro_rules! room_columns {
 macro_rules! message_columns {
     () => {
         "m.id, m.room_id, m.seq, m.user_id, u.username, m.body, \
-     m.created_at, m.edited_at, m.deleted, m.client_id, m.reply_to, m.attachments"
+     m.created_at, m.edited_at, m.deleted, m.client_id, m.reply_to, m.attachments, \
+     m.rev, m.thread, m.thread_summary, m.reactions, m.mentions, m.mentions_room, m.pinned_at"
     };
 }
 
@@ -150,7 +151,7 @@ macro_rules! sql_store {
                 &self,
                 batch: &[NewMessage],
                 look_up: bool,
-            ) -> StoreResult<Option<Vec<CommitOutcome>>> {
+            ) -> StoreResult<Option<Committed>> {
                 let mut out: Vec<Option<CommitOutcome>> = vec![None; batch.len()];
                 let mut tx = self.begin_write().await?;
 
@@ -201,22 +202,26 @@ macro_rules! sql_store {
 
                 // 3. Allocate each room's seq range (rooms in id order, so concurrent pods
                 //    lock rows in the same order and cannot deadlock each other).
+                //    Each message is one change: the room's rev moves with its seq.
                 let mut seqs: Vec<i64> = vec![0; batch.len()];
+                let mut revs: Vec<i64> = vec![0; batch.len()];
                 let mut rows: Vec<usize> = Vec::new();
                 for (room, idx) in &by_room {
-                    let last: Option<i64> = sqlx::query_scalar(
-                        "UPDATE rooms SET last_seq = last_seq + $1 \
-                         WHERE id = $2 AND archived = FALSE RETURNING last_seq",
+                    let last: Option<(i64, i64)> = sqlx::query_as(
+                        "UPDATE rooms SET last_seq = last_seq + $1, rev = rev + $1 \
+                         WHERE id = $2 AND archived = FALSE RETURNING last_seq, rev",
                     )
                     .bind(idx.len() as i64)
                     .bind(*room)
                     .fetch_optional(&mut *tx)
                     .await?;
                     match last {
-                        Some(last) => {
+                        Some((last, rev)) => {
                             let first = last - idx.len() as i64 + 1;
+                            let first_rev = rev - idx.len() as i64 + 1;
                             for (k, &i) in idx.iter().enumerate() {
                                 seqs[i] = first + k as i64;
+                                revs[i] = first_rev + k as i64;
                                 rows.push(i);
                             }
                         }
@@ -230,11 +235,15 @@ macro_rules! sql_store {
                     }
                 }
 
-                // 4. One multi-row insert, then the senders' read markers.
+                // 4. Mentions: the named members of each message's room, one query for all.
+                let mentions = Self::resolve_mentions(&mut tx, batch, &rows).await?;
+
+                // 5. One multi-row insert, then the senders' read markers.
+                let mut roots = Vec::new();
                 if !rows.is_empty() {
                     let mut q = QueryBuilder::<$db>::new(
                         "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
-                         client_id, reply_to, attachments) ",
+                         client_id, reply_to, attachments, rev, thread, mentions, mentions_room) ",
                     );
                     q.push_values(&rows, |mut b, &i| {
                         let m = &batch[i];
@@ -246,7 +255,11 @@ macro_rules! sql_store {
                             .push_bind(m.created_at)
                             .push_bind(m.client_id.clone())
                             .push_bind(m.reply_to)
-                            .push_bind(m.attachments.clone());
+                            .push_bind(m.attachments.clone())
+                            .push_bind(revs[i])
+                            .push_bind(m.thread)
+                            .push_bind(mentions[i].clone())
+                            .push_bind(m.mentions_room);
                     });
                     if !look_up {
                         q.push(" ON CONFLICT (user_id, client_id) DO NOTHING");
@@ -277,6 +290,76 @@ macro_rules! sql_store {
                          AND members.user_id = v.column2 AND members.last_read_seq < v.column3",
                     );
                     q.build().execute(&mut *tx).await?;
+
+                    // Mention rows, for the per-member counts of room listings.
+                    let named: Vec<(RoomId, i64, UserId)> = rows
+                        .iter()
+                        .flat_map(|&i| {
+                            let ids: Vec<UserId> = mentions[i]
+                                .as_deref()
+                                .and_then(|j| serde_json::from_str(j).ok())
+                                .unwrap_or_default();
+                            let (room, seq) = (batch[i].room_id, seqs[i]);
+                            ids.into_iter().map(move |u| (room, seq, u))
+                        })
+                        .collect();
+                    if !named.is_empty() {
+                        let mut q = QueryBuilder::<$db>::new(
+                            "INSERT INTO mentions (room_id, seq, user_id) ",
+                        );
+                        q.push_values(&named, |mut b, (room, seq, user)| {
+                            b.push_bind(*room).push_bind(*seq).push_bind(*user);
+                        });
+                        q.build().execute(&mut *tx).await?;
+                    }
+
+                    // 6. Thread roots: one summary update per root, carrying the rev of its
+                    //    last reply in the batch (a reply and its root's summary are one change).
+                    let mut threads: BTreeMap<(RoomId, i64), Vec<usize>> = BTreeMap::new();
+                    for &i in &rows {
+                        if let Some(root) = batch[i].thread {
+                            threads.entry((batch[i].room_id, root)).or_default().push(i);
+                        }
+                    }
+                    for ((room, root), replies) in threads {
+                        let current: Option<Option<String>> = sqlx::query_scalar(
+                            "SELECT thread_summary FROM messages WHERE room_id = $1 AND seq = $2",
+                        )
+                        .bind(room)
+                        .bind(root)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some(current) = current else { continue };
+                        let mut summary: ThreadSummary = current
+                            .as_deref()
+                            .and_then(|j| serde_json::from_str(j).ok())
+                            .unwrap_or_default();
+                        for &i in &replies {
+                            summary.reply_count += 1;
+                            summary.last_reply_seq = seqs[i];
+                            summary.last_reply_at = batch[i].created_at;
+                            let who = batch[i].user_id;
+                            if !summary.participants.contains(&who)
+                                && summary.participants.len() < MAX_THREAD_PARTICIPANTS
+                            {
+                                summary.participants.push(who);
+                            }
+                        }
+                        let rev = revs[*replies.last().expect("a thread has a reply")];
+                        sqlx::query(
+                            "UPDATE messages SET thread_summary = $3, rev = $4 \
+                             WHERE room_id = $1 AND seq = $2",
+                        )
+                        .bind(room)
+                        .bind(root)
+                        .bind(serde_json::to_string(&summary).expect("summary serializes"))
+                        .bind(rev)
+                        .execute(&mut *tx)
+                        .await?;
+                        if let Some(r) = Self::message_in(&mut tx, room, root).await? {
+                            roots.push(r);
+                        }
+                    }
                 }
                 tx.commit().await?;
 
@@ -295,6 +378,13 @@ macro_rules! sql_store {
                         client_id: m.client_id.clone(),
                         reply_to: m.reply_to,
                         attachments: m.attachments.clone(),
+                        rev: revs[i],
+                        thread: m.thread,
+                        thread_summary: None,
+                        reactions: None,
+                        mentions: mentions[i].clone(),
+                        mentions_room: m.mentions_room,
+                        pinned_at: None,
                     }));
                 }
                 for (i, first) in repeats {
@@ -305,11 +395,94 @@ macro_rules! sql_store {
                         other => other.clone(),
                     };
                 }
-                Ok(Some(
-                    out.into_iter()
+                Ok(Some(Committed {
+                    outcomes: out
+                        .into_iter()
                         .map(|o| o.expect("every message has an outcome"))
                         .collect(),
+                    roots,
+                }))
+            }
+
+            /// Each row's mentions as a JSON array of member ids (None when it names nobody
+            /// who is a member), from one query over the whole batch.
+            async fn resolve_mentions(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                batch: &[NewMessage],
+                rows: &[usize],
+            ) -> Result<Vec<Option<String>>, sqlx::Error> {
+                let mut out = vec![None; batch.len()];
+                let wanted: Vec<(RoomId, &str)> = rows
+                    .iter()
+                    .flat_map(|&i| {
+                        batch[i].mention_names.iter().map(move |n| (batch[i].room_id, n.as_str()))
+                    })
+                    .collect();
+                if wanted.is_empty() {
+                    return Ok(out);
+                }
+                let mut q = QueryBuilder::<$db>::new(
+                    "SELECT m.room_id, u.username, u.id FROM members m \
+                     JOIN users u ON u.id = m.user_id WHERE (m.room_id, u.username) IN (VALUES ",
+                );
+                let mut sep = q.separated(", ");
+                for (room, name) in &wanted {
+                    sep.push("(");
+                    sep.push_bind_unseparated(*room);
+                    sep.push_unseparated(", ");
+                    sep.push_bind_unseparated(name.to_string());
+                    sep.push_unseparated(")");
+                }
+                q.push(")");
+                let found: Vec<(RoomId, String, UserId)> =
+                    q.build_query_as().fetch_all(&mut **tx).await?;
+                let members: HashMap<(RoomId, &str), UserId> = found
+                    .iter()
+                    .map(|(r, n, u)| ((*r, n.as_str()), *u))
+                    .collect();
+                for &i in rows {
+                    let m = &batch[i];
+                    let mut ids: Vec<UserId> = Vec::new();
+                    for n in &m.mention_names {
+                        if let Some(&u) = members.get(&(m.room_id, n.as_str()))
+                            && !ids.contains(&u)
+                        {
+                            ids.push(u);
+                        }
+                    }
+                    if !ids.is_empty() {
+                        out[i] = Some(serde_json::to_string(&ids).expect("ids serialize"));
+                    }
+                }
+                Ok(out)
+            }
+
+            /// One message, read inside `tx`.
+            async fn message_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                room: RoomId,
+                seq: i64,
+            ) -> Result<Option<MessageRecord>, sqlx::Error> {
+                sqlx::query_as(concat!(
+                    "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                     WHERE m.room_id = $1 AND m.seq = $2"
                 ))
+                .bind(room)
+                .bind(seq)
+                .fetch_optional(&mut **tx)
+                .await
+            }
+
+            /// Takes the room's next rev inside `tx` (and, on PostgreSQL, its row lock: changes
+            /// to one room's messages are serialised). None when the room does not exist.
+            async fn next_rev(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                room: RoomId,
+            ) -> Result<Option<i64>, sqlx::Error> {
+                sqlx::query_scalar("UPDATE rooms SET rev = rev + 1 WHERE id = $1 RETURNING rev")
+                    .bind(room)
+                    .fetch_optional(&mut **tx)
+                    .await
             }
         }
 
@@ -554,7 +727,15 @@ macro_rules! sql_store {
                         "SELECT ", room_columns!(), ", m.role, m.last_read_seq, \
                          (SELECT COUNT(*) FROM messages x WHERE x.room_id = r.id \
                             AND x.seq > m.last_read_seq AND x.user_id <> m.user_id \
-                            AND x.deleted = FALSE) AS unread \
+                            AND x.deleted = FALSE) AS unread, \
+                         (SELECT COUNT(*) FROM messages x WHERE x.room_id = r.id AND x.mentions_room \
+                            AND x.seq > m.last_read_seq AND x.user_id <> m.user_id \
+                            AND x.deleted = FALSE) + \
+                         (SELECT COUNT(*) FROM mentions y JOIN messages x \
+                            ON x.room_id = y.room_id AND x.seq = y.seq \
+                            WHERE y.user_id = m.user_id AND y.room_id = r.id \
+                            AND y.seq > m.last_read_seq AND x.user_id <> m.user_id \
+                            AND x.deleted = FALSE AND x.mentions_room = FALSE) AS mentions \
                          FROM rooms r JOIN members m ON m.room_id = r.id \
                          WHERE m.user_id = $1 ORDER BY r.name"
                     ))
@@ -705,7 +886,7 @@ macro_rules! sql_store {
                     .await?)
                 }
 
-                async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitOutcome>> {
+                async fn commit_messages(&self, batch: &[NewMessage]) -> StoreResult<Committed> {
                     let mut attempt = 1;
                     let mut look_up = false;
                     loop {
@@ -801,35 +982,237 @@ macro_rules! sql_store {
                     body: &str,
                     now: i64,
                 ) -> StoreResult<Option<MessageRecord>> {
+                    let mut tx = self.begin_write().await?;
+                    let Some(rev) = Self::next_rev(&mut tx, room).await? else {
+                        return Ok(None);
+                    };
                     let done = sqlx::query(
-                        "UPDATE messages SET body = $3, edited_at = $4 \
+                        "UPDATE messages SET body = $3, edited_at = $4, rev = $5 \
                          WHERE room_id = $1 AND seq = $2 AND deleted = FALSE",
                     )
                     .bind(room)
                     .bind(seq)
                     .bind(body)
                     .bind(now)
-                    .execute(&self.pool)
+                    .bind(rev)
+                    .execute(&mut *tx)
                     .await?;
                     if done.rows_affected() == 0 {
-                        return Ok(None);
+                        return Ok(None); // dropping the transaction gives the rev back
                     }
-                    self.message(room, seq).await
+                    let m = Self::message_in(&mut tx, room, seq).await?;
+                    tx.commit().await?;
+                    Ok(m)
                 }
 
                 async fn delete_message(&self, room: RoomId, seq: i64) -> StoreResult<Option<MessageRecord>> {
+                    let mut tx = self.begin_write().await?;
+                    let Some(rev) = Self::next_rev(&mut tx, room).await? else {
+                        return Ok(None);
+                    };
+                    // A deleted message keeps no reactions and no pin.
                     let done = sqlx::query(
-                        "UPDATE messages SET body = '', deleted = TRUE \
+                        "UPDATE messages SET body = '', deleted = TRUE, rev = $3, \
+                         reactions = NULL, pinned_at = NULL \
                          WHERE room_id = $1 AND seq = $2 AND deleted = FALSE",
                     )
                     .bind(room)
                     .bind(seq)
-                    .execute(&self.pool)
+                    .bind(rev)
+                    .execute(&mut *tx)
                     .await?;
                     if done.rows_affected() == 0 {
                         return Ok(None);
                     }
-                    self.message(room, seq).await
+                    sqlx::query("DELETE FROM reactions WHERE room_id = $1 AND seq = $2")
+                        .bind(room)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                    let m = Self::message_in(&mut tx, room, seq).await?;
+                    tx.commit().await?;
+                    Ok(m)
+                }
+
+                async fn react(
+                    &self,
+                    room: RoomId,
+                    seq: i64,
+                    user: UserId,
+                    emoji: &str,
+                    active: bool,
+                ) -> StoreResult<Change> {
+                    let mut tx = self.begin_write().await?;
+                    let Some(rev) = Self::next_rev(&mut tx, room).await? else {
+                        return Ok(Change::NoMessage);
+                    };
+                    let live: Option<bool> = sqlx::query_scalar(
+                        "SELECT deleted FROM messages WHERE room_id = $1 AND seq = $2",
+                    )
+                    .bind(room)
+                    .bind(seq)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if live != Some(false) {
+                        return Ok(Change::NoMessage);
+                    }
+                    let done = if active {
+                        sqlx::query(
+                            "INSERT INTO reactions (room_id, seq, emoji, user_id, rev) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(room)
+                        .bind(seq)
+                        .bind(emoji)
+                        .bind(user)
+                        .bind(rev)
+                        .execute(&mut *tx)
+                        .await?
+                    } else {
+                        sqlx::query(
+                            "DELETE FROM reactions \
+                             WHERE room_id = $1 AND seq = $2 AND emoji = $3 AND user_id = $4",
+                        )
+                        .bind(room)
+                        .bind(seq)
+                        .bind(emoji)
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?
+                    };
+                    if done.rows_affected() == 0 {
+                        return Ok(Change::Unchanged); // the rollback gives the rev back
+                    }
+                    // Every (emoji, user) in order of reaction: the aggregate is built from it.
+                    let all: Vec<(String, UserId)> = sqlx::query_as(
+                        "SELECT emoji, user_id FROM reactions \
+                         WHERE room_id = $1 AND seq = $2 ORDER BY rev",
+                    )
+                    .bind(room)
+                    .bind(seq)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut counts: Vec<ReactionCount> = Vec::new();
+                    for (e, u) in all {
+                        match counts.iter_mut().find(|c| c.emoji == e) {
+                            Some(c) => {
+                                c.count += 1;
+                                if c.users.len() < MAX_REACTION_USERS {
+                                    c.users.push(u);
+                                }
+                            }
+                            None => counts.push(ReactionCount { emoji: e, count: 1, users: vec![u] }),
+                        }
+                    }
+                    if counts.len() as i64 > MAX_EMOJI_PER_MESSAGE {
+                        return Ok(Change::TooMany);
+                    }
+                    let aggregate = (!counts.is_empty())
+                        .then(|| serde_json::to_string(&counts).expect("reactions serialize"));
+                    sqlx::query(
+                        "UPDATE messages SET reactions = $3, rev = $4 WHERE room_id = $1 AND seq = $2",
+                    )
+                    .bind(room)
+                    .bind(seq)
+                    .bind(aggregate)
+                    .bind(rev)
+                    .execute(&mut *tx)
+                    .await?;
+                    let m = Self::message_in(&mut tx, room, seq).await?;
+                    tx.commit().await?;
+                    Ok(m.map_or(Change::NoMessage, |m| Change::Made(Box::new(m))))
+                }
+
+                async fn pin(&self, room: RoomId, seq: i64, at: Option<i64>) -> StoreResult<Change> {
+                    let mut tx = self.begin_write().await?;
+                    let Some(rev) = Self::next_rev(&mut tx, room).await? else {
+                        return Ok(Change::NoMessage);
+                    };
+                    let current: Option<(bool, Option<i64>)> = sqlx::query_as(
+                        "SELECT deleted, pinned_at FROM messages WHERE room_id = $1 AND seq = $2",
+                    )
+                    .bind(room)
+                    .bind(seq)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let pinned = match current {
+                        Some((false, pinned_at)) => pinned_at.is_some(),
+                        _ => return Ok(Change::NoMessage),
+                    };
+                    if pinned == at.is_some() {
+                        return Ok(Change::Unchanged);
+                    }
+                    if at.is_some() {
+                        let count: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM messages WHERE room_id = $1 AND pinned_at IS NOT NULL",
+                        )
+                        .bind(room)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if count >= MAX_PINS {
+                            return Ok(Change::TooMany);
+                        }
+                    }
+                    sqlx::query(
+                        "UPDATE messages SET pinned_at = $3, rev = $4 WHERE room_id = $1 AND seq = $2",
+                    )
+                    .bind(room)
+                    .bind(seq)
+                    .bind(at)
+                    .bind(rev)
+                    .execute(&mut *tx)
+                    .await?;
+                    let m = Self::message_in(&mut tx, room, seq).await?;
+                    tx.commit().await?;
+                    Ok(m.map_or(Change::NoMessage, |m| Change::Made(Box::new(m))))
+                }
+
+                async fn pins(&self, room: RoomId) -> StoreResult<Vec<MessageRecord>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = $1 AND m.pinned_at IS NOT NULL ORDER BY m.pinned_at DESC, m.seq DESC"
+                    ))
+                    .bind(room)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn changes(
+                    &self,
+                    room: RoomId,
+                    since_rev: i64,
+                    max_seq: i64,
+                    limit: i64,
+                ) -> StoreResult<Vec<MessageRecord>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = $1 AND m.rev > $2 AND m.seq <= $3 ORDER BY m.rev, m.seq LIMIT $4"
+                    ))
+                    .bind(room)
+                    .bind(since_rev)
+                    .bind(max_seq)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn thread_replies(
+                    &self,
+                    room: RoomId,
+                    root: i64,
+                    after: i64,
+                    limit: i64,
+                ) -> StoreResult<Vec<MessageRecord>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = $1 AND m.thread = $2 AND m.seq > $3 ORDER BY m.seq LIMIT $4"
+                    ))
+                    .bind(room)
+                    .bind(root)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
                 }
 
                 async fn search_room(&self, room: RoomId, query: &str, limit: i64) -> StoreResult<Vec<MessageRecord>> {

@@ -460,6 +460,10 @@ impl Connection {
                 None
             }
             ControlEvent::UserBanned { .. } => None, // the hub closes banned sockets itself
+            // A socket subscribed to the room sees the message itself.
+            ControlEvent::Notify {
+                room, ref frame, ..
+            } => (!self.subs.contains_key(&room)).then(|| Utf8Bytes::from(frame.as_str())),
         }
     }
 
@@ -502,13 +506,15 @@ impl Connection {
         let result = match parsed {
             ClientFrame::Ping => return self.reply(sink, ServerFrame::Pong.encode()).await,
             ClientFrame::Auth { token } => self.reauthenticate(&token).await.map(|_| None),
-            ClientFrame::Subscribe { room, since } => {
-                match self.subscribe(room, since, sink).await {
-                    Ok(()) => Ok(None),
-                    Err(SubscribeError::Api(e)) => Err(e),
-                    Err(SubscribeError::Socket) => return Err(()),
-                }
-            }
+            ClientFrame::Subscribe {
+                room,
+                since,
+                since_rev,
+            } => match self.subscribe(room, since, since_rev, sink).await {
+                Ok(()) => Ok(None),
+                Err(SubscribeError::Api(e)) => Err(e),
+                Err(SubscribeError::Socket) => return Err(()),
+            },
             ClientFrame::Unsubscribe { room } => {
                 if self.subs.remove(&room).is_some() {
                     self.state.hub.unsubscribe(room, &self.outbox).await;
@@ -521,12 +527,14 @@ impl Connection {
                 client_id,
                 reply_to,
                 attachments,
+                thread,
             } => {
                 let draft = Draft {
                     body,
                     client_id,
                     reply_to,
                     attachments,
+                    thread,
                 };
                 self.send_message(room, draft).await.map(|_| None)
             }
@@ -548,6 +556,14 @@ impl Connection {
             ClientFrame::Read { room, seq } => {
                 self.receipt(room, Marker::Read, seq).await.map(|_| None)
             }
+            ClientFrame::React {
+                room,
+                seq,
+                emoji,
+                active,
+            } => chat::react(&self.state, &self.user, room, seq, &emoji, active)
+                .await
+                .map(|_| None),
         };
         match result {
             Ok(Some(text)) => self.reply(sink, text).await,
@@ -573,6 +589,7 @@ impl Connection {
         &mut self,
         room: RoomId,
         since: Option<i64>,
+        since_rev: Option<i64>,
         sink: &mut S,
     ) -> Result<(), SubscribeError> {
         if !self.subs.contains_key(&room) && self.subs.len() >= self.state.config.max_subscriptions
@@ -589,8 +606,10 @@ impl Connection {
         }
         // A cursor beyond the room's last seq is not from this room's history (a restore from
         // backup, another installation): it is ignored, and the client is told to resync.
-        let foreign = since.is_some_and(|since| since > r.last_seq);
+        let foreign = since.is_some_and(|since| since > r.last_seq)
+            || since_rev.is_some_and(|since_rev| since_rev > r.rev);
         let since = since.filter(|_| !foreign);
+        let since_rev = since_rev.filter(|_| !foreign);
         let cursor = match self.subs.get(&room) {
             Some(&c) => c,
             None => {
@@ -621,11 +640,33 @@ impl Connection {
             Some(_) => (Some(true), None),
             None => (None, None),
         };
+        // Changes to messages the client already has (seq up to its cursor), in rev order;
+        // beyond MAX_REPLAY it resyncs over REST.
+        let mut updates = Vec::new();
+        let mut recovered = recovered;
+        if let Some(since_rev) = since_rev
+            && recovered != Some(false)
+        {
+            let upto = since.map_or(cursor, |since| since.min(cursor));
+            updates = self
+                .state
+                .store
+                .changes(room, since_rev, upto, MAX_REPLAY + 1)
+                .await
+                .map_err(ApiError::from)?;
+            if updates.len() as i64 > MAX_REPLAY {
+                updates.clear();
+                recovered = Some(false);
+            } else {
+                recovered = Some(true);
+            }
+        }
         let reply = ServerFrame::Subscribed {
             room,
             last_seq: cursor,
             presence,
             recovered,
+            rev: r.rev,
         }
         .encode();
         // The reply goes out at once; the replay follows once the store has answered.
@@ -645,6 +686,12 @@ impl Connection {
                     .await
                     .map_err(|_| SubscribeError::Socket)?;
             }
+        }
+        for m in &updates {
+            let text = ServerFrame::MessageUpdated(&Message::from(m)).encode();
+            sink.feed(WsMessage::Text(text))
+                .await
+                .map_err(|_| SubscribeError::Socket)?;
         }
         sink.flush().await.map_err(|_| SubscribeError::Socket)
     }
