@@ -7,8 +7,8 @@ use std::sync::Arc;
 use common::Postgres;
 use confab::ids::{AttachmentId, FamilyId, MessageId, RoomId, UserId};
 use confab::store::{
-    self, AttachmentRecord, CommitOutcome, Marker, NewMessage, NewRoom, RefreshOutcome, Role,
-    RoomChanges, RoomKind, Store, StoreError, UserRecord,
+    self, AttachmentRecord, Change, CommitOutcome, Marker, NewMessage, NewRoom, RefreshOutcome,
+    Role, RoomChanges, RoomKind, Store, StoreError, UserRecord,
 };
 
 /// A store of each kind, with whatever keeps it alive.
@@ -76,6 +76,12 @@ store_tests!(
     bans_and_mutes_are_stored_and_lifted,
     attachments_and_totals,
     retention_deletes_old_messages_and_keeps_seq,
+    every_change_takes_the_next_rev_and_the_changes_feed_follows_it,
+    reactions_aggregate_in_order_and_repeats_change_nothing,
+    a_failed_reaction_leaves_no_row_and_no_rev,
+    thread_replies_keep_their_roots_summary_in_the_same_change,
+    mentions_resolve_to_members_and_count_until_read,
+    pins_are_capped_and_listed_newest_first,
 );
 
 async fn user(store: &dyn Store, name: &str) -> UserId {
@@ -322,9 +328,14 @@ async fn batches_allocate_gapless_seq_per_room(s: &dyn Store) {
             msg(r2, a, "d", None),
         ])
         .await
-        .unwrap().outcomes;
+        .unwrap()
+        .outcomes;
     assert_eq!(seqs(&out), vec![1, 1, 2, 2]);
-    let out = s.commit_messages(&[msg(r1, a, "e", None)]).await.unwrap().outcomes;
+    let out = s
+        .commit_messages(&[msg(r1, a, "e", None)])
+        .await
+        .unwrap()
+        .outcomes;
     assert_eq!(seqs(&out), vec![3]);
     assert_eq!(s.room(r1).await.unwrap().unwrap().last_seq, 3);
     let bodies: Vec<String> = s
@@ -345,7 +356,8 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
     let first = s
         .commit_messages(&[msg(r, a, "hi", Some("c1"))])
         .await
-        .unwrap().outcomes;
+        .unwrap()
+        .outcomes;
     let CommitOutcome::New(original) = &first[0] else {
         panic!("{first:?}")
     };
@@ -358,7 +370,8 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
             msg(r, b, "bob's c1", Some("c1")),
         ])
         .await
-        .unwrap().outcomes;
+        .unwrap()
+        .outcomes;
     match &out[0] {
         CommitOutcome::Duplicate(m) => {
             assert_eq!((m.id, m.seq, m.body.as_str()), (original.id, 1, "hi"))
@@ -381,7 +394,8 @@ async fn repeated_client_ids_return_the_first_message(s: &dyn Store) {
             msg(r, a, "hi, a third time", Some("c1")),
         ])
         .await
-        .unwrap().outcomes;
+        .unwrap()
+        .outcomes;
     assert!(
         matches!(&out[0], CommitOutcome::New(m) if m.seq == 4),
         "{out:?}"
@@ -401,7 +415,8 @@ async fn archived_rooms_refuse_messages(s: &dyn Store) {
     let out = s
         .commit_messages(&[msg(closed, a, "no", None), msg(open, a, "yes", None)])
         .await
-        .unwrap().outcomes;
+        .unwrap()
+        .outcomes;
     assert!(matches!(out[0], CommitOutcome::Rejected(_)));
     assert!(matches!(&out[1], CommitOutcome::New(m) if m.seq == 1));
     assert_eq!(s.room(closed).await.unwrap().unwrap().last_seq, 0);
@@ -717,4 +732,254 @@ async fn retention_deletes_old_messages_and_keeps_seq(s: &dyn Store) {
         0,
         "idempotent"
     );
+}
+
+fn rev_of(s: &[CommitOutcome]) -> Vec<i64> {
+    s.iter()
+        .map(|o| match o {
+            CommitOutcome::New(m) | CommitOutcome::Duplicate(m) => m.rev,
+            CommitOutcome::Rejected(_) => -1,
+        })
+        .collect()
+}
+
+async fn room_rev(s: &dyn Store, room: RoomId) -> i64 {
+    s.room(room).await.unwrap().unwrap().rev
+}
+
+fn made(c: Change) -> confab::store::MessageRecord {
+    match c {
+        Change::Made(m) => *m,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+async fn every_change_takes_the_next_rev_and_the_changes_feed_follows_it(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let r = room(s, "general", RoomKind::Public, a).await;
+    let other = room(s, "other", RoomKind::Public, a).await;
+    let out = s
+        .commit_messages(&[
+            msg(r, a, "one", None),
+            msg(other, a, "elsewhere", None),
+            msg(r, a, "two", None),
+            msg(r, a, "three", None),
+        ])
+        .await
+        .unwrap()
+        .outcomes;
+    assert_eq!(
+        rev_of(&out),
+        vec![1, 1, 2, 3],
+        "each room counts its own changes"
+    );
+    let edited = s.edit_message(r, 1, "one!", 5).await.unwrap().unwrap();
+    assert_eq!(edited.rev, 4);
+    let deleted = s.delete_message(r, 2).await.unwrap().unwrap();
+    assert_eq!(deleted.rev, 5);
+    // Editing a deleted message changes nothing and takes no rev.
+    assert!(s.edit_message(r, 2, "back", 6).await.unwrap().is_none());
+    assert!(s.delete_message(r, 2).await.unwrap().is_none());
+    assert_eq!(room_rev(s, r).await, 5);
+    // The feed: everything after rev 3, in rev order, bounded by seq and limit.
+    let changed = s.changes(r, 3, i64::MAX, 10).await.unwrap();
+    assert_eq!(
+        changed.iter().map(|m| (m.seq, m.rev)).collect::<Vec<_>>(),
+        vec![(1, 4), (2, 5)]
+    );
+    assert_eq!(s.changes(r, 3, 1, 10).await.unwrap().len(), 1, "seq bound");
+    assert_eq!(
+        s.changes(r, 0, i64::MAX, 2).await.unwrap().len(),
+        2,
+        "limit"
+    );
+    assert_eq!(room_rev(s, other).await, 1);
+}
+
+async fn reactions_aggregate_in_order_and_repeats_change_nothing(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let r = room(s, "general", RoomKind::Public, a).await;
+    s.commit_messages(&[msg(r, a, "hi", None)]).await.unwrap();
+    let m = made(s.react(r, 1, b, "👍", true).await.unwrap());
+    assert_eq!(m.rev, 2);
+    made(s.react(r, 1, a, "🎉", true).await.unwrap());
+    let m = made(s.react(r, 1, a, "👍", true).await.unwrap());
+    assert_eq!(m.rev, 4);
+    let agg: Vec<confab::store::ReactionCount> =
+        serde_json::from_str(m.reactions.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        agg.iter()
+            .map(|c| (c.emoji.as_str(), c.count, c.users.clone()))
+            .collect::<Vec<_>>(),
+        vec![("👍", 2, vec![b, a]), ("🎉", 1, vec![a])],
+        "emoji in order of first use, users in order of reaction"
+    );
+    // Repeating a reaction or removing one that is not there: nothing written, no rev.
+    assert_eq!(
+        s.react(r, 1, b, "👍", true).await.unwrap(),
+        Change::Unchanged
+    );
+    assert_eq!(
+        s.react(r, 1, b, "🎉", false).await.unwrap(),
+        Change::Unchanged
+    );
+    assert_eq!(room_rev(s, r).await, 4);
+    let m = made(s.react(r, 1, a, "🎉", false).await.unwrap());
+    assert_eq!(m.rev, 5);
+    let agg: Vec<confab::store::ReactionCount> =
+        serde_json::from_str(m.reactions.as_deref().unwrap()).unwrap();
+    assert_eq!(agg.len(), 1);
+    // History pages carry the aggregate without another query.
+    let page = s.messages_after(r, 0, 10).await.unwrap();
+    assert_eq!(page[0].reactions, m.reactions);
+    // A deleted message loses its reactions and takes none.
+    s.delete_message(r, 1).await.unwrap().unwrap();
+    assert!(s.message(r, 1).await.unwrap().unwrap().reactions.is_none());
+    assert_eq!(
+        s.react(r, 1, b, "👍", true).await.unwrap(),
+        Change::NoMessage
+    );
+    assert_eq!(
+        s.react(r, 9, b, "👍", true).await.unwrap(),
+        Change::NoMessage
+    );
+}
+
+async fn a_failed_reaction_leaves_no_row_and_no_rev(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let r = room(s, "general", RoomKind::Public, a).await;
+    s.commit_messages(&[msg(r, a, "hi", None)]).await.unwrap();
+    for i in 0..store::MAX_EMOJI_PER_MESSAGE {
+        made(s.react(r, 1, a, &format!(":e{i}:"), true).await.unwrap());
+    }
+    let before = room_rev(s, r).await;
+    assert_eq!(
+        s.react(r, 1, a, ":one_more:", true).await.unwrap(),
+        Change::TooMany
+    );
+    assert_eq!(room_rev(s, r).await, before, "no rev taken");
+    // An emoji already on the message is not a new one: another user may still add it.
+    let b = user(s, "bob").await;
+    made(s.react(r, 1, b, ":e0:", true).await.unwrap());
+    // The refused one left no row: removing it changes nothing.
+    assert_eq!(
+        s.react(r, 1, a, ":one_more:", false).await.unwrap(),
+        Change::Unchanged
+    );
+}
+
+async fn thread_replies_keep_their_roots_summary_in_the_same_change(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let r = room(s, "general", RoomKind::Public, a).await;
+    s.commit_messages(&[msg(r, a, "root", None)]).await.unwrap();
+    let reply = |who, body: &str| {
+        let mut m = msg(r, who, body, None);
+        m.thread = Some(1);
+        m
+    };
+    let c = s
+        .commit_messages(&[
+            reply(b, "first"),
+            msg(r, a, "top", None),
+            reply(a, "second"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(rev_of(&c.outcomes), vec![2, 3, 4]);
+    assert_eq!(c.roots.len(), 1);
+    let root = &c.roots[0];
+    assert_eq!(root.rev, 4, "the root carries its last reply's rev");
+    let summary: store::ThreadSummary =
+        serde_json::from_str(root.thread_summary.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (
+            summary.reply_count,
+            summary.last_reply_seq,
+            summary.participants
+        ),
+        (2, 4, vec![b, a])
+    );
+    assert_eq!(
+        room_rev(s, r).await,
+        4,
+        "a reply and its root's summary are one change"
+    );
+    let replies = s.thread_replies(r, 1, 0, 10).await.unwrap();
+    assert_eq!(
+        replies.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    assert_eq!(s.thread_replies(r, 1, 2, 10).await.unwrap().len(), 1);
+    assert!(s.thread_replies(r, 3, 0, 10).await.unwrap().is_empty());
+}
+
+async fn mentions_resolve_to_members_and_count_until_read(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let outsider = user(s, "carol").await;
+    let r = room(s, "general", RoomKind::Public, a).await;
+    s.add_member(r, b, Role::Member).await.unwrap();
+    let named = |body: &str, names: &[&str], room_too: bool| {
+        let mut m = msg(r, a, body, None);
+        m.mention_names = names.iter().map(|n| n.to_string()).collect();
+        m.mentions_room = room_too;
+        m
+    };
+    let out = s
+        .commit_messages(&[
+            named("@bob @carol @bob", &["bob", "carol"], false),
+            named("@room", &[], true),
+            msg(r, a, "plain", None),
+        ])
+        .await
+        .unwrap()
+        .outcomes;
+    let CommitOutcome::New(first) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let ids: Vec<UserId> = serde_json::from_str(first.mentions.as_deref().unwrap()).unwrap();
+    assert_eq!(ids, vec![b], "members only, once");
+    assert!(s.message(r, 2).await.unwrap().unwrap().mentions_room);
+    let count = |listings: Vec<store::RoomListing>| listings[0].mentions;
+    assert_eq!(count(s.rooms_of(b).await.unwrap()), 2);
+    assert_eq!(
+        count(s.rooms_of(a).await.unwrap()),
+        0,
+        "not one's own messages"
+    );
+    s.move_marker(r, b, Marker::Read, 1).await.unwrap();
+    assert_eq!(count(s.rooms_of(b).await.unwrap()), 1);
+    s.move_marker(r, b, Marker::Read, 3).await.unwrap();
+    assert_eq!(count(s.rooms_of(b).await.unwrap()), 0);
+    assert!(s.rooms_of(outsider).await.unwrap().is_empty());
+}
+
+async fn pins_are_capped_and_listed_newest_first(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let r = room(s, "general", RoomKind::Public, a).await;
+    let batch: Vec<NewMessage> = (0..store::MAX_PINS + 1)
+        .map(|i| msg(r, a, &format!("m{i}"), None))
+        .collect();
+    s.commit_messages(&batch).await.unwrap();
+    for seq in 1..=store::MAX_PINS {
+        let m = made(s.pin(r, seq, Some(1000 + seq)).await.unwrap());
+        assert!(m.pinned_at.is_some());
+    }
+    let before = room_rev(s, r).await;
+    assert_eq!(
+        s.pin(r, store::MAX_PINS + 1, Some(5000)).await.unwrap(),
+        Change::TooMany
+    );
+    assert_eq!(s.pin(r, 1, Some(6000)).await.unwrap(), Change::Unchanged);
+    assert_eq!(room_rev(s, r).await, before);
+    let pins = s.pins(r).await.unwrap();
+    assert_eq!(pins.len() as i64, store::MAX_PINS);
+    assert_eq!(pins[0].seq, store::MAX_PINS, "most recently pinned first");
+    let m = made(s.pin(r, 3, None).await.unwrap());
+    assert!(m.pinned_at.is_none());
+    made(s.pin(r, store::MAX_PINS + 1, Some(7000)).await.unwrap());
+    assert_eq!(s.pins(r).await.unwrap()[0].seq, store::MAX_PINS + 1);
+    assert_eq!(s.pin(r, 999, Some(1)).await.unwrap(), Change::NoMessage);
 }

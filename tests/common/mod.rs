@@ -251,6 +251,9 @@ impl Api {
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.call(Method::PATCH, path, Some(body)).await
     }
+    pub async fn put(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, None).await
+    }
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
         self.call(Method::DELETE, path, None).await
     }
