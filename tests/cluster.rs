@@ -376,3 +376,112 @@ async fn resuming_on_a_pod_that_lags_behind_repeats_nothing() {
     alice.post_message(&room, "m4").await;
     assert_eq!(resumed.expect("message").await["seq"], 4);
 }
+
+#[tokio::test]
+async fn reactions_and_thread_summaries_made_on_one_pod_reach_the_other_with_their_rev() {
+    let c = two_pods().await;
+    let (alice, bob, room) = c.alice_and_bob_in("general").await;
+    let mut b = bob.subscribed(&room).await;
+    alice.post_message(&room, "root").await;
+    b.expect("message").await;
+    let (st, _) = alice
+        .api
+        .put(&format!(
+            "/api/v1/rooms/{room}/messages/1/reactions/%F0%9F%91%8D"
+        ))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let r = b.expect("reaction").await;
+    assert_eq!((&r["emoji"], &r["rev"]), (&json!("👍"), &json!(2)));
+    alice
+        .api
+        .post(
+            &format!("/api/v1/rooms/{room}/messages"),
+            json!({"body": "reply", "thread": 1}),
+        )
+        .await;
+    assert_eq!(b.expect("message").await["thread"], 1);
+    let root = b.expect("message_updated").await;
+    assert_eq!(
+        (
+            &root["seq"],
+            &root["rev"],
+            &root["thread_summary"]["reply_count"]
+        ),
+        (&json!(1), &json!(3), &json!(1))
+    );
+    // Pod b reads the same aggregate from the shared store.
+    let (_, page) = bob.api.get(&format!("/api/v1/rooms/{room}/messages")).await;
+    assert_eq!(
+        page["messages"][0]["reactions"][0]["users"],
+        json!([alice.id])
+    );
+}
+
+#[tokio::test]
+async fn a_mention_on_one_pod_notifies_the_users_socket_on_the_other() {
+    let c = two_pods().await;
+    let (alice, bob, room) = c.alice_and_bob_in("general").await;
+    // Bob is connected to pod b but not subscribed to the room.
+    let mut away = bob.connect().await;
+    let m = alice.post_message(&room, "@bob look").await;
+    assert_eq!(m["mentions"], json!([bob.id]));
+    let n = away.expect("notification").await;
+    assert_eq!(
+        (&n["reason"], &n["message"]["seq"]),
+        (&json!("mention"), &json!(1))
+    );
+}
+
+#[tokio::test]
+async fn since_rev_resumes_changes_made_while_the_clients_pod_was_restarting() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let config = || common::unlimited(cluster(&pg, &redis));
+    let a = Server::start(config()).await;
+    let b = Server::start(config()).await;
+    let alice = a.user("alice").await;
+    b.user("bob").await;
+    let bob = b.login("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    alice.post_message(&room, "one").await;
+    alice.post_message(&room, "two").await;
+    let mut ws = bob.subscribed(&room).await;
+    let sub = ws.subscribe(&room, None).await;
+    let (seen_seq, seen_rev) = (
+        sub["last_seq"].as_i64().unwrap(),
+        sub["rev"].as_i64().unwrap(),
+    );
+    assert_eq!((seen_seq, seen_rev), (2, 2));
+
+    // Bob's pod goes away; meanwhile Alice edits one message and reacts to the other.
+    drop(ws);
+    b.shutdown().await.unwrap();
+    alice
+        .api
+        .patch(
+            &format!("/api/v1/rooms/{room}/messages/1"),
+            json!({"body": "one!"}),
+        )
+        .await;
+    alice
+        .api
+        .put(&format!("/api/v1/rooms/{room}/messages/2/reactions/:tada:"))
+        .await;
+
+    let b = Server::start(config()).await;
+    let bob = b.login("bob").await;
+    let mut back = bob.connect().await;
+    back.send(json!({"type": "subscribe", "room": room, "since": seen_seq, "since_rev": seen_rev}))
+        .await;
+    let sub = back.expect("subscribed").await;
+    assert_eq!((&sub["recovered"], &sub["rev"]), (&json!(true), &json!(4)));
+    let first = back.expect("message_updated").await;
+    let second = back.expect("message_updated").await;
+    assert_eq!((&first["seq"], &first["body"]), (&json!(1), &json!("one!")));
+    assert_eq!(
+        (&second["seq"], &second["reactions"][0]["emoji"]),
+        (&json!(2), &json!(":tada:"))
+    );
+}
