@@ -6,7 +6,7 @@ use base64::Engine;
 use common::ws::{Closed, WAIT};
 use common::{Server, User, Ws, embedded};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const SECRET: &str = "security-suite-secret-security-suite-secret";
@@ -897,4 +897,112 @@ async fn answers_carry_security_headers() {
         assert!(h.contains_key("content-security-policy"), "{path}");
         assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
     }
+}
+
+// ---- v1.1 message features ----------------------------------------------------------------
+
+#[tokio::test]
+async fn outsiders_cannot_react_pin_page_threads_or_read_changes_of_a_private_room() {
+    let w = world().await;
+    let private = &w.private;
+    let dm = &w.dm;
+    for room in [private, dm] {
+        for (method, path) in [
+            (
+                Method::PUT,
+                format!("/api/v1/rooms/{room}/messages/1/reactions/%F0%9F%91%8D"),
+            ),
+            (
+                Method::DELETE,
+                format!("/api/v1/rooms/{room}/messages/1/reactions/%F0%9F%91%8D"),
+            ),
+            (Method::PUT, format!("/api/v1/rooms/{room}/pins/1")),
+            (Method::GET, format!("/api/v1/rooms/{room}/pins")),
+            (Method::GET, format!("/api/v1/rooms/{room}/changes")),
+            (Method::GET, format!("/api/v1/rooms/{room}/threads/1")),
+        ] {
+            let (st, body) = w.mallory.api.call(method.clone(), &path, None).await;
+            assert_eq!(st, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+            assert!(!body.to_string().contains("launch code"), "{body}");
+        }
+    }
+    // The same over the socket: an error, nothing learned, the socket open.
+    let mut ws = w.mallory.connect().await;
+    ws.send(json!({"type": "react", "room": private, "seq": 1, "emoji": "👍", "active": true}))
+        .await;
+    assert_eq!(ws.expect("error").await["code"], "not_found");
+    ws.send(json!({"type": "subscribe", "room": private, "since": 0, "since_rev": 0}))
+        .await;
+    assert_eq!(ws.expect("error").await["code"], "not_found");
+    ws.send(json!({"type": "ping"})).await;
+    ws.expect("pong").await;
+    let (_, h) = w
+        .alice
+        .api
+        .get(&format!("/api/v1/rooms/{private}/messages"))
+        .await;
+    assert_eq!(h["messages"][0]["reactions"], json!([]));
+}
+
+#[tokio::test]
+async fn a_thread_cannot_be_rooted_in_another_room_and_members_cannot_pin() {
+    let w = world().await;
+    let public = &w.public;
+    // Seq 1 of the public room exists; a reply naming a root that only exists elsewhere fails.
+    w.alice.post_message(&w.private, "second secret").await;
+    let (st, body) = w
+        .mallory
+        .api
+        .post(
+            &format!("/api/v1/rooms/{public}/messages"),
+            json!({"body": "sneaky", "thread": 2}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let (st, _) = w
+        .mallory
+        .api
+        .put(&format!("/api/v1/rooms/{public}/pins/1"))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "members do not pin");
+    let (_, pins) = w
+        .alice
+        .api
+        .get(&format!("/api/v1/rooms/{public}/pins"))
+        .await;
+    assert_eq!(pins["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_emoji_are_refused_without_a_trace() {
+    let w = world().await;
+    let public = &w.public;
+    let long_family = "👨‍👩‍👧‍👦".repeat(3);
+    let long_code = format!(":{}:", "a".repeat(33));
+    for emoji in [
+        long_family.as_str(),
+        long_code.as_str(),
+        "%00",
+        "%E2%80%AE",
+        "%20",
+        "a",
+        "%F0%9F%91",
+    ] {
+        let path = format!("/api/v1/rooms/{public}/messages/1/reactions/{emoji}");
+        let (st, body) = w.mallory.api.put(&path).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{emoji}: {body}");
+        assert!(
+            !body.to_string().contains("Utf8") && !body.to_string().contains("String"),
+            "no Rust type names: {body}"
+        );
+    }
+    let (_, h) = w
+        .alice
+        .api
+        .get(&format!("/api/v1/rooms/{public}/messages"))
+        .await;
+    assert_eq!(
+        (&h["messages"][0]["reactions"], &h["messages"][0]["rev"]),
+        (&json!([]), &json!(1))
+    );
 }

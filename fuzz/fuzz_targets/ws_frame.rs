@@ -10,6 +10,11 @@ fuzz_target!(|data: &[u8]| {
             Ok(confab::protocol::ClientFrame::Message { body, client_id, reply_to, .. }) => {
                 let policy = confab::policy::Policy::default();
                 let _ = confab::chat::check_message(&policy, &body, client_id.as_deref(), reply_to);
+                let (names, _) = confab::validate::mentions(&body);
+                assert!(names.iter().all(|n| confab::validate::username(n)));
+            }
+            Ok(confab::protocol::ClientFrame::React { emoji, .. }) => {
+                let _ = confab::validate::emoji(&emoji);
             }
             Ok(_) => {}
             Err((message, _)) => assert!(!message.is_empty()),
