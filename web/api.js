@@ -299,10 +299,11 @@ export class Connection extends EventTarget {
   }
 
   /** Sends a message; it is resent with the same client_id after a reconnect until acked. */
-  post(room, body, attachments = []) {
+  post(room, body, attachments = [], thread = null) {
     const client_id = crypto.randomUUID();
     const frame = { type: "message", room, body, client_id };
     if (attachments.length) frame.attachments = attachments;
+    if (thread) frame.thread = thread;
     this.pending.set(client_id, frame);
     this.send(frame);
     return client_id;

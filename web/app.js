@@ -164,6 +164,7 @@ function renderRooms() {
       },
       h("span", { class: "name" }, roomLabel(r), r.kind === "private" ? h("span", { class: "tag" }, "private") : null,
         r.archived ? h("span", { class: "tag" }, "archived") : null),
+      r.mentions ? h("span", { class: "badge mention", "aria-label": `${r.mentions} mentions` }, `@${r.mentions}`) : null,
       unread ? h("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null));
   };
   $("room-list").replaceChildren(...mine.filter((r) => r.kind !== "direct").map(item));
@@ -252,6 +253,7 @@ function closeRoom() {
 
 async function openRoom(id) {
   const r = rooms.get(id);
+  if (current !== id) { closeThread(); $("pins").hidden = true; }
   current = id;
   $("search-view").hidden = true;
   $("empty").hidden = true;
@@ -356,22 +358,130 @@ function node(v, m) {
   const own = m.user === session.user.id;
   li.classList.toggle("own", own);
   li.classList.toggle("deleted", m.deleted);
+  const mentioned = !own && (m.mentions_room || (m.mentions || []).includes(session.user.id));
+  li.classList.toggle("mentioned", mentioned);
+  li.classList.toggle("pinned", !!m.pinned);
   const body = m.deleted ? h("p", { class: "body gone" }, "This message was deleted.")
-    : h("p", { class: "body" }, m.body);
-  const actions = own && !m.deleted ? h("span", { class: "actions" },
-    h("button", { class: "link", onclick: () => startEdit(v, m), "aria-label": `Edit message ${m.seq}` }, "Edit"),
-    h("button", { class: "link", onclick: () => remove(m), "aria-label": `Delete message ${m.seq}` }, "Delete")) : null;
+    : h("p", { class: "body" }, ...highlight(m.body));
+  const actions = m.deleted ? null : h("span", { class: "actions" },
+    own ? h("button", { class: "link", onclick: () => startEdit(v, m), "aria-label": `Edit message ${m.seq}` }, "Edit") : null,
+    own ? h("button", { class: "link", onclick: () => remove(m), "aria-label": `Delete message ${m.seq}` }, "Delete") : null,
+    m.thread ? null : h("button", { class: "link", onclick: () => openThread(m.room, m.seq), "aria-label": `Reply in thread to message ${m.seq}` }, "Reply"),
+    canModerate(m.room) ? h("button", { class: "link", onclick: () => setPinned(m, !m.pinned), "aria-label": `${m.pinned ? "Unpin" : "Pin"} message ${m.seq}` }, m.pinned ? "Unpin" : "Pin") : null);
+  const summary = m.thread_summary;
   li.replaceChildren(...[
     h("div", { class: "meta" },
       h("span", { class: "author" }, displayName(m.user, m.username)),
       h("time", { datetime: m.created_at, title: m.created_at }, time(m.created_at)),
       m.edited_at && !m.deleted ? h("span", { class: "edited" }, "(edited)") : null,
+      m.pinned ? h("span", { class: "tag pin" }, "📌 pinned") : null,
+      m.thread ? h("button", { class: "link in-thread", onclick: () => openThread(m.room, m.thread) }, "↳ in a thread") : null,
       own && !m.deleted ? ticks(v, m.seq) : null,
       actions),
     body,
     m.deleted ? null : attachments(m.attachments || []),
+    summary ? h("button", { class: "link replies", onclick: () => openThread(m.room, m.seq), "aria-label": `Open the thread of message ${m.seq}` },
+      `${summary.reply_count} ${summary.reply_count === 1 ? "reply" : "replies"}`) : null,
+    m.deleted ? null : reactionsBar(m),
   ].filter(Boolean));
   return li;
+}
+
+/** The body with the caller's own mentions and @room marked. */
+function highlight(text) {
+  const me = `@${session.user.username}`;
+  return text.split(/(@[a-z0-9_.-]+)/).map((part) =>
+    part === me || part === "@room" ? h("mark", { class: "mention" }, part) : part);
+}
+
+function canModerate(roomId) {
+  const r = rooms.get(roomId);
+  return session.user.is_admin || (r && (r.role === "owner" || r.role === "moderator"));
+}
+
+const PICKER = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+
+/** Each emoji with its count (pressed when the caller reacted), and a picker for more. */
+function reactionsBar(m) {
+  const mine = (r) => r.users.includes(session.user.id);
+  const picker = h("span", { class: "picker", hidden: true }, PICKER.map((e) =>
+    h("button", { class: "emoji", "aria-label": `React with ${e}`, onclick: () => { picker.hidden = true; react(m, e, true); } }, e)));
+  return h("div", { class: "reactions" },
+    (m.reactions || []).map((r) => h("button", {
+      class: "reaction",
+      "aria-pressed": String(mine(r)),
+      "aria-label": `${r.emoji} ${r.count}`,
+      dataset: { emoji: r.emoji },
+      onclick: () => react(m, r.emoji, !mine(r)),
+    }, `${r.emoji} ${r.count}`)),
+    h("button", { class: "link add-reaction", "aria-label": `Add a reaction to message ${m.seq}`, onclick: () => { picker.hidden = !picker.hidden; } }, "☺+"),
+    picker);
+}
+
+function react(m, emoji, active) {
+  conn.send({ type: "react", room: m.room, seq: m.seq, emoji, active });
+}
+
+async function setPinned(m, pinned) {
+  try {
+    await session.call(pinned ? "PUT" : "DELETE", `/api/v1/rooms/${m.room}/pins/${m.seq}`);
+  } catch (e) { toast(e.message); }
+}
+
+/** A `reaction` event applied to our copy, if it is newer than what we have. */
+function applyReaction(f) {
+  const v = views.get(f.room);
+  const m = v && v.msgs.get(f.seq);
+  if (!m || f.rev <= (m.rev || 0)) return;
+  const list = (m.reactions || []).map((r) => ({ ...r, users: [...r.users] }));
+  let r = list.find((x) => x.emoji === f.emoji);
+  if (f.active) {
+    if (!r) { r = { emoji: f.emoji, count: 0, users: [] }; list.push(r); }
+    if (!r.users.includes(f.user)) { r.count += 1; if (r.users.length < 50) r.users.push(f.user); }
+  } else if (r) {
+    r.count -= 1;
+    r.users = r.users.filter((u) => u !== f.user);
+  }
+  addMessage(f.room, { ...m, rev: f.rev, reactions: list.filter((x) => x.count > 0) });
+}
+
+// ---- threads and pins ----------------------------------------------------------------------
+
+let thread = null; // {room, root} of the open thread panel
+
+async function openThread(room, root) {
+  thread = { room, root };
+  $("thread").hidden = false;
+  $("thread-list").replaceChildren(h("li", { class: "muted" }, "Loading…"));
+  try {
+    const page = await session.call("GET", `/api/v1/rooms/${room}/threads/${root}?limit=200`);
+    if (!thread || thread.root !== root || thread.room !== room) return;
+    $("thread-list").replaceChildren(threadItem(page.root, true), ...page.messages.map((m) => threadItem(m, false)));
+    $("thread-input").focus();
+  } catch (e) { toast(e.message); closeThread(); }
+}
+
+function threadItem(m, root) {
+  return h("li", { class: root ? "thread-root" : "thread-reply", dataset: { seq: m.seq } },
+    h("div", { class: "meta" }, h("span", { class: "author" }, displayName(m.user, m.username)),
+      h("time", { datetime: m.created_at }, time(m.created_at))),
+    h("p", { class: "body" }, m.deleted ? "This message was deleted." : m.body));
+}
+
+function closeThread() {
+  thread = null;
+  $("thread").hidden = true;
+}
+
+async function showPins() {
+  const panel = $("pins");
+  if (!panel.hidden) { panel.hidden = true; return; }
+  panel.hidden = false;
+  try {
+    const page = await session.call("GET", `/api/v1/rooms/${current}/pins`);
+    $("pin-list").replaceChildren(...(page.messages.length ? page.messages.map((m) => threadItem(m, false))
+      : [h("li", { class: "muted" }, "Nothing pinned yet.")]));
+  } catch (e) { toast(e.message); }
 }
 
 function ticks(v, seq) {
@@ -518,7 +628,7 @@ function markRead(id) {
   if (!v || id !== current || document.visibilityState !== "visible") return;
   const last = conn.rooms.get(id) ?? 0;
   const r = rooms.get(id);
-  if (r && r.unread) { r.unread = 0; renderRooms(); }
+  if (r && (r.unread || r.mentions)) { r.unread = 0; r.mentions = 0; renderRooms(); }
   if (last > v.readSent && r && r.role !== undefined) {
     v.readSent = last;
     v.deliveredSent = Math.max(v.deliveredSent, last);
@@ -620,20 +730,51 @@ conn.addEventListener("frame", (ev) => {
     case "message": {
       const r = rooms.get(f.room);
       const isNew = addMessage(f.room, f);
+      if (thread && thread.room === f.room && f.thread === thread.root
+        && !$("thread-list").querySelector(`[data-seq="${f.seq}"]`)) {
+        $("thread-list").append(threadItem(f, false));
+      }
       if (f.user !== session.user.id) {
         setTyping(f.room, f.user, false);
         if (isNew && r) {
           markDelivered(f.room);
           if (f.room === current && document.visibilityState === "visible") markRead(f.room);
-          else if (!f.deleted) { r.unread = (r.unread || 0) + 1; renderRooms(); }
+          else if (!f.deleted) {
+            r.unread = (r.unread || 0) + 1;
+            // The page follows every room it is in, so the server sends the message itself
+            // rather than a `notification`: a mention elsewhere is noticed here.
+            if (f.mentions_room || (f.mentions || []).includes(session.user.id)) {
+              r.mentions = (r.mentions || 0) + 1;
+              toast(`${displayName(f.user, f.username)} mentioned you in ${roomLabel(r)}`);
+            }
+            renderRooms();
+          }
         }
       }
       // Our own messages need no `read`: sending moves our read marker on the server.
       break;
     }
     case "message_edited":
-      if (views.get(f.room) && views.get(f.room).msgs.has(f.seq)) addMessage(f.room, f);
+    case "message_updated": {
+      const known = views.get(f.room) && views.get(f.room).msgs.get(f.seq);
+      if (known && (f.rev || 0) >= (known.rev || 0)) addMessage(f.room, f);
       break;
+    }
+    case "reaction":
+      applyReaction(f);
+      break;
+    case "notification": {
+      const r = rooms.get(f.room);
+      const who = displayName(f.message.user, f.message.username);
+      const where = r ? roomLabel(r) : "a room";
+      if (f.reason === "mention" && r) { r.mentions = (r.mentions || 0) + 1; }
+      if (r && f.room !== current) { r.unread = (r.unread || 0) + 1; }
+      renderRooms();
+      toast(f.reason === "mention" ? `${who} mentioned you in ${where}`
+        : f.reason === "dm" ? `${who} sent you a direct message`
+          : `${who} replied in a thread in ${where}`);
+      break;
+    }
     case "message_deleted": {
       const v = views.get(f.room);
       const m = v && v.msgs.get(f.seq);
@@ -728,6 +869,18 @@ $("search-form").addEventListener("submit", async (ev) => {
     renderRooms();
     if (location.hash) history.replaceState(null, "", location.pathname);
   } catch (e) { toast(e.message); }
+});
+
+$("show-pins").addEventListener("click", () => showPins());
+$("close-pins").addEventListener("click", () => { $("pins").hidden = true; });
+$("close-thread").addEventListener("click", () => closeThread());
+$("thread-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const input = $("thread-input");
+  const body = input.value.trim();
+  if (!body || !thread) return;
+  conn.post(thread.room, body, [], thread.root);
+  input.value = "";
 });
 
 $("search-close").addEventListener("click", () => {

@@ -335,6 +335,55 @@ test("two people chat in a room and a DM, with typing, presence, read ticks, edi
   await phone.close();
 });
 
+test("two people react, pin, reply in a thread and mention each other", async () => {
+  const dora = await person("dora", "Dora");
+  const eric = await person("eric", "Eric");
+  await dora.getByText("Create a room").click();
+  await dora.locator("#create-form").getByLabel("Name").fill("crew");
+  await dora.locator("#create-form").getByRole("button", { name: "Create", exact: true }).click();
+  await dora.locator("#room-title", { hasText: "#crew" }).waitFor();
+  await eric.reload();
+  await connected(eric);
+  await eric.getByRole("button", { name: "Join #crew" }).click();
+  await eric.locator("#room-title", { hasText: "#crew" }).waitFor();
+  // Eric moves to a room of his own; a mention in #crew reaches him there.
+  await eric.getByText("Create a room").click();
+  await eric.locator("#create-form").getByLabel("Name").fill("quiet");
+  await eric.locator("#create-form").getByRole("button", { name: "Create", exact: true }).click();
+  await eric.locator("#room-title", { hasText: "#quiet" }).waitFor();
+  await dora.locator("#composer-input").fill("standup in 5, @eric");
+  await dora.locator("#composer-input").press("Enter");
+  await eric.locator("#toast", { hasText: "Dora mentioned you in #crew" }).waitFor();
+  await eric.locator('a.room[data-name="crew"] .badge.mention', { hasText: "@1" }).waitFor();
+  await openRoom(eric, "#crew");
+  await messageItem(eric, "standup in 5").locator("mark.mention", { hasText: "@eric" }).waitFor();
+  await eric.locator('a.room[data-name="crew"] .badge.mention').waitFor({ state: "detached" });
+
+  // Reactions: Eric picks one, Dora adds hers by pressing it; both see the count.
+  await eric.getByRole("button", { name: "Add a reaction to message 1" }).click();
+  await eric.getByRole("button", { name: "React with 👍" }).click();
+  await dora.getByRole("button", { name: "👍 1" }).click();
+  await eric.getByRole("button", { name: "👍 2" }).waitFor();
+  assert.equal(await dora.getByRole("button", { name: "👍 2" }).getAttribute("aria-pressed"), "true");
+
+  // Pins: the owner pins, the member sees it and the list, and cannot pin himself.
+  await dora.getByRole("button", { name: "Pin message 1" }).click();
+  await messageItem(eric, "standup in 5").locator(".tag.pin").waitFor();
+  assert.equal(await eric.getByRole("button", { name: "Pin message 1" }).count(), 0);
+  await eric.getByRole("button", { name: "Pinned" }).click();
+  await eric.locator("#pin-list", { hasText: "standup in 5" }).waitFor();
+
+  // A thread: Eric replies; Dora sees the count and opens the thread.
+  await eric.getByRole("button", { name: "Reply in thread to message 1" }).click();
+  await eric.locator("#thread-input").fill("on my way");
+  await eric.locator("#thread-form button[type=submit]").click();
+  await eric.locator("#thread-list", { hasText: "on my way" }).waitFor();
+  await dora.getByRole("button", { name: "Open the thread of message 1" }).filter({ hasText: "1 reply" }).waitFor();
+  await dora.getByRole("button", { name: "Open the thread of message 1" }).click();
+  await dora.locator("#thread-list .thread-reply", { hasText: "on my way" }).waitFor();
+  await dora.screenshot({ path: join(SHOTS, "threads-and-reactions.png") });
+});
+
 test("a page renews its token before it expires, and its socket stays open", async () => {
   const alice = pages.alice;
   await openRoom(alice, "#general");
