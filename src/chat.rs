@@ -109,6 +109,11 @@ pub async fn submit_message(
     )?;
     let rules = rules.await?;
     rules.check(author.muted_until, crate::now_ms())?;
+    // Nobody writes to a person who blocks them (checked per message: a block takes effect
+    // at once, whatever a socket has cached).
+    if rules.direct && state.store.blocked_in(room, author.id).await? {
+        return Err(ApiError::forbidden("this person has blocked you"));
+    }
     if let Some(root) = draft.thread {
         check_thread_root(state, room, root).await?;
     }

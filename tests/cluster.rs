@@ -485,3 +485,48 @@ async fn since_rev_resumes_changes_made_while_the_clients_pod_was_restarting() {
         (&json!(2), &json!(":tada:"))
     );
 }
+
+#[tokio::test]
+async fn a_block_made_on_one_pod_hides_typing_on_the_other_at_once() {
+    let c = two_pods().await;
+    let (alice, bob, room) = c.alice_and_bob_in("general").await;
+    let carol = c.a.user("carol").await;
+    carol.join(&room).await;
+    // Alice watches from pod b and has already seen typing (her socket read her empty list).
+    let alice_b = c.b.login("alice").await;
+    let mut watch = alice_b.subscribed(&room).await;
+    let mut carols = carol.subscribed(&room).await;
+    carols
+        .send(json!({"type": "typing", "room": room, "active": true}))
+        .await;
+    assert_eq!(
+        watch.expect_skipping("typing").await["user"],
+        carol.id.as_str()
+    );
+
+    // Alice blocks Bob through pod a; Bob (on pod b) types, then Carol stops typing.
+    let (st, _) = alice
+        .api
+        .put(&format!("/api/v1/users/me/blocks/{}", bob.id))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let mut bobs = bob.subscribed(&room).await;
+    bobs.send(json!({"type": "typing", "room": room, "active": true}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    carols
+        .send(json!({"type": "typing", "room": room, "active": false}))
+        .await;
+    let next = watch.expect_skipping("typing").await;
+    assert_eq!(
+        (&next["user"], &next["active"]),
+        (&json!(carol.id), &json!(false)),
+        "Bob's indicator never reached Alice"
+    );
+    // A DM from Bob is refused on either pod.
+    let (st, _) = bob
+        .api
+        .post("/api/v1/dms", json!({"user_id": alice.id}))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+}

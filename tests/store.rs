@@ -82,6 +82,7 @@ store_tests!(
     thread_replies_keep_their_roots_summary_in_the_same_change,
     mentions_resolve_to_members_and_count_until_read,
     pins_are_capped_and_listed_newest_first,
+    blocks_are_one_way_and_silence_mentions,
 );
 
 async fn user(store: &dyn Store, name: &str) -> UserId {
@@ -982,4 +983,55 @@ async fn pins_are_capped_and_listed_newest_first(s: &dyn Store) {
     made(s.pin(r, store::MAX_PINS + 1, Some(7000)).await.unwrap());
     assert_eq!(s.pins(r).await.unwrap()[0].seq, store::MAX_PINS + 1);
     assert_eq!(s.pin(r, 999, Some(1)).await.unwrap(), Change::NoMessage);
+}
+
+async fn blocks_are_one_way_and_silence_mentions(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let c = user(s, "carol").await;
+    let r = room(s, "general", RoomKind::Public, a).await;
+    s.add_member(r, b, Role::Member).await.unwrap();
+    s.add_member(r, c, Role::Member).await.unwrap();
+    assert!(s.set_block(a, b, true, 1).await.unwrap());
+    assert!(
+        !s.set_block(a, b, true, 2).await.unwrap(),
+        "already blocked"
+    );
+    let names: Vec<String> = s
+        .blocked_users(a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, vec!["bob"]);
+    assert!(s.blocked_users(b).await.unwrap().is_empty(), "one way");
+    assert_eq!(s.blockers_of(b, &[a, c]).await.unwrap(), vec![a]);
+    assert!(s.blockers_of(a, &[b, c]).await.unwrap().is_empty());
+    assert!(s.blocked_in(r, b).await.unwrap());
+    assert!(!s.blocked_in(r, a).await.unwrap());
+    // Bob's mention of Alice is dropped; of Carol kept. Alice's of Bob is kept.
+    let mut from_bob = msg(r, b, "@alice @carol", None);
+    from_bob.mention_names = vec!["alice".into(), "carol".into()];
+    let mut from_alice = msg(r, a, "@bob", None);
+    from_alice.mention_names = vec!["bob".into()];
+    let out = s
+        .commit_messages(&[from_bob, from_alice])
+        .await
+        .unwrap()
+        .outcomes;
+    let ids = |o: &CommitOutcome| -> Vec<UserId> {
+        match o {
+            CommitOutcome::New(m) => m
+                .mentions
+                .as_deref()
+                .map(|j| serde_json::from_str(j).unwrap())
+                .unwrap_or_default(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(ids(&out[0]), vec![c]);
+    assert_eq!(ids(&out[1]), vec![b]);
+    assert!(s.set_block(a, b, false, 3).await.unwrap());
+    assert!(!s.blocked_in(r, b).await.unwrap());
 }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod attachments;
 pub mod auth;
+pub mod blocks;
 pub mod messages;
 pub mod openapi;
 pub mod ops;
@@ -173,6 +174,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(rooms::router())
         .merge(messages::router())
         .merge(updates::router())
+        .merge(blocks::router())
         .merge(admin::router())
         .merge(attachments::router())
         .merge(web::router())

@@ -337,6 +337,7 @@ pub async fn invite(
         .user(body.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
+    refuse_if_blocked(&state, &caller, body.user_id).await?;
     chat::add_member(&state, id, body.user_id, Role::Member).await?;
     Ok(StatusCode::CREATED)
 }
@@ -371,6 +372,7 @@ pub async fn direct(
         .user(body.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
+    refuse_if_blocked(&state, &caller, body.user_id).await?;
     let (r, created) = state
         .store
         .direct_room(caller.user.id, body.user_id, crate::now_ms())
@@ -387,6 +389,20 @@ pub async fn direct(
         StatusCode::OK
     };
     Ok((status, Json(room)))
+}
+
+/// A person who blocks the caller cannot be invited or messaged directly by them: 403.
+async fn refuse_if_blocked(state: &AppState, caller: &Caller, other: UserId) -> ApiResult<()> {
+    if state
+        .store
+        .blockers_of(caller.user.id, &[other])
+        .await?
+        .is_empty()
+    {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("this person has blocked you"))
+    }
 }
 
 pub(crate) fn fuzz(data: &[u8]) {

@@ -404,7 +404,17 @@ impl Hub {
             }
             add(NotificationReason::ThreadReply, thread, &mut told);
         }
-        for (reason, users) in reasons {
+        // Nobody hears of a message from someone they block.
+        let everyone: Vec<UserId> = reasons
+            .iter()
+            .flat_map(|(_, u)| u.iter().copied())
+            .collect();
+        let blockers = self.store.blockers_of(m.user_id, &everyone).await?;
+        for (reason, mut users) in reasons {
+            users.retain(|u| !blockers.contains(u));
+            if users.is_empty() {
+                continue;
+            }
             let frame = ServerFrame::Notification {
                 reason,
                 room: m.room_id,
@@ -607,6 +617,7 @@ impl Hub {
             | ControlEvent::MemberRemoved { user, .. }
             | ControlEvent::MemberMuted { user, .. }
             | ControlEvent::UserMuted { user, .. } => self.outboxes_of(*user),
+            ControlEvent::Blocked { user, .. } => self.outboxes_of(*user),
             ControlEvent::Notify { users, .. } => {
                 users.iter().flat_map(|u| self.outboxes_of(*u)).collect()
             }
@@ -716,6 +727,11 @@ pub enum ControlEvent {
     },
     RoomChanged {
         room: RoomId,
+    },
+    /// `user` blocked or unblocked `other`: the blocker's sockets re-read whose typing to hide.
+    Blocked {
+        user: UserId,
+        other: UserId,
     },
     /// A `notification` frame for these users' sockets that are not subscribed to `room`.
     Notify {

@@ -575,6 +575,21 @@ pub trait Store: Send + Sync + 'static {
     async fn all_rooms(&self) -> StoreResult<Vec<RoomRecord>>;
     async fn totals(&self) -> StoreResult<Totals>;
 
+    /// `user` blocks (`true`) or unblocks `other`. True when that changed anything.
+    async fn set_block(
+        &self,
+        user: UserId,
+        other: UserId,
+        blocked: bool,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// The users `user` blocks, by username.
+    async fn blocked_users(&self, user: UserId) -> StoreResult<Vec<UserRecord>>;
+    /// Whether a member of `room` blocks `user` (for direct rooms: the other person).
+    async fn blocked_in(&self, room: RoomId, user: UserId) -> StoreResult<bool>;
+    /// Which of `users` block `author`.
+    async fn blockers_of(&self, author: UserId, users: &[UserId]) -> StoreResult<Vec<UserId>>;
+
     /// Moves a marker forward (never back). True when it moved.
     async fn move_marker(
         &self,

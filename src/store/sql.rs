@@ -412,39 +412,40 @@ macro_rules! sql_store {
                 rows: &[usize],
             ) -> Result<Vec<Option<String>>, sqlx::Error> {
                 let mut out = vec![None; batch.len()];
-                let wanted: Vec<(RoomId, &str)> = rows
+                let wanted: Vec<(RoomId, &str, UserId)> = rows
                     .iter()
                     .flat_map(|&i| {
-                        batch[i].mention_names.iter().map(move |n| (batch[i].room_id, n.as_str()))
+                        let m = &batch[i];
+                        m.mention_names.iter().map(move |n| (m.room_id, n.as_str(), m.user_id))
                     })
                     .collect();
                 if wanted.is_empty() {
                     return Ok(out);
                 }
+                // A member who blocks the author is not mentioned by them.
                 let mut q = QueryBuilder::<$db>::new(
-                    "SELECT m.room_id, u.username, u.id FROM members m \
-                     JOIN users u ON u.id = m.user_id WHERE (m.room_id, u.username) IN (VALUES ",
+                    "SELECT v.column1, v.column2, v.column3, u.id FROM (",
                 );
-                let mut sep = q.separated(", ");
-                for (room, name) in &wanted {
-                    sep.push("(");
-                    sep.push_bind_unseparated(*room);
-                    sep.push_unseparated(", ");
-                    sep.push_bind_unseparated(name.to_string());
-                    sep.push_unseparated(")");
-                }
-                q.push(")");
-                let found: Vec<(RoomId, String, UserId)> =
+                q.push_values(&wanted, |mut b, (room, name, author)| {
+                    b.push_bind(*room).push_bind(name.to_string()).push_bind(*author);
+                });
+                q.push(
+                    ") AS v JOIN users u ON u.username = v.column2 \
+                     JOIN members m ON m.room_id = v.column1 AND m.user_id = u.id \
+                     WHERE NOT EXISTS (SELECT 1 FROM blocks b \
+                       WHERE b.user_id = u.id AND b.blocked_id = v.column3)",
+                );
+                let found: Vec<(RoomId, String, UserId, UserId)> =
                     q.build_query_as().fetch_all(&mut **tx).await?;
-                let members: HashMap<(RoomId, &str), UserId> = found
+                let members: HashMap<(RoomId, &str, UserId), UserId> = found
                     .iter()
-                    .map(|(r, n, u)| ((*r, n.as_str()), *u))
+                    .map(|(r, n, a, u)| ((*r, n.as_str(), *a), *u))
                     .collect();
                 for &i in rows {
                     let m = &batch[i];
                     let mut ids: Vec<UserId> = Vec::new();
                     for n in &m.mention_names {
-                        if let Some(&u) = members.get(&(m.room_id, n.as_str()))
+                        if let Some(&u) = members.get(&(m.room_id, n.as_str(), m.user_id))
                             && !ids.contains(&u)
                         {
                             ids.push(u);
@@ -730,7 +731,8 @@ macro_rules! sql_store {
                             AND x.deleted = FALSE) AS unread, \
                          (SELECT COUNT(*) FROM messages x WHERE x.room_id = r.id AND x.mentions_room \
                             AND x.seq > m.last_read_seq AND x.user_id <> m.user_id \
-                            AND x.deleted = FALSE) + \
+                            AND x.deleted = FALSE AND NOT EXISTS (SELECT 1 FROM blocks b \
+                              WHERE b.user_id = m.user_id AND b.blocked_id = x.user_id)) + \
                          (SELECT COUNT(*) FROM mentions y JOIN messages x \
                             ON x.room_id = y.room_id AND x.seq = y.seq \
                             WHERE y.user_id = m.user_id AND y.room_id = r.id \
@@ -1295,6 +1297,73 @@ macro_rules! sql_store {
                     .fetch_one(&self.pool)
                     .await?;
                     Ok(Totals { users, rooms, messages })
+                }
+
+                async fn set_block(
+                    &self,
+                    user: UserId,
+                    other: UserId,
+                    blocked: bool,
+                    now: i64,
+                ) -> StoreResult<bool> {
+                    let done = if blocked {
+                        sqlx::query(
+                            "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES ($1, $2, $3) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(user)
+                        .bind(other)
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await?
+                    } else {
+                        sqlx::query("DELETE FROM blocks WHERE user_id = $1 AND blocked_id = $2")
+                            .bind(user)
+                            .bind(other)
+                            .execute(&self.pool)
+                            .await?
+                    };
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn blocked_users(&self, user: UserId) -> StoreResult<Vec<UserRecord>> {
+                    Ok(sqlx::query_as(
+                        "SELECT u.* FROM blocks b JOIN users u ON u.id = b.blocked_id \
+                         WHERE b.user_id = $1 ORDER BY u.username",
+                    )
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn blocked_in(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
+                    let found: Option<bool> = sqlx::query_scalar(
+                        "SELECT TRUE FROM members m JOIN blocks b \
+                         ON b.user_id = m.user_id AND b.blocked_id = $2 \
+                         WHERE m.room_id = $1 LIMIT 1",
+                    )
+                    .bind(room)
+                    .bind(user)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(found.is_some())
+                }
+
+                async fn blockers_of(&self, author: UserId, users: &[UserId]) -> StoreResult<Vec<UserId>> {
+                    if users.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let mut q = QueryBuilder::<$db>::new(
+                        "SELECT user_id FROM blocks WHERE blocked_id = ",
+                    );
+                    q.push_bind(author);
+                    q.push(" AND user_id IN (");
+                    let mut sep = q.separated(", ");
+                    for u in users {
+                        sep.push_bind(*u);
+                    }
+                    q.push(")");
+                    Ok(q.build_query_scalar().fetch_all(&self.pool).await?)
                 }
 
                 async fn move_marker(

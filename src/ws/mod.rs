@@ -19,7 +19,7 @@ use crate::chat::{self, Author, Draft};
 use crate::commit::Reply;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::{Close, ControlEvent, Inbox, Next, Outbound, Outbox};
-use crate::ids::RoomId;
+use crate::ids::{RoomId, UserId};
 use crate::model::{Message, Room};
 use crate::moderation::SendRules;
 use crate::protocol::{self, ClientFrame, ServerFrame};
@@ -61,6 +61,11 @@ pub const MAX_FRAME_BYTES: usize = 65_536;
 pub const TYPING_TTL: Duration = Duration::from_secs(6);
 /// At most one receipt per user, room and kind in this interval.
 pub const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
+/// Whether an encoded room event is a typing indicator.
+fn is_typing(text: &str) -> bool {
+    text.starts_with("{\"type\":\"typing\"")
+}
+
 /// Beyond this many missed messages a resume is not replayed (`recovered: false`).
 pub const MAX_REPLAY: i64 = 1000;
 /// Bytes read from a socket at a time (tungstenite keeps a buffer of this size per socket).
@@ -127,6 +132,7 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<(U
         outbox,
         subs: HashMap::new(),
         rules: HashMap::new(),
+        blocked: None,
         typing: HashMap::new(),
         receipts: HashMap::new(),
         limits: Limits::new(
@@ -209,6 +215,8 @@ pub struct Connection {
     rules: HashMap<RoomId, SendRules>,
     /// The user's global mute, kept current by control events.
     muted_until: Option<i64>,
+    /// The users this user blocks (their typing is not shown), read when first needed.
+    blocked: Option<Box<[UserId]>>,
     typing: HashMap<RoomId, Instant>,
     receipts: HashMap<(RoomId, bool), Throttle>,
     limits: Limits,
@@ -394,6 +402,10 @@ impl Connection {
                 *text
             }
             Outbound::Room(event) => {
+                if event.seq == 0 && is_typing(&event.text) && self.typing_hidden(&event.text).await
+                {
+                    return Ok(());
+                }
                 let Some(cursor) = self.subs.get_mut(&event.room) else {
                     return Ok(());
                 };
@@ -414,6 +426,25 @@ impl Connection {
             },
         };
         sink.feed(WsMessage::Text(text)).await.map_err(|_| ())
+    }
+
+    /// Whether a typing frame comes from a user this one blocks. The list is read from the
+    /// store on the first typing frame after connecting (or after a block changed it): most
+    /// sockets never pay for it.
+    async fn typing_hidden(&mut self, text: &str) -> bool {
+        if self.blocked.is_none() {
+            let list = match self.state.store.blocked_users(self.user.id).await {
+                Ok(users) => users.into_iter().map(|u| u.id).collect(),
+                Err(_) => return false,
+            };
+            self.blocked = Some(list);
+        }
+        let blocked = self.blocked.as_deref().unwrap_or_default();
+        // The frame is `{"type":"typing","room":…,"user":"<id>",…}`: the sender's id is the
+        // only user id in it.
+        blocked
+            .iter()
+            .any(|u| text.contains(&format!("\"user\":\"{u}\"")))
     }
 
     /// Applies a control event to this connection; returns the frame to tell the client, if any.
@@ -460,6 +491,12 @@ impl Connection {
                 None
             }
             ControlEvent::UserBanned { .. } => None, // the hub closes banned sockets itself
+            ControlEvent::Blocked { user, .. } => {
+                if user == self.user.id {
+                    self.blocked = None;
+                }
+                None
+            }
             // A socket subscribed to the room sees the message itself.
             ControlEvent::Notify {
                 room, ref frame, ..

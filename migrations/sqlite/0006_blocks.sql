@@ -1,0 +1,8 @@
+-- v1.1: a user's blocks. user_id blocks blocked_id.
+CREATE TABLE blocks (
+    user_id    BLOB NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    blocked_id BLOB NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, blocked_id)
+);
+CREATE INDEX blocks_blocked ON blocks (blocked_id);
