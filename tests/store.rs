@@ -83,6 +83,7 @@ store_tests!(
     mentions_resolve_to_members_and_count_until_read,
     pins_are_capped_and_listed_newest_first,
     blocks_are_one_way_and_silence_mentions,
+    a_deleted_account_is_gone_and_its_erased_messages_are_changes,
 );
 
 async fn user(store: &dyn Store, name: &str) -> UserId {
@@ -1034,4 +1035,65 @@ async fn blocks_are_one_way_and_silence_mentions(s: &dyn Store) {
     assert_eq!(ids(&out[1]), vec![b]);
     assert!(s.set_block(a, b, false, 3).await.unwrap());
     assert!(!s.blocked_in(r, b).await.unwrap());
+}
+
+async fn a_deleted_account_is_gone_and_its_erased_messages_are_changes(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let r1 = room(s, "one", RoomKind::Public, a).await;
+    let r2 = room(s, "two", RoomKind::Public, a).await;
+    s.add_member(r1, b, Role::Member).await.unwrap();
+    s.commit_messages(&[
+        msg(r1, b, "b1", None),
+        msg(r1, a, "a1", None),
+        msg(r2, b, "b2", None),
+        msg(r1, b, "b3", None),
+    ])
+    .await
+    .unwrap();
+    // Bob's messages in time order, a page at a time.
+    let first = s
+        .messages_by(b, (i64::MIN, MessageId(uuid::Uuid::nil())), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        vec!["b1", "b2"]
+    );
+    let last = first.last().unwrap();
+    let rest = s
+        .messages_by(b, (last.created_at, last.id), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        vec!["b3"]
+    );
+
+    let erased = s.delete_user(b, true, 9).await.unwrap().unwrap();
+    let mut got: Vec<(RoomId, i64, i64)> = erased.iter().map(|e| (e.room, e.seq, e.rev)).collect();
+    got.sort();
+    let mut want = vec![(r1, 1, 4), (r1, 3, 5), (r2, 1, 2)];
+    want.sort();
+    assert_eq!(
+        got, want,
+        "each erased message is a change with its own rev"
+    );
+    assert_eq!(room_rev(s, r1).await, 5);
+    let m = s.message(r1, 3).await.unwrap().unwrap();
+    assert!(m.deleted && m.body.is_empty());
+    assert!(
+        !s.message(r1, 2).await.unwrap().unwrap().deleted,
+        "others' stay"
+    );
+    assert!(s.user(b).await.unwrap().is_none());
+    assert!(s.user_by_name("bob").await.unwrap().is_none());
+    assert!(s.member(r1, b).await.unwrap().is_none());
+    assert!(
+        s.delete_user(b, true, 10).await.unwrap().is_none(),
+        "already gone"
+    );
+    // Without erasing, the messages stay.
+    s.delete_user(a, false, 11).await.unwrap().unwrap();
+    assert_eq!(s.message(r1, 2).await.unwrap().unwrap().body, "a1");
 }

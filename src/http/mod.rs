@@ -5,6 +5,7 @@
 //! shape the answer; they never touch SQL (that is `store`) or sockets (that is `hub`). The
 //! extractors here turn every malformed request into a 4xx in the protocol's words.
 
+pub mod account;
 pub mod admin;
 pub mod attachments;
 pub mod auth;
@@ -175,6 +176,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(messages::router())
         .merge(updates::router())
         .merge(blocks::router())
+        .merge(account::router())
         .merge(admin::router())
         .merge(attachments::router())
         .merge(web::router())

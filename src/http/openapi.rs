@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{admin, attachments, auth, blocks, messages, rooms, updates};
+use super::{account, admin, attachments, auth, blocks, messages, rooms, updates};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use super::{admin, attachments, auth, blocks, messages, rooms, updates};
         messages::history, messages::send, messages::read, messages::edit, messages::delete,
         messages::search_room, messages::search_all,
         blocks::list, blocks::block, blocks::unblock,
+        account::export_me, account::delete_me, account::delete_user, account::export_room,
         updates::react, updates::unreact, updates::pins, updates::pin, updates::unpin, updates::changes, updates::thread,
         rooms::mute, rooms::unmute, rooms::set_role, attachments::upload, attachments::download,
         admin::users, admin::rooms, admin::ban, admin::unban, admin::mute, admin::unmute, admin::stats, admin::config,

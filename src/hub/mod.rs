@@ -600,6 +600,12 @@ impl Hub {
 
     fn apply_control(&self, event: &ControlEvent) {
         let recipients: Vec<Outbox> = match event {
+            ControlEvent::UserDeleted { user } => {
+                for o in self.outboxes_of(*user) {
+                    o.close(Close::UNAUTHENTICATED);
+                }
+                return;
+            }
             ControlEvent::UserBanned { user } => {
                 for o in self.outboxes_of(*user) {
                     o.close(Close::BANNED);
@@ -723,6 +729,10 @@ pub enum ControlEvent {
         until: Option<i64>,
     },
     UserBanned {
+        user: UserId,
+    },
+    /// The account was deleted: its sockets close with 4001.
+    UserDeleted {
         user: UserId,
     },
     RoomChanged {

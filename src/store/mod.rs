@@ -164,6 +164,15 @@ pub struct UserRecord {
     pub muted_until: Option<i64>,
 }
 
+/// A message erased with its author's account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Erased {
+    pub room: RoomId,
+    pub seq: i64,
+    pub id: MessageId,
+    pub rev: i64,
+}
+
 impl UserRecord {
     pub fn banned_at(&self, now: i64) -> bool {
         self.banned_until.is_some_and(|t| t > now)
@@ -585,6 +594,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// The users `user` blocks, by username.
     async fn blocked_users(&self, user: UserId) -> StoreResult<Vec<UserRecord>>;
+    /// Deletes an account: it can no longer be found, log in or refresh; its memberships and
+    /// blocks go. With `erase`, every message it wrote becomes deleted (each a change with its
+    /// own rev), returned so subscribers can be told. False when there was no such account.
+    async fn delete_user(
+        &self,
+        user: UserId,
+        erase: bool,
+        now: i64,
+    ) -> StoreResult<Option<Vec<Erased>>>;
+    /// Up to `limit` messages `user` wrote after `(created_at, id)`, in time order.
+    async fn messages_by(
+        &self,
+        user: UserId,
+        after: (i64, MessageId),
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRecord>>;
+
     /// Whether a member of `room` blocks `user` (for direct rooms: the other person).
     async fn blocked_in(&self, room: RoomId, user: UserId) -> StoreResult<bool>;
     /// Which of `users` block `author`.

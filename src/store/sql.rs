@@ -536,14 +536,16 @@ macro_rules! sql_store {
                 }
 
                 async fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-                    Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
+                    Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1 AND deleted_at IS NULL")
                         .bind(id)
                         .fetch_optional(&self.pool)
                         .await?)
                 }
 
                 async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-                    Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
+                    Ok(sqlx::query_as(
+                        "SELECT * FROM users WHERE username = $1 AND deleted_at IS NULL",
+                    )
                         .bind(username)
                         .fetch_optional(&self.pool)
                         .await?)
@@ -687,7 +689,9 @@ macro_rules! sql_store {
                     if names.is_empty() {
                         return Ok(Vec::new());
                     }
-                    let mut q = QueryBuilder::<$db>::new("SELECT * FROM users WHERE username IN (");
+                    let mut q = QueryBuilder::<$db>::new(
+                        "SELECT * FROM users WHERE deleted_at IS NULL AND username IN (",
+                    );
                     let mut sep = q.separated(", ");
                     for n in names {
                         sep.push_bind(n.clone());
@@ -1275,7 +1279,8 @@ macro_rules! sql_store {
                 async fn find_users(&self, query: &str, limit: i64) -> StoreResult<Vec<UserRecord>> {
                     let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
                     Ok(sqlx::query_as(
-                        "SELECT * FROM users WHERE username LIKE $1 ESCAPE '\\' ORDER BY username LIMIT $2",
+                        "SELECT * FROM users WHERE username LIKE $1 ESCAPE '\\' AND deleted_at IS NULL \
+                         ORDER BY username LIMIT $2",
                     )
                     .bind(pattern)
                     .bind(limit)
@@ -1332,6 +1337,103 @@ macro_rules! sql_store {
                          WHERE b.user_id = $1 ORDER BY u.username",
                     )
                     .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn delete_user(
+                    &self,
+                    user: UserId,
+                    erase: bool,
+                    now: i64,
+                ) -> StoreResult<Option<Vec<Erased>>> {
+                    let mut tx = self.begin_write().await?;
+                    let done = sqlx::query(
+                        "UPDATE users SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+                    )
+                    .bind(user)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Ok(None);
+                    }
+                    for sql in [
+                        "UPDATE token_families SET revoked = TRUE WHERE user_id = $1",
+                        "DELETE FROM members WHERE user_id = $1",
+                        "DELETE FROM blocks WHERE user_id = $1 OR blocked_id = $1",
+                        "DELETE FROM mentions WHERE user_id = $1",
+                    ] {
+                        sqlx::query(sql).bind(user).execute(&mut *tx).await?;
+                    }
+                    let mut erased = Vec::new();
+                    if erase {
+                        let rows: Vec<(RoomId, i64, MessageId)> = sqlx::query_as(
+                            "SELECT room_id, seq, id FROM messages \
+                             WHERE user_id = $1 AND deleted = FALSE ORDER BY room_id, seq",
+                        )
+                        .bind(user)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        let mut by_room: BTreeMap<RoomId, Vec<(i64, MessageId)>> = BTreeMap::new();
+                        for (room, seq, id) in rows {
+                            by_room.entry(room).or_default().push((seq, id));
+                        }
+                        // Each erased message is one change: the room's rev moves by their count.
+                        for (room, msgs) in by_room {
+                            let rev: i64 = sqlx::query_scalar(
+                                "UPDATE rooms SET rev = rev + $2 WHERE id = $1 RETURNING rev",
+                            )
+                            .bind(room)
+                            .bind(msgs.len() as i64)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            let first = rev - msgs.len() as i64 + 1;
+                            for chunk in msgs.chunks(500).enumerate() {
+                                let (c, part) = chunk;
+                                let base = first + (c * 500) as i64;
+                                let mut q = QueryBuilder::<$db>::new(
+                                    "UPDATE messages SET body = '', deleted = TRUE, reactions = NULL, \
+                                     pinned_at = NULL, rev = v.column2 FROM (",
+                                );
+                                q.push_values(part.iter().enumerate(), |mut b, (k, (seq, _))| {
+                                    b.push_bind(*seq).push_bind(base + k as i64);
+                                });
+                                q.push(") AS v WHERE messages.room_id = ");
+                                q.push_bind(room);
+                                q.push(" AND messages.seq = v.column1");
+                                q.build().execute(&mut *tx).await?;
+                                for (k, (seq, id)) in part.iter().enumerate() {
+                                    erased.push(Erased { room, seq: *seq, id: *id, rev: base + k as i64 });
+                                }
+                            }
+                            sqlx::query("DELETE FROM reactions WHERE room_id = $1 AND seq IN \
+                                         (SELECT seq FROM messages WHERE room_id = $1 AND user_id = $2)")
+                                .bind(room)
+                                .bind(user)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(Some(erased))
+                }
+
+                async fn messages_by(
+                    &self,
+                    user: UserId,
+                    after: (i64, MessageId),
+                    limit: i64,
+                ) -> StoreResult<Vec<MessageRecord>> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE m.user_id = $1 AND (m.created_at > $2 OR (m.created_at = $2 AND m.id > $3)) \
+                         ORDER BY m.created_at, m.id LIMIT $4"
+                    ))
+                    .bind(user)
+                    .bind(after.0)
+                    .bind(after.1)
+                    .bind(limit)
                     .fetch_all(&self.pool)
                     .await?)
                 }

@@ -490,7 +490,8 @@ impl Connection {
                 self.rules.remove(&room);
                 None
             }
-            ControlEvent::UserBanned { .. } => None, // the hub closes banned sockets itself
+            // The hub closes the sockets of banned and deleted accounts itself.
+            ControlEvent::UserBanned { .. } | ControlEvent::UserDeleted { .. } => None,
             ControlEvent::Blocked { user, .. } => {
                 if user == self.user.id {
                     self.blocked = None;
