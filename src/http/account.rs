@@ -32,8 +32,8 @@ const EXPORT_PAGE: i64 = 500;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct DeleteMeBody {
-    /// The account's password (accounts with one).
-    password: Option<String>,
+    /// The account's password.
+    password: String,
     /// Also erase every message the account wrote (they keep their seq, with an empty body).
     #[serde(default)]
     erase_messages: bool,
@@ -201,9 +201,7 @@ pub async fn delete_me(
     caller: Caller,
     ApiJson(body): ApiJson<DeleteMeBody>,
 ) -> ApiResult<StatusCode> {
-    let password = body
-        .password
-        .ok_or_else(|| ApiError::bad_request("password is required to delete the account"))?;
+    let password = body.password;
     let hash = caller.user.password_hash.clone();
     if !crate::auth::verify_password(password, hash).await {
         return Err(ApiError::forbidden(

@@ -22,7 +22,7 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-#[utoipa::path(get, path = "/api/v1/users/me/blocks", tag = "users",
+#[utoipa::path(get, operation_id = "list_blocks", path = "/api/v1/users/me/blocks", tag = "users",
     responses((status = 200, description = "{\"users\": [User]}: the people the caller blocks")))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let users: Vec<_> = state
@@ -35,7 +35,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     Ok(Json(json!({ "users": users })))
 }
 
-#[utoipa::path(put, path = "/api/v1/users/me/blocks/{user_id}", tag = "users",
+#[utoipa::path(put, operation_id = "block_user", path = "/api/v1/users/me/blocks/{user_id}", tag = "users",
     params(("user_id" = uuid::Uuid, Path, description = "the user to block")),
     responses((status = 204), (status = 400, description = "the caller's own id"), (status = 404)))]
 pub async fn block(
@@ -46,7 +46,7 @@ pub async fn block(
     set(&state, &caller, other, true).await
 }
 
-#[utoipa::path(delete, path = "/api/v1/users/me/blocks/{user_id}", tag = "users",
+#[utoipa::path(delete, operation_id = "unblock_user", path = "/api/v1/users/me/blocks/{user_id}", tag = "users",
     params(("user_id" = uuid::Uuid, Path, description = "the user to unblock")),
     responses((status = 204), (status = 400, description = "the caller's own id"), (status = 404)))]
 pub async fn unblock(
