@@ -111,9 +111,13 @@ pub(crate) async fn build(
             while let Some(incoming) = incoming_rx.recv().await {
                 match incoming {
                     crate::bus::Incoming::Event(env) => hub.on_bus(env),
+                    crate::bus::Incoming::Disconnected => hub.bus_lost(),
                     crate::bus::Incoming::Resubscribed => {
                         let hub = hub.clone();
-                        tokio::spawn(async move { hub.resync().await });
+                        tokio::spawn(async move {
+                            hub.refill_changes().await;
+                            hub.resync().await;
+                        });
                     }
                 }
             }

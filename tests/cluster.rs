@@ -530,3 +530,29 @@ async fn a_block_made_on_one_pod_hides_typing_on_the_other_at_once() {
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_reaction_made_while_redis_was_down_reaches_the_other_pods_subscribers_after() {
+    let mut c = two_pods().await;
+    let (alice, bob, room) = c.alice_and_bob_in("general").await;
+    let mut b = bob.subscribed(&room).await;
+    alice.post_message(&room, "m1").await;
+    assert_eq!(b.expect("message").await["seq"], 1);
+    c.redis.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Pod a commits the reaction; its publish is lost with the bus.
+    let (st, _) = alice
+        .api
+        .put(&format!("/api/v1/rooms/{room}/messages/1/reactions/:tada:"))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    c.redis.restart();
+    ready_again(&c.b).await;
+    let u = b
+        .expect_skipping_any(&["message_updated", "reaction"])
+        .await;
+    assert_eq!(u["rev"], 2, "{u}");
+    if u["type"] == "message_updated" {
+        assert_eq!(u["reactions"][0]["emoji"], ":tada:");
+    }
+}

@@ -99,6 +99,8 @@ impl Envelope {
 pub enum Incoming {
     /// An event from another pod.
     Event(Envelope),
+    /// The bus lost its connection: events are being missed until `Resubscribed`.
+    Disconnected,
     /// The bus reconnected and resubscribed: events may have been missed meanwhile.
     Resubscribed,
 }

@@ -189,6 +189,9 @@ impl RedisBus {
                     PushKind::Message | PushKind::SMessage => {}
                     PushKind::Disconnection => {
                         tracing::warn!("bus connection lost; reconnecting");
+                        if !disconnected && incoming.send(Incoming::Disconnected).is_err() {
+                            break;
+                        }
                         disconnected = true;
                         continue;
                     }

@@ -40,6 +40,8 @@ pub const GAP_WAIT: Duration = Duration::from_millis(150);
 pub const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
 /// How often every local room is compared with the store, in case a bus message was lost.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(2);
+/// At most this many changes are sent again per room after a bus outage.
+const REFILL_MAX: i64 = 1000;
 
 #[derive(Default)]
 struct RoomState {
@@ -48,6 +50,10 @@ struct RoomState {
     subscribers: HashMap<ConnId, Outbox>,
     /// Who is online here: presence changes with a user's first and last socket.
     presence: Presence,
+    /// The room's rev as the last two resyncs read it while the bus was up (older first).
+    /// Changes to existing messages carry no seq to find gaps by: after a bus outage, every
+    /// change after the older one is sent again (clients apply only what is newer).
+    revs: Option<(i64, i64)>,
 }
 
 /// Queues one event, shared, for every subscriber but `except`'s sockets; returns how many
@@ -93,6 +99,8 @@ pub struct Hub {
     /// Every connection of this pod, by user (locked for short, non-async sections only).
     users: Mutex<Registry>,
     started_ms: i64,
+    /// Set while the bus is disconnected: resyncs then do not move `RoomState::revs`.
+    bus_down: std::sync::atomic::AtomicBool,
 }
 
 /// The `message` event of a committed message.
@@ -119,6 +127,7 @@ impl Hub {
             rooms: RwLock::default(),
             users: Mutex::default(),
             started_ms: crate::now_ms(),
+            bus_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -205,18 +214,18 @@ impl Hub {
             // Listen before reading last_seq, so no event falls between the two.
             self.bus.join_room(room).await;
         }
-        let last_seq = self
+        let (last_seq, rev) = self
             .store
             .room(room)
             .await?
-            .map(|r| r.last_seq)
-            .unwrap_or(0);
+            .map_or((0, 0), |r| (r.last_seq, r.rev));
         let (cursor, came_online, fill) = {
             let mut rooms = self.rooms.write().expect("rooms lock");
             let state = rooms.entry(room).or_default().clone();
             drop(rooms);
             let mut guard = state.lock().expect("room lock");
             let s = &mut *guard;
+            s.revs.get_or_insert((rev, rev));
             let (cursor, fill) = s.order.join(last_seq, |seq, (text, created_ms)| {
                 let n = fan_out(&s.subscribers, &text, room, seq, None, created_ms);
                 self.metrics.deliveries.inc_by(n as u64);
@@ -554,15 +563,74 @@ impl Hub {
                 return;
             }
         };
-        for (room, last_seq) in last {
+        let bus_up = !self.bus_down.load(std::sync::atomic::Ordering::SeqCst);
+        for (room, last_seq, rev) in last {
             let Some(state) = self.room(room) else {
                 continue;
             };
-            let behind = state.lock().expect("room lock").order.behind(last_seq);
+            let behind = {
+                let mut s = state.lock().expect("room lock");
+                if bus_up {
+                    s.revs = Some(s.revs.map_or((rev, rev), |(_, latest)| (latest, rev)));
+                }
+                s.order.behind(last_seq)
+            };
             if behind {
                 self.schedule_gap_fill(room, last_seq);
             }
         }
+    }
+
+    /// The bus lost its connection: until it is back, what the store says is not what this pod
+    /// has delivered.
+    pub fn bus_lost(&self) {
+        self.bus_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After a bus outage: every change to an existing message made since the older of the
+    /// last two revs read while the bus was up is sent again, as `message_updated`, to this
+    /// pod's subscribers (a reaction, an edit or a pin made on another pod meanwhile was lost
+    /// with the bus). Duplicates are harmless: clients apply an update only when its rev is
+    /// newer than their copy's.
+    pub async fn refill_changes(&self) {
+        let rooms: Vec<(RoomId, i64, i64)> = self
+            .rooms
+            .read()
+            .expect("rooms lock")
+            .iter()
+            .filter_map(|(room, s)| {
+                let s = s.lock().expect("room lock");
+                Some((*room, s.revs?.0, s.order.delivered()?))
+            })
+            .collect();
+        for (room, since, delivered) in rooms {
+            // Messages this pod has delivered that changed since: new ones come by seq (the
+            // resync's gap fill), and a message nobody changed is not sent twice.
+            let changed = match self.store.changes(room, since, delivered, REFILL_MAX).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, %room, "changes after the bus outage not refilled");
+                    continue;
+                }
+            };
+            if changed.len() as i64 == REFILL_MAX {
+                tracing::warn!(%room, "more than {REFILL_MAX} changes during the bus outage; clients resync on reconnect");
+            }
+            let touched = |m: &&MessageRecord| {
+                m.edited_at.is_some()
+                    || m.deleted
+                    || m.reactions.is_some()
+                    || m.pinned_at.is_some()
+                    || m.thread_summary.is_some()
+            };
+            for m in changed.iter().filter(touched) {
+                let frame = ServerFrame::MessageUpdated(&Message::from(m)).encode();
+                self.broadcast(room, &frame, None);
+            }
+        }
+        self.bus_down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     // ---- control ----------------------------------------------------------------------

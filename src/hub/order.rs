@@ -104,6 +104,11 @@ impl<T> Order<T> {
         last
     }
 
+    /// The last seq delivered here, if any.
+    pub fn delivered(&self) -> Option<i64> {
+        self.delivered
+    }
+
     /// The delivered seq, for the periodic comparison with the store; `None` while a fill is
     /// under way or before the first subscriber.
     pub fn resync_point(&self) -> Option<i64> {

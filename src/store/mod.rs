@@ -459,8 +459,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_room(&self, room: &NewRoom) -> StoreResult<RoomRecord>;
     async fn room(&self, id: RoomId) -> StoreResult<Option<RoomRecord>>;
     async fn room_by_name(&self, name: &str) -> StoreResult<Option<RoomRecord>>;
-    /// The last committed seq of each of these rooms (one query).
-    async fn last_seqs(&self, rooms: &[RoomId]) -> StoreResult<Vec<(RoomId, i64)>>;
+    /// The last committed seq and the rev of each of these rooms (one query).
+    async fn last_seqs(&self, rooms: &[RoomId]) -> StoreResult<Vec<(RoomId, i64, i64)>>;
     /// Users with these usernames (unknown names are left out).
     async fn users_by_names(&self, names: &[String]) -> StoreResult<Vec<UserRecord>>;
     /// Marks messages past their room's retention (or `default_days` for rooms without one)

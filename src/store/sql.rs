@@ -672,11 +672,12 @@ macro_rules! sql_store {
                         .await?)
                 }
 
-                async fn last_seqs(&self, rooms: &[RoomId]) -> StoreResult<Vec<(RoomId, i64)>> {
+                async fn last_seqs(&self, rooms: &[RoomId]) -> StoreResult<Vec<(RoomId, i64, i64)>> {
                     if rooms.is_empty() {
                         return Ok(Vec::new());
                     }
-                    let mut q = QueryBuilder::<$db>::new("SELECT id, last_seq FROM rooms WHERE id IN (");
+                    let mut q =
+                        QueryBuilder::<$db>::new("SELECT id, last_seq, rev FROM rooms WHERE id IN (");
                     let mut sep = q.separated(", ");
                     for r in rooms {
                         sep.push_bind(*r);
@@ -1113,8 +1114,9 @@ macro_rules! sql_store {
                     if counts.len() as i64 > MAX_EMOJI_PER_MESSAGE {
                         return Ok(Change::TooMany);
                     }
-                    let aggregate = (!counts.is_empty())
-                        .then(|| serde_json::to_string(&counts).expect("reactions serialize"));
+                    // `[]` rather than NULL once a message has had reactions: its row says it
+                    // changed (a pod refilling after a bus outage looks for changed messages).
+                    let aggregate = serde_json::to_string(&counts).expect("reactions serialize");
                     sqlx::query(
                         "UPDATE messages SET reactions = $3, rev = $4 WHERE room_id = $1 AND seq = $2",
                     )
