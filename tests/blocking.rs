@@ -8,6 +8,18 @@ use common::{Server, User};
 use reqwest::StatusCode;
 use serde_json::json;
 
+/// The room as `u`'s room listing shows it.
+async fn listing(u: &User, room: &str) -> serde_json::Value {
+    let (_, rooms) = u.api.get("/api/v1/rooms").await;
+    rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == json!(room))
+        .cloned()
+        .unwrap()
+}
+
 async fn block(who: &User, whom: &User) {
     let (st, body) = who
         .api
@@ -150,25 +162,10 @@ async fn a_blocked_users_mentions_and_typing_do_not_reach_the_blocker() {
     alice_away
         .expect_none("notification", Duration::from_millis(400))
         .await;
-    let (_, rooms) = alice.api.get("/api/v1/rooms").await;
-    let listing = rooms["rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == json!(room))
-        .unwrap()
-        .clone();
+    let alices = listing(&alice, &room).await;
     assert_eq!(
-        (&listing["mentions"], &listing["unread"]),
+        (&alices["mentions"], &alices["unread"]),
         (&json!(0), &json!(2))
     );
-    let (_, rooms) = carol.api.get("/api/v1/rooms").await;
-    let carols_listing = rooms["rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == json!(room))
-        .unwrap()
-        .clone();
-    assert_eq!(carols_listing["mentions"], 2);
+    assert_eq!(listing(&carol, &room).await["mentions"], 2);
 }

@@ -18,6 +18,7 @@ use crate::hub::ControlEvent;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::model::{Message, Room};
 use crate::protocol::ServerFrame;
+use crate::store::{MessageRecord, StoreResult};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -75,19 +76,27 @@ fn io_error(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Every message `user` wrote, in time order, read a page at a time.
-fn messages_by(state: AppState, user: UserId) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
-    let start = Some((i64::MIN, MessageId(uuid::Uuid::nil())));
-    stream::unfold(start, move |after| {
-        let state = state.clone();
+/// NDJSON `message` lines read a page at a time: `page(cursor)` reads the rows after a cursor,
+/// `cursor_of` gives the cursor after a row. A short page ends the stream.
+fn paged<C, P, F>(
+    start: C,
+    page: P,
+    cursor_of: fn(&MessageRecord) -> C,
+) -> BoxStream<'static, Result<Bytes, std::io::Error>>
+where
+    C: Send + 'static,
+    P: Fn(C) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = StoreResult<Vec<MessageRecord>>> + Send + 'static,
+{
+    stream::unfold(Some(start), move |cursor| {
+        let read = cursor.map(&page);
         async move {
-            let after = after?;
-            match state.store.messages_by(user, after, EXPORT_PAGE).await {
+            match read?.await {
                 Err(e) => Some((vec![Err(io_error(e))], None)),
                 Ok(rows) if rows.is_empty() => None,
                 Ok(rows) => {
                     let next = (rows.len() as i64 == EXPORT_PAGE)
-                        .then(|| rows.last().map(|m| (m.created_at, m.id)))
+                        .then(|| rows.last().map(cursor_of))
                         .flatten();
                     let lines = rows
                         .iter()
@@ -102,30 +111,29 @@ fn messages_by(state: AppState, user: UserId) -> BoxStream<'static, Result<Bytes
     .boxed()
 }
 
-/// Every message of `room`, in seq order, read a page at a time.
+/// Every message `user` wrote, in time order.
+fn messages_by(state: AppState, user: UserId) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let start = (i64::MIN, MessageId(uuid::Uuid::nil()));
+    paged(
+        start,
+        move |after| {
+            let state = state.clone();
+            async move { state.store.messages_by(user, after, EXPORT_PAGE).await }
+        },
+        |m| (m.created_at, m.id),
+    )
+}
+
+/// Every message of `room`, in seq order.
 fn messages_of(state: AppState, room: RoomId) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
-    stream::unfold(Some(0i64), move |after| {
-        let state = state.clone();
-        async move {
-            let after = after?;
-            match state.store.messages_after(room, after, EXPORT_PAGE).await {
-                Err(e) => Some((vec![Err(io_error(e))], None)),
-                Ok(rows) if rows.is_empty() => None,
-                Ok(rows) => {
-                    let next = (rows.len() as i64 == EXPORT_PAGE)
-                        .then(|| rows.last().map(|m| m.seq))
-                        .flatten();
-                    let lines = rows
-                        .iter()
-                        .map(|m| Ok(line("message", Message::from(m))))
-                        .collect();
-                    Some((lines, next))
-                }
-            }
-        }
-    })
-    .flat_map(stream::iter)
-    .boxed()
+    paged(
+        0i64,
+        move |after| {
+            let state = state.clone();
+            async move { state.store.messages_after(room, after, EXPORT_PAGE).await }
+        },
+        |m| m.seq,
+    )
 }
 
 #[utoipa::path(get, path = "/api/v1/users/me/export", tag = "users",
