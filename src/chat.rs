@@ -142,6 +142,7 @@ pub async fn submit_message(
             },
             reply,
             notifies,
+            direct: rules.direct,
         })
         .await
 }

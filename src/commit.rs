@@ -32,6 +32,8 @@ pub struct Pending {
     /// Whether the message may notify someone (a mention, a thread reply, a direct room):
     /// only those cost the reads that find whom.
     pub notifies: bool,
+    /// The room is a direct one (the sender's rules said so): the other person is notified.
+    pub direct: bool,
 }
 
 #[derive(Clone)]
@@ -148,7 +150,7 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
         }
     };
     for (p, outcome) in batch.into_iter().zip(committed.outcomes) {
-        let notifies = p.notifies;
+        let (notifies, direct) = (p.notifies, p.direct);
         let fresh = match &outcome {
             CommitOutcome::New(m) => {
                 metrics.messages_committed.inc();
@@ -177,7 +179,7 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
         if let Some(m) = fresh {
             hub.publish_message(&m);
             if notifies {
-                hub.notify_for(&m);
+                hub.notify_for(&m, direct);
             }
         }
     }

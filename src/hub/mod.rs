@@ -365,17 +365,17 @@ impl Hub {
     /// After a commit: the `notification`s a new message causes, to the sockets (on every
     /// pod) of users it concerns that are not subscribed to its room. Runs on its own task: it
     /// reads the store and must not hold up the writer.
-    pub fn notify_for(self: &Arc<Self>, m: &MessageRecord) {
+    pub fn notify_for(self: &Arc<Self>, m: &MessageRecord, direct: bool) {
         let hub = self.clone();
         let m = m.clone();
         tokio::spawn(async move {
-            if let Err(e) = hub.notify(&m).await {
+            if let Err(e) = hub.notify(&m, direct).await {
                 tracing::warn!(error = %e, room = %m.room_id, seq = m.seq, "notifications not sent");
             }
         });
     }
 
-    async fn notify(&self, m: &MessageRecord) -> crate::store::StoreResult<()> {
+    async fn notify(&self, m: &MessageRecord, direct: bool) -> crate::store::StoreResult<()> {
         let mut reasons: Vec<(NotificationReason, Vec<UserId>)> = Vec::new();
         let mut told: Vec<UserId> = vec![m.user_id];
         let mut add = |reason, candidates: Vec<UserId>, told: &mut Vec<UserId>| {
@@ -395,8 +395,8 @@ impl Hub {
             mentioned.extend(members.iter().map(|x| x.user.id));
         }
         add(NotificationReason::Mention, mentioned, &mut told);
-        let room = self.store.room(m.room_id).await?;
-        if room.is_some_and(|r| r.kind == crate::store::RoomKind::Direct) {
+        // The sender's send rules knew the room's kind: no need to read the room again.
+        if direct {
             let members = self.store.members(m.room_id).await?;
             add(
                 NotificationReason::Dm,
