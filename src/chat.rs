@@ -272,7 +272,7 @@ pub async fn delete_message(
         .await?
         .ok_or_else(|| ApiError::not_found("no such message"))?;
     let moderator = member.as_ref().is_some_and(|m| m.role.moderates());
-    if !(existing.user_id == user.id || moderator || state.is_admin(&user.username)) {
+    if !(existing.user_id == user.id || moderator || state.is_admin(user)) {
         return Err(ApiError::forbidden(
             "only the author, a moderator or an admin may delete a message",
         ));
@@ -342,7 +342,7 @@ pub async fn pin(
 ) -> ApiResult<()> {
     let (_, member) = state.readable_room(room, user.id).await?;
     let moderator = member.as_ref().is_some_and(|m| m.role.moderates());
-    if !(moderator || state.is_admin(&user.username)) {
+    if !(moderator || state.is_admin(user)) {
         return Err(ApiError::forbidden(
             "only the owner, a moderator or an admin may pin messages",
         ));

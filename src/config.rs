@@ -86,6 +86,39 @@ pub struct Config {
     #[arg(long, env = "CONFAB_ADMINS", value_delimiter = ',', global = true)]
     pub admins: Vec<String>,
 
+    /// Whether people may register and sign in with a confab password. With `false` only the
+    /// OpenID provider's tokens and bots' API keys sign in (existing sessions keep working
+    /// until they expire).
+    #[arg(long, env = "CONFAB_LOCAL_ACCOUNTS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub local_accounts: bool,
+
+    /// Issuer URL of the OpenID provider whose tokens sign people in (its discovery document is
+    /// at `<issuer>/.well-known/openid-configuration`). Needs --oidc-audience.
+    #[arg(long, env = "CONFAB_OIDC_ISSUER", global = true)]
+    pub oidc_issuer: Option<String>,
+
+    /// The audience (`aud`) the provider's tokens must carry for confab. Needs --oidc-issuer.
+    #[arg(long, env = "CONFAB_OIDC_AUDIENCE", global = true)]
+    pub oidc_audience: Option<String>,
+
+    /// The claim a new external account takes its username from.
+    #[arg(
+        long,
+        env = "CONFAB_OIDC_USERNAME_CLAIM",
+        default_value = "preferred_username",
+        global = true
+    )]
+    pub oidc_username_claim: String,
+
+    /// A value of the tokens' `groups` claim that makes its holder a global admin.
+    #[arg(long, env = "CONFAB_OIDC_ADMIN_GROUP", global = true)]
+    pub oidc_admin_group: Option<String>,
+
+    /// The client id the web client signs in with (authorization code with PKCE); without it
+    /// the web client offers no provider button.
+    #[arg(long, env = "CONFAB_OIDC_CLIENT_ID", global = true)]
+    pub oidc_client_id: Option<String>,
+
     /// Log format: json for production, pretty for a terminal.
     #[arg(
         long,
@@ -369,6 +402,37 @@ impl Config {
                 "CONFAB_REDIS_URL (--redis-url) lists several servers: set CONFAB_REDIS_CLUSTER=true \
                  for a Redis Cluster"
                     .into(),
+            );
+        }
+        match (&self.oidc_issuer, &self.oidc_audience) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "CONFAB_OIDC_ISSUER (--oidc-issuer) and CONFAB_OIDC_AUDIENCE \
+                     (--oidc-audience) go together: set both or neither"
+                        .into(),
+                );
+            }
+            (Some(issuer), Some(_)) => {
+                let url = reqwest::Url::parse(issuer)
+                    .map_err(|e| format!("CONFAB_OIDC_ISSUER (--oidc-issuer) is not a URL: {e}"))?;
+                if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
+                    return Err(
+                        "CONFAB_OIDC_ISSUER (--oidc-issuer) must be an https:// (or http://) URL"
+                            .into(),
+                    );
+                }
+            }
+            (None, None) => {
+                if self.oidc_client_id.is_some() || self.oidc_admin_group.is_some() {
+                    return Err("CONFAB_OIDC_CLIENT_ID and CONFAB_OIDC_ADMIN_GROUP need \
+                         CONFAB_OIDC_ISSUER (--oidc-issuer)"
+                        .into());
+                }
+            }
+        }
+        if self.oidc_username_claim.trim().is_empty() {
+            return Err(
+                "CONFAB_OIDC_USERNAME_CLAIM (--oidc-username-claim) must name a claim".into(),
             );
         }
         if self.heartbeat_ms < 100 {

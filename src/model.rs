@@ -21,6 +21,10 @@ pub struct User {
     pub display_name: String,
     pub is_admin: bool,
     pub created_at: String,
+    /// The account was created by a token of the team's OpenID provider (it has no password).
+    pub external: bool,
+    /// The account is a bot (it signs in with API keys).
+    pub bot: bool,
 }
 
 impl User {
@@ -31,6 +35,8 @@ impl User {
             display_name: u.display_name.clone(),
             is_admin,
             created_at: rfc3339(u.created_at),
+            external: u.external,
+            bot: u.bot,
         }
     }
 }

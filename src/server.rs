@@ -172,6 +172,7 @@ pub(crate) async fn build(
     let policies = Arc::new(crate::policy::Policies::new(
         crate::policy::Policy::from_config(&config),
     ));
+    let oidc = crate::auth::oidc::Oidc::start(&config).await?;
     let state = AppState {
         config: Arc::new(config),
         store,
@@ -181,6 +182,7 @@ pub(crate) async fn build(
         auth,
         metrics,
         admins: Arc::new(admins),
+        oidc,
         blobs,
         policies,
         slow_mode: Arc::default(),

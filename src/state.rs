@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::auth::Auth;
+use crate::auth::oidc::{ExternalClaims, Oidc, username_candidates};
+use crate::auth::{API_KEY_PREFIX, Auth, Identity, api_key_hash};
 use crate::bus::Bus;
 use crate::commit::GroupCommit;
 use crate::config::Config;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub auth: Auth,
     pub metrics: Metrics,
     pub admins: Arc<HashSet<String>>,
+    /// The team's OpenID provider, when one is configured.
+    pub oidc: Option<Arc<Oidc>>,
     pub blobs: Arc<Blobs>,
     pub policies: Arc<Policies>,
     /// When members last posted in slow-mode rooms (per pod).
@@ -46,8 +49,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn is_admin(&self, username: &str) -> bool {
-        self.admins.contains(username)
+    /// A global admin: named in `--admins`, or an admin by its own account (an admin bot, a
+    /// member of the provider's admin group).
+    pub fn is_admin(&self, user: &UserRecord) -> bool {
+        user.admin || self.admins.contains(&user.username)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -55,21 +60,79 @@ impl AppState {
     }
 
     pub fn user_json(&self, u: &UserRecord) -> User {
-        User::from_record(u, self.is_admin(&u.username))
+        User::from_record(u, self.is_admin(u))
     }
 
-    /// Verifies an access token and loads its user.
-    pub async fn authenticate(&self, token: &str) -> ApiResult<(UserRecord, crate::auth::Claims)> {
-        let claims = self.auth.verify_access(token)?;
-        let user = self
-            .store
-            .user(claims.sub)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("the user no longer exists"))?;
-        if user.banned_at(crate::now_ms()) {
+    /// Checks a credential and loads its user: a bot's API key, a token of the OpenID
+    /// provider (creating its account on first sight), or confab's own access token.
+    pub async fn authenticate(&self, token: &str) -> ApiResult<Identity> {
+        let identity = if token.starts_with(API_KEY_PREFIX) {
+            let (key_id, user) = self
+                .store
+                .api_key_user(&api_key_hash(token))
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("the API key is invalid or revoked"))?;
+            Identity::api_key(user, key_id)
+        } else if let Some(oidc) = self.oidc.as_ref().filter(|o| o.claims_issuer(token)) {
+            let claims = oidc.verify(token).await?;
+            let user = self.external_account(&claims).await?;
+            Identity::token(user, claims.exp)
+        } else {
+            let claims = self.auth.verify_access(token)?;
+            let user = self
+                .store
+                .user(claims.sub)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("the user no longer exists"))?;
+            Identity::token(user, claims.exp)
+        };
+        if identity.user.banned_at(crate::now_ms()) {
             return Err(ApiError::forbidden("the user is banned"));
         }
-        Ok((user, claims))
+        Ok(identity)
+    }
+
+    /// The account of a verified provider token: found by (issuer, subject), or created on
+    /// its first token. Its admin right follows the admin group of each token.
+    async fn external_account(&self, claims: &ExternalClaims) -> ApiResult<UserRecord> {
+        let mut user = match self
+            .store
+            .external_user(&claims.issuer, &claims.subject)
+            .await?
+        {
+            Some(user) => user,
+            None => {
+                let names = username_candidates(claims.username.as_deref());
+                let display_name = claims
+                    .name
+                    .as_deref()
+                    .map(|n| n.trim().chars().take(64).collect::<String>())
+                    .filter(|n| {
+                        !n.is_empty()
+                            && crate::validate::shown_text("display_name", n, false).is_ok()
+                    })
+                    .unwrap_or_else(|| names[0].clone());
+                let mut record = UserRecord::new(names[0].clone(), display_name, String::new());
+                record.external = true;
+                record.admin = claims.admin.unwrap_or(false);
+                let user = self
+                    .store
+                    .create_external_user(&claims.issuer, &claims.subject, &record, &names)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Conflict("no free username for this account".into())
+                    })?;
+                tracing::info!(user = %user.id, username = %user.username, "external account created");
+                user
+            }
+        };
+        if let Some(admin) = claims.admin
+            && admin != user.admin
+        {
+            self.store.set_user_admin(user.id, admin).await?;
+            user.admin = admin;
+        }
+        Ok(user)
     }
 
     /// The room if `user` may read it, with the user's membership. A private or direct room

@@ -87,16 +87,7 @@ store_tests!(
 );
 
 async fn user(store: &dyn Store, name: &str) -> UserId {
-    let u = UserRecord {
-        id: UserId::new(),
-        username: name.into(),
-        display_name: name.into(),
-        password_hash: "x".into(),
-        created_at: confab::now_ms(),
-        banned_until: None,
-        ban_reason: None,
-        muted_until: None,
-    };
+    let u = UserRecord::new(name.into(), name.into(), "x".into());
     store.create_user(&u).await.unwrap();
     u.id
 }
@@ -145,16 +136,7 @@ fn seqs(outcomes: &[CommitOutcome]) -> Vec<i64> {
 
 async fn usernames_are_unique(s: &dyn Store) {
     user(s, "alice").await;
-    let again = UserRecord {
-        id: UserId::new(),
-        username: "alice".into(),
-        display_name: "A".into(),
-        password_hash: "y".into(),
-        created_at: 0,
-        banned_until: None,
-        ban_reason: None,
-        muted_until: None,
-    };
+    let again = UserRecord::new("alice".into(), "A".into(), "y".into());
     assert!(matches!(
         s.create_user(&again).await,
         Err(StoreError::Conflict(_))

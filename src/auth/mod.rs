@@ -1,7 +1,12 @@
 //! Who a caller is: argon2id password hashes, HS256 access tokens (JWT) and opaque refresh
 //! tokens kept as SHA-256 hashes in token families (a reused refresh token revokes its family).
 //!
+//! Beside its own tokens it accepts the tokens of the team's OpenID provider ([`oidc`]) and
+//! bots' API keys ([`API_KEY_PREFIX`]).
+//!
 //! This module signs and checks credentials; it does not decide what a user may do in a room.
+
+pub mod oidc;
 
 use std::sync::Arc;
 
@@ -16,7 +21,65 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{FamilyId, UserId};
 use crate::model::Tokens;
-use crate::store::{RefreshOutcome, Store};
+use crate::store::{RefreshOutcome, Store, UserRecord};
+
+/// Every API key starts with this, so that logs and secret scanners recognise one.
+pub const API_KEY_PREFIX: &str = "cfk_";
+
+/// API keys do not expire; a socket opened with one is treated as holding a token valid for
+/// this long (until the key is revoked).
+const API_KEY_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Who presented a credential, and until when it holds.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: UserRecord,
+    /// When the credential expires (Unix seconds).
+    pub exp: u64,
+    /// The id of the API key used, for a bot.
+    pub key: Option<String>,
+}
+
+impl Identity {
+    pub fn token(user: UserRecord, exp: u64) -> Self {
+        Identity {
+            user,
+            exp,
+            key: None,
+        }
+    }
+
+    pub fn api_key(user: UserRecord, key_id: String) -> Self {
+        Identity {
+            user,
+            exp: crate::now_secs() + API_KEY_LIFETIME_SECS,
+            key: Some(key_id),
+        }
+    }
+}
+
+/// A new API key: `cfk_` and 256 random bits, with its id and the hash that is stored.
+pub struct NewApiKey {
+    pub key_id: String,
+    pub api_key: String,
+    pub hash: String,
+}
+
+impl NewApiKey {
+    pub fn generate() -> Self {
+        let api_key = format!("{API_KEY_PREFIX}{}", random_token());
+        NewApiKey {
+            key_id: uuid::Uuid::now_v7().simple().to_string(),
+            hash: api_key_hash(&api_key),
+            api_key,
+        }
+    }
+}
+
+/// What is stored of an API key: its SHA-256 (keys are random, so no slow hash is needed).
+pub fn api_key_hash(key: &str) -> String {
+    sha256_hex(key.as_bytes())
+}
 
 #[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct Claims {

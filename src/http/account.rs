@@ -12,7 +12,7 @@ use futures::stream::{self, BoxStream};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, ApiPath, AppState, Caller};
+use super::{ApiPath, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::hub::ControlEvent;
 use crate::ids::{MessageId, RoomId, UserId};
@@ -31,10 +31,11 @@ pub fn router() -> Router<AppState> {
 /// Rows read from the store per query while streaming an export.
 const EXPORT_PAGE: i64 = 500;
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct DeleteMeBody {
-    /// The account's password.
-    password: String,
+    /// The account's password; required for accounts that have one (not for accounts of the
+    /// OpenID provider or bots).
+    password: Option<String>,
     /// Also erase every message the account wrote (they keep their seq, with an empty body).
     #[serde(default)]
     erase_messages: bool,
@@ -201,20 +202,34 @@ pub async fn export_room(
     Ok(ndjson(body, &format!("confab-room-{}", room.name)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/users/me", tag = "users", request_body = DeleteMeBody,
+#[utoipa::path(delete, path = "/api/v1/users/me", tag = "users", request_body(content = Option<DeleteMeBody>),
     responses((status = 204, description = "the account is gone; its sockets close with 4001"),
+        (status = 400, description = "the password is missing (accounts with a password)"),
         (status = 403, description = "the password is wrong: nothing is deleted")))]
 pub async fn delete_me(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<DeleteMeBody>,
+    body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let password = body.password;
-    let hash = caller.user.password_hash.clone();
-    if !crate::auth::verify_password(password, hash).await {
-        return Err(ApiError::forbidden(
-            "the password is wrong; nothing was deleted",
-        ));
+    // Accounts of the OpenID provider and bots have no password and may send no body.
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteMeBody::default()
+    } else {
+        super::decode_json::<DeleteMeBody>(&body)?
+    };
+    let has_password = !(caller.user.external || caller.user.bot);
+    if has_password {
+        let Some(password) = body.password else {
+            return Err(ApiError::bad_request(
+                "password is required to delete an account that has one",
+            ));
+        };
+        let hash = caller.user.password_hash.clone();
+        if !crate::auth::verify_password(password, hash).await {
+            return Err(ApiError::forbidden(
+                "the password is wrong; nothing was deleted",
+            ));
+        }
     }
     delete_account(&state, caller.user.id, body.erase_messages).await?;
     tracing::info!(user = %caller.user.id, erase = body.erase_messages, "account deleted by its owner");
@@ -248,7 +263,7 @@ pub async fn delete_user(
 
 /// Deletes the account and tells every pod: its sockets close with 4001, and subscribers
 /// of its rooms learn of each erased message. False when there was no such account.
-async fn delete_account(state: &AppState, user: UserId, erase: bool) -> ApiResult<bool> {
+pub(super) async fn delete_account(state: &AppState, user: UserId, erase: bool) -> ApiResult<bool> {
     let Some(erased) = state
         .store
         .delete_user(user, erase, crate::now_ms())

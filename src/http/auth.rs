@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Json, Router, routing::get, routing::post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller};
@@ -22,6 +22,7 @@ pub fn credentials_router() -> Router<AppState> {
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/api/v1/auth/providers", get(providers))
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/users/me", get(me))
@@ -99,6 +100,9 @@ pub async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !state.config.local_accounts {
+        return Err(local_accounts_off());
+    }
     if !state.policies.current().registration_open {
         return Err(ApiError::forbidden("registration is closed"));
     }
@@ -120,16 +124,11 @@ pub async fn register(
     }
     crate::validate::shown_text("display_name", &display_name, false)
         .map_err(ApiError::BadRequest)?;
-    let record = UserRecord {
-        id: UserId::new(),
-        username: body.username,
+    let record = UserRecord::new(
+        body.username,
         display_name,
-        password_hash: hash_password(body.password).await?,
-        created_at: crate::now_ms(),
-        banned_until: None,
-        ban_reason: None,
-        muted_until: None,
-    };
+        hash_password(body.password).await?,
+    );
     state.store.create_user(&record).await?;
     tracing::info!(user = %record.id, "user registered");
     Ok((
@@ -144,19 +143,59 @@ pub async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> ApiResult<Json<Tokens>> {
+    if !state.config.local_accounts {
+        return Err(local_accounts_off());
+    }
     let user = state.store.user_by_name(&body.username).await?;
     let hash = user
         .as_ref()
+        .filter(|u| !(u.external || u.bot))
         .map_or(DUMMY_HASH.to_string(), |u| u.password_hash.clone());
     let ok = verify_password(body.password, hash).await;
     let user = match user {
-        Some(u) if ok => u,
+        // Accounts of the OpenID provider and bots have no password to sign in with.
+        Some(u) if ok && !(u.external || u.bot) => u,
         _ => return Err(ApiError::unauthorized("wrong username or password")),
     };
     if user.banned_at(crate::now_ms()) {
         return Err(ApiError::forbidden("the user is banned"));
     }
     Ok(Json(state.auth.issue_pair(&*state.store, user.id).await?))
+}
+
+fn local_accounts_off() -> ApiError {
+    ApiError::forbidden("confab passwords are turned off here; sign in with the identity provider")
+}
+
+/// How people sign in here: confab passwords, and the OpenID provider's details for a
+/// "Sign in with …" button (authorization code with PKCE).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Providers {
+    /// Whether `/auth/register` and `/auth/login` take confab passwords.
+    local: bool,
+    /// The OpenID provider, or null when there is none (or it has no client id for browsers).
+    oidc: Option<OidcProvider>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OidcProvider {
+    issuer: String,
+    client_id: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/auth/providers", tag = "auth", security(()),
+    responses((status = 200, body = Providers)))]
+pub async fn providers(State(state): State<AppState>) -> Json<Providers> {
+    let oidc = state.oidc.as_ref().and_then(|o| {
+        o.client_id.as_ref().map(|client_id| OidcProvider {
+            issuer: o.issuer.clone(),
+            client_id: client_id.clone(),
+        })
+    });
+    Json(Providers {
+        local: state.config.local_accounts,
+        oidc,
+    })
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", security(()), request_body = RefreshBody,

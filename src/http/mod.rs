@@ -10,6 +10,7 @@ pub mod admin;
 pub mod attachments;
 pub mod auth;
 pub mod blocks;
+pub mod bots;
 pub mod messages;
 pub mod openapi;
 pub mod ops;
@@ -41,8 +42,8 @@ impl FromRequestParts<AppState> for Caller {
         let token = crate::auth::bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("missing Authorization: Bearer <access token>")
         })?;
-        let (user, _) = state.authenticate(token).await?;
-        let is_admin = state.is_admin(&user.username);
+        let user = state.authenticate(token).await?.user;
+        let is_admin = state.is_admin(&user);
         Ok(Caller { user, is_admin })
     }
 }
@@ -178,6 +179,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(blocks::router())
         .merge(account::router())
         .merge(admin::router())
+        .merge(bots::router())
         .merge(attachments::router())
         .merge(web::router())
         .route("/api/v1/openapi.json", get(openapi::openapi_json))

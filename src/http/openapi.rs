@@ -3,13 +3,13 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{account, admin, attachments, auth, blocks, messages, rooms, updates};
+use super::{account, admin, attachments, auth, blocks, bots, messages, rooms, updates};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "confab", description = "Real-time multi-room chat server: REST API. The WebSocket protocol at /ws is described in docs/protocol.md."),
     paths(
-        auth::register, auth::login, auth::refresh, auth::logout, auth::me, auth::user, auth::directory,
+        auth::providers, auth::register, auth::login, auth::refresh, auth::logout, auth::me, auth::user, auth::directory,
         rooms::create, rooms::list, rooms::get_room, rooms::update, rooms::archive, rooms::join,
         rooms::leave, rooms::members, rooms::invite, rooms::kick, rooms::direct,
         messages::history, messages::send, messages::read, messages::edit, messages::delete,
@@ -19,6 +19,7 @@ use super::{account, admin, attachments, auth, blocks, messages, rooms, updates}
         updates::react, updates::unreact, updates::pins, updates::pin, updates::unpin, updates::changes, updates::thread,
         rooms::mute, rooms::unmute, rooms::set_role, attachments::upload, attachments::download,
         admin::users, admin::rooms, admin::ban, admin::unban, admin::mute, admin::unmute, admin::stats, admin::config,
+        bots::create, bots::list, bots::add_key, bots::revoke_key, bots::remove,
     ),
     modifiers(&BearerAuth, &ErrorAnswers, &Patterns),
     security(("bearer" = [])),

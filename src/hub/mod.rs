@@ -98,6 +98,9 @@ pub struct Hub {
     rooms: RwLock<HashMap<RoomId, Arc<Mutex<RoomState>>>>,
     /// Every connection of this pod, by user (locked for short, non-async sections only).
     users: Mutex<Registry>,
+    /// The connections opened with a bot's API key, with the key's id, so that revoking a key
+    /// closes exactly its sockets.
+    keyed: Mutex<HashMap<ConnId, (String, Outbox)>>,
     started_ms: i64,
     /// Set while the bus is disconnected: resyncs then do not move `RoomState::revs`.
     bus_down: std::sync::atomic::AtomicBool,
@@ -126,6 +129,7 @@ impl Hub {
             metrics,
             rooms: RwLock::default(),
             users: Mutex::default(),
+            keyed: Mutex::default(),
             started_ms: crate::now_ms(),
             bus_down: std::sync::atomic::AtomicBool::new(false),
         })
@@ -157,7 +161,16 @@ impl Hub {
             self.unsubscribe(room, outbox).await;
         }
         self.users.lock().expect("users lock").remove(outbox);
+        self.keyed.lock().expect("keyed lock").remove(&outbox.conn);
         self.metrics.ws_connections.dec();
+    }
+
+    /// Notes that a connection was opened with the API key `key` (see [`ControlEvent::KeyRevoked`]).
+    pub fn register_key(&self, outbox: &Outbox, key: String) {
+        self.keyed
+            .lock()
+            .expect("keyed lock")
+            .insert(outbox.conn, (key, outbox.clone()));
     }
 
     /// Local connections of one user.
@@ -674,6 +687,15 @@ impl Hub {
                 }
                 return;
             }
+            ControlEvent::KeyRevoked { key } => {
+                let keyed = self.keyed.lock().expect("keyed lock");
+                for (k, o) in keyed.values() {
+                    if k == key {
+                        o.close(Close::UNAUTHENTICATED);
+                    }
+                }
+                return;
+            }
             ControlEvent::UserBanned { user } => {
                 for o in self.outboxes_of(*user) {
                     o.close(Close::BANNED);
@@ -802,6 +824,10 @@ pub enum ControlEvent {
     /// The account was deleted: its sockets close with 4001.
     UserDeleted {
         user: UserId,
+    },
+    /// A bot's API key was revoked: the sockets opened with it close with 4001.
+    KeyRevoked {
+        key: String,
     },
     RoomChanged {
         room: RoomId,

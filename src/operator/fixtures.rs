@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::controller::{Context, Error, FINALIZER, reconcile, run};
 use super::resources::{ChatRoom, ChatRoomSpec, DeclaredKind};
-use crate::ids::{RoomId, UserId};
+use crate::ids::RoomId;
 use crate::state::AppState;
 use crate::store::{NewRoom, RoomKind, RoomRecord, UserRecord};
 
@@ -145,16 +145,7 @@ impl Fixture {
 
     /// A room made through REST's path (not by a resource), owned by a new user `owner`.
     pub async fn rest_room(&self, name: &str, kind: RoomKind, owner: &str) -> RoomRecord {
-        let user = UserRecord {
-            id: UserId::new(),
-            username: owner.into(),
-            display_name: owner.into(),
-            password_hash: "not a hash".into(),
-            created_at: 0,
-            banned_until: None,
-            ban_reason: None,
-            muted_until: None,
-        };
+        let user = UserRecord::new(owner.into(), owner.into(), "not a hash".into());
         self.state.store.create_user(&user).await.unwrap();
         let room = NewRoom {
             id: RoomId::new(),

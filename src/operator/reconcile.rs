@@ -85,16 +85,7 @@ async fn operator_user(state: &AppState) -> Result<UserId, StoreError> {
     if let Some(u) = state.store.user_by_name(OPERATOR_USERNAME).await? {
         return Ok(u.id);
     }
-    let u = UserRecord {
-        id: UserId::new(),
-        username: OPERATOR_USERNAME.into(),
-        display_name: "confab".into(),
-        password_hash: "!".into(), // not a PHC string: no password verifies against it
-        created_at: crate::now_ms(),
-        banned_until: None,
-        ban_reason: None,
-        muted_until: None,
-    };
+    let u = UserRecord::new(OPERATOR_USERNAME.into(), "confab".into(), "!".into());
     match state.store.create_user(&u).await {
         Ok(()) => Ok(u.id),
         // Another pod created it at the same moment.

@@ -162,6 +162,21 @@ pub struct UserRecord {
     pub ban_reason: Option<String>,
     /// Muted everywhere until this time (ms).
     pub muted_until: Option<i64>,
+    /// Created by a token of the OpenID provider: it has no password.
+    pub external: bool,
+    /// A bot: it authenticates with API keys, never a password.
+    pub bot: bool,
+    /// An admin by its own account (an admin bot, a member of the provider's admin group),
+    /// beside the usernames of `--admins`.
+    pub admin: bool,
+}
+
+/// An API key's id with the account it belongs to.
+#[derive(sqlx::FromRow)]
+pub(crate) struct KeyedUser {
+    pub key_id: String,
+    #[sqlx(flatten)]
+    pub user: UserRecord,
 }
 
 /// A message erased with its author's account.
@@ -174,6 +189,23 @@ pub struct Erased {
 }
 
 impl UserRecord {
+    /// A new local account with no ban, mute or special rights.
+    pub fn new(username: String, display_name: String, password_hash: String) -> Self {
+        UserRecord {
+            id: UserId::new(),
+            username,
+            display_name,
+            password_hash,
+            created_at: crate::now_ms(),
+            banned_until: None,
+            ban_reason: None,
+            muted_until: None,
+            external: false,
+            bot: false,
+            admin: false,
+        }
+    }
+
     pub fn banned_at(&self, now: i64) -> bool {
         self.banned_until.is_some_and(|t| t > now)
     }
@@ -434,6 +466,29 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
     async fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// The account of an (issuer, subject) of the OpenID provider, if it has one.
+    async fn external_user(&self, issuer: &str, subject: &str) -> StoreResult<Option<UserRecord>>;
+    /// Creates the account of an (issuer, subject) under the first free username of
+    /// `usernames`; when another request created it first, returns that one. None when every
+    /// candidate name is taken.
+    async fn create_external_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        user: &UserRecord,
+        usernames: &[String],
+    ) -> StoreResult<Option<UserRecord>>;
+    /// Grants or withdraws the admin right held by the account itself.
+    async fn set_user_admin(&self, user: UserId, admin: bool) -> StoreResult<()>;
+    /// Bots that were not removed, by username.
+    async fn bots(&self) -> StoreResult<Vec<UserRecord>>;
+    /// Stores the SHA-256 of a new API key of `user`.
+    async fn insert_api_key(&self, key_id: &str, user: UserId, key_hash: &str) -> StoreResult<()>;
+    /// The key id and account of an API key, by the key's SHA-256 (an equality lookup on the
+    /// hash, so its time says nothing about how much of a guess was right).
+    async fn api_key_user(&self, key_hash: &str) -> StoreResult<Option<(String, UserRecord)>>;
+    /// Revokes one key of `user`; false when it has no such key.
+    async fn delete_api_key(&self, user: UserId, key_id: &str) -> StoreResult<bool>;
 
     /// Starts a token family with its first refresh token (at login); `spend_refresh`
     /// extends it.

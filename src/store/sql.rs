@@ -521,14 +521,17 @@ macro_rules! sql_store {
 
                 async fn create_user(&self, u: &UserRecord) -> StoreResult<()> {
                     sqlx::query(
-                        "INSERT INTO users (id, username, display_name, password_hash, created_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO users (id, username, display_name, password_hash, created_at, \
+                         external, bot, admin) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     )
                     .bind(u.id)
                     .bind(&u.username)
                     .bind(&u.display_name)
                     .bind(&u.password_hash)
                     .bind(u.created_at)
+                    .bind(u.external)
+                    .bind(u.bot)
+                    .bind(u.admin)
                     .execute(&self.pool)
                     .await
                     .map_err(|e| conflict(e, "the username is taken"))?;
@@ -549,6 +552,136 @@ macro_rules! sql_store {
                         .bind(username)
                         .fetch_optional(&self.pool)
                         .await?)
+                }
+
+                async fn external_user(
+                    &self,
+                    issuer: &str,
+                    subject: &str,
+                ) -> StoreResult<Option<UserRecord>> {
+                    Ok(sqlx::query_as(
+                        "SELECT u.* FROM external_identities e JOIN users u ON u.id = e.user_id \
+                         WHERE e.issuer = $1 AND e.subject = $2 AND u.deleted_at IS NULL",
+                    )
+                    .bind(issuer)
+                    .bind(subject)
+                    .fetch_optional(&self.pool)
+                    .await?)
+                }
+
+                async fn create_external_user(
+                    &self,
+                    issuer: &str,
+                    subject: &str,
+                    user: &UserRecord,
+                    usernames: &[String],
+                ) -> StoreResult<Option<UserRecord>> {
+                    let mut tx = self.begin_write().await?;
+                    // A name held by another account is skipped without failing the transaction.
+                    let mut created = None;
+                    for name in usernames {
+                        let done = sqlx::query(
+                            "INSERT INTO users (id, username, display_name, password_hash, created_at, \
+                             external, bot, admin) VALUES ($1, $2, $3, '', $4, TRUE, FALSE, $5) \
+                             ON CONFLICT (username) DO NOTHING",
+                        )
+                        .bind(user.id)
+                        .bind(name)
+                        .bind(&user.display_name)
+                        .bind(user.created_at)
+                        .bind(user.admin)
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() == 1 {
+                            created = Some(name.clone());
+                            break;
+                        }
+                    }
+                    let Some(username) = created else {
+                        return Ok(None);
+                    };
+                    let claimed = sqlx::query(
+                        "INSERT INTO external_identities (issuer, subject, user_id, created_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (issuer, subject) DO NOTHING",
+                    )
+                    .bind(issuer)
+                    .bind(subject)
+                    .bind(user.id)
+                    .bind(user.created_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if !claimed {
+                        // Another request made this identity's account first: that one it is.
+                        tx.rollback().await?;
+                        return self.external_user(issuer, subject).await;
+                    }
+                    tx.commit().await?;
+                    Ok(Some(UserRecord {
+                        username,
+                        external: true,
+                        password_hash: String::new(),
+                        ..user.clone()
+                    }))
+                }
+
+                async fn set_user_admin(&self, user: UserId, admin: bool) -> StoreResult<()> {
+                    sqlx::query("UPDATE users SET admin = $2 WHERE id = $1")
+                        .bind(user)
+                        .bind(admin)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn bots(&self) -> StoreResult<Vec<UserRecord>> {
+                    Ok(sqlx::query_as(
+                        "SELECT * FROM users WHERE bot = TRUE AND deleted_at IS NULL ORDER BY username",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn insert_api_key(
+                    &self,
+                    key_id: &str,
+                    user: UserId,
+                    key_hash: &str,
+                ) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(key_id)
+                    .bind(user)
+                    .bind(key_hash)
+                    .bind(crate::now_ms())
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn api_key_user(
+                    &self,
+                    key_hash: &str,
+                ) -> StoreResult<Option<(String, UserRecord)>> {
+                    let found: Option<KeyedUser> = sqlx::query_as(
+                        "SELECT k.id AS key_id, u.* FROM api_keys k JOIN users u ON u.id = k.user_id \
+                         WHERE k.key_hash = $1 AND u.deleted_at IS NULL",
+                    )
+                    .bind(key_hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(found.map(|k| (k.key_id, k.user)))
+                }
+
+                async fn delete_api_key(&self, user: UserId, key_id: &str) -> StoreResult<bool> {
+                    let done = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
+                        .bind(key_id)
+                        .bind(user)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
                 }
 
                 async fn insert_refresh(
@@ -1365,6 +1498,8 @@ macro_rules! sql_store {
                         "DELETE FROM members WHERE user_id = $1",
                         "DELETE FROM blocks WHERE user_id = $1 OR blocked_id = $1",
                         "DELETE FROM mentions WHERE user_id = $1",
+                        "DELETE FROM api_keys WHERE user_id = $1",
+                        "DELETE FROM external_identities WHERE user_id = $1",
                     ] {
                         sqlx::query(sql).bind(user).execute(&mut *tx).await?;
                     }

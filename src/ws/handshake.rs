@@ -14,11 +14,11 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 
 use super::{MAX_FRAME_BYTES, READ_BUFFER, Socket, send_close};
+use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::Close;
 use crate::protocol::{self, ClientFrame, ServerFrame};
 use crate::state::AppState;
-use crate::store::UserRecord;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -46,13 +46,13 @@ pub(super) async fn upgrade(
     }
     let authenticated = match header_token.or(q.token) {
         Some(token) => match state.authenticate(&token).await {
-            Ok((user, claims)) => Some((user, claims.exp)),
+            Ok(identity) => Some(identity),
             Err(e) => return e.into_response(),
         },
         None => None,
     };
-    if let Some((user, _)) = &authenticated
-        && state.hub.connections_of(user.id) >= state.config.max_connections_per_user
+    if let Some(identity) = &authenticated
+        && state.hub.connections_of(identity.user.id) >= state.config.max_connections_per_user
     {
         return ApiError::RateLimited {
             message: format!(
@@ -123,10 +123,7 @@ pub(super) fn token_deadline(exp: u64) -> tokio::time::Instant {
 }
 
 /// Waits for an `auth` frame. `None` when the socket should be dropped.
-pub(super) async fn authenticate<S: Socket>(
-    state: &AppState,
-    sink: &mut S,
-) -> Option<(UserRecord, u64)> {
+pub(super) async fn authenticate<S: Socket>(state: &AppState, sink: &mut S) -> Option<Identity> {
     let deadline = tokio::time::sleep(Duration::from_millis(state.config.ws_auth_timeout_ms));
     tokio::pin!(deadline);
     loop {
@@ -149,7 +146,7 @@ pub(super) async fn authenticate<S: Socket>(
                 };
                 let reply = match protocol::parse(&text) {
                     Ok(ClientFrame::Auth { token }) => match state.authenticate(&token).await {
-                        Ok((user, claims)) => return Some((user, claims.exp)),
+                        Ok(identity) => return Some(identity),
                         Err(e) => ServerFrame::error(&e, None),
                     },
                     Ok(_) => ServerFrame::error(&ApiError::unauthorized("send an auth frame first"), None),

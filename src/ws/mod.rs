@@ -15,6 +15,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes};
 use axum::routing::get;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 
+use crate::auth::Identity;
 use crate::chat::{self, Author, Draft};
 use crate::commit::Reply;
 use crate::error::{ApiError, ApiResult};
@@ -109,8 +110,8 @@ async fn send_close<S: Socket>(sink: &mut S, close: &Close) {
     .await;
 }
 
-async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<(UserRecord, u64)>) {
-    let (mut user, token_exp) = match authenticated {
+async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Identity>) {
+    let identity = match authenticated {
         Some(a) => a,
         // Boxed: waiting for the auth frame is over before the connection's long life starts.
         None => match Box::pin(authenticate(&state, &mut socket)).await {
@@ -118,11 +119,20 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<(U
             None => return,
         },
     };
+    let Identity {
+        mut user,
+        exp: token_exp,
+        key,
+    } = identity;
     // A socket keeps no secret, and nothing it does not use, for as long as it is open.
     user.password_hash = String::new();
     user.ban_reason = None;
     let (outbox, inbox) = Outbox::new(user.id, state.config.outbound_queue, state.metrics.clone());
     state.hub.register(&outbox);
+    if let Some(key) = key {
+        // Revoking the key closes this socket on whichever pod it is.
+        state.hub.register_key(&outbox, key);
+    }
     let policy = state.policies.current();
     let mut conn = Connection {
         muted_until: user.muted_until,
@@ -491,7 +501,9 @@ impl Connection {
                 None
             }
             // The hub closes the sockets of banned and deleted accounts itself.
-            ControlEvent::UserBanned { .. } | ControlEvent::UserDeleted { .. } => None,
+            ControlEvent::UserBanned { .. }
+            | ControlEvent::UserDeleted { .. }
+            | ControlEvent::KeyRevoked { .. } => None,
             ControlEvent::Blocked { user, .. } => {
                 if user == self.user.id {
                     self.blocked = None;
@@ -614,12 +626,12 @@ impl Connection {
     }
 
     async fn reauthenticate(&mut self, token: &str) -> ApiResult<()> {
-        let (user, claims) = self.state.authenticate(token).await?;
-        if user.id != self.user.id {
+        let identity = self.state.authenticate(token).await?;
+        if identity.user.id != self.user.id {
             return Err(ApiError::unauthorized("the token belongs to another user"));
         }
-        self.token_exp = claims.exp;
-        self.token_deadline = token_deadline(claims.exp);
+        self.token_exp = identity.exp;
+        self.token_deadline = token_deadline(identity.exp);
         Ok(())
     }
 
@@ -871,7 +883,6 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::ids::UserId;
 
     /// The server's end of an in-memory socket.
     struct Pipe {
@@ -939,16 +950,7 @@ mod tests {
         let mut config = Config::for_tests(dir.path().to_path_buf());
         tune(&mut config);
         let (state, _writer, _stop) = crate::server::build(config).await.unwrap();
-        let user = UserRecord {
-            id: UserId::new(),
-            username: "alice".into(),
-            display_name: "Alice".into(),
-            password_hash: String::new(),
-            created_at: crate::now_ms(),
-            banned_until: None,
-            ban_reason: None,
-            muted_until: None,
-        };
+        let user = UserRecord::new("alice".into(), "Alice".into(), String::new());
         state.store.create_user(&user).await.unwrap();
         let (to_client, recv) = mpsc::unbounded();
         let (send, from_client) = mpsc::unbounded();
@@ -956,7 +958,12 @@ mod tests {
             to_client,
             from_client,
         };
-        run(state.clone(), pipe, Some((user, crate::now_secs() + 600))).await;
+        run(
+            state.clone(),
+            pipe,
+            Some(Identity::token(user, crate::now_secs() + 600)),
+        )
+        .await;
         let mut client = Client { send, recv };
         assert_eq!(client.next().await.unwrap()["type"], "hello");
         (client, state, dir)
