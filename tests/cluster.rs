@@ -556,3 +556,71 @@ async fn a_reaction_made_while_redis_was_down_reaches_the_other_pods_subscribers
         assert_eq!(u["reactions"][0]["emoji"], ":tada:");
     }
 }
+
+#[tokio::test]
+async fn a_key_revoked_or_an_account_deleted_on_one_pod_closes_its_sockets_on_the_other() {
+    let c = two_pods().await;
+    let root = c.a.user("root").await;
+    let (st, created) = root
+        .api
+        .post("/api/v1/admin/bots", json!({"username": "relay-bot"}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let bot_id = created["user"]["id"].as_str().unwrap().to_string();
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let key_id = created["key_id"].as_str().unwrap().to_string();
+    let (_, second) = root
+        .api
+        .post(&format!("/api/v1/admin/bots/{bot_id}/keys"), json!({}))
+        .await;
+    let second = second["api_key"].as_str().unwrap().to_string();
+
+    // The bot's sockets are on pod b; the admin acts on pod a.
+    let mut revoked = Ws::connect(c.b.addr, Some(&key)).await.unwrap();
+    revoked.expect("hello").await;
+    let mut kept = Ws::connect(c.b.addr, Some(&second)).await.unwrap();
+    kept.expect("hello").await;
+    let (st, _) = root
+        .api
+        .delete(&format!("/api/v1/admin/bots/{bot_id}/keys/{key_id}"))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        revoked.expect_close(Duration::from_secs(1)).await,
+        common::ws::Closed::Code(4001),
+        "revocation reaches the other pod within a second"
+    );
+    kept.send(json!({"type": "ping"})).await;
+    kept.expect("pong").await;
+
+    // A person deletes their account through pod a; their socket on pod b closes.
+    c.a.user("dora").await;
+    let dora_b = c.b.login("dora").await;
+    let mut doras = dora_b.connect().await;
+    let (st, _) = dora_b
+        .api
+        .client
+        .delete(c.a.url("/api/v1/users/me"))
+        .bearer_auth(&dora_b.token)
+        .json(&json!({"password": "correct horse"}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        doras.expect_close(Duration::from_secs(1)).await,
+        common::ws::Closed::Code(4001)
+    );
+
+    // Removing the bot on pod a closes its remaining socket on pod b.
+    let (st, _) = root
+        .api
+        .delete(&format!("/api/v1/admin/bots/{bot_id}"))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        kept.expect_close(Duration::from_secs(1)).await,
+        common::ws::Closed::Code(4001)
+    );
+}

@@ -1006,3 +1006,92 @@ async fn oversized_and_malformed_emoji_are_refused_without_a_trace() {
         (&json!([]), &json!(1))
     );
 }
+
+// ---- bots and API keys --------------------------------------------------------------------
+
+#[tokio::test]
+async fn bot_administration_is_for_admins_only_and_keys_cannot_be_forged() {
+    let w = world().await;
+    let root = w.s.user("root").await;
+    let (st, created) = root
+        .api
+        .post("/api/v1/admin/bots", json!({"username": "helper"}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let bot = created["user"]["id"].as_str().unwrap().to_string();
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let key_id = created["key_id"].as_str().unwrap().to_string();
+
+    // A member, and a bot without the admin right, are refused every bot endpoint.
+    let bot_api = w.s.api().with_token(&key);
+    for m in [&w.mallory.api, &bot_api] {
+        let attempts = [
+            m.get("/api/v1/admin/bots").await.0,
+            m.post(
+                "/api/v1/admin/bots",
+                json!({"username": "evil-bot", "admin": true}),
+            )
+            .await
+            .0,
+            m.post(&format!("/api/v1/admin/bots/{bot}/keys"), json!({}))
+                .await
+                .0,
+            m.delete(&format!("/api/v1/admin/bots/{bot}/keys/{key_id}"))
+                .await
+                .0,
+            m.delete(&format!("/api/v1/admin/bots/{bot}")).await.0,
+        ];
+        assert!(
+            attempts.iter().all(|s| *s == StatusCode::FORBIDDEN),
+            "{attempts:?}"
+        );
+    }
+    let (st, _) = w.s.api().get("/api/v1/admin/bots").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Near misses of a real key are refused: truncated, one character changed, the key id,
+    // the prefix alone.
+    let mut changed = key.clone();
+    let last = changed.pop().unwrap();
+    changed.push(if last == 'A' { 'B' } else { 'A' });
+    for forged in [
+        &key[..key.len() - 1],
+        changed.as_str(),
+        key_id.as_str(),
+        &format!("cfk_{key_id}"),
+        "cfk_",
+    ] {
+        let (st, body) = w.s.api().with_token(forged).get("/api/v1/users/me").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{forged}: {body}");
+    }
+
+    // Malformed bodies and ids are 4xx in the protocol's words.
+    let (st, body) = root
+        .api
+        .post("/api/v1/admin/bots", json!({"username": 7}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(!body.to_string().contains("i64") && !body.to_string().contains("String"));
+    let (st, _) = root
+        .api
+        .post("/api/v1/admin/bots", json!({"username": "x\u{202e}yz"}))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = root
+        .api
+        .post(
+            "/api/v1/admin/bots",
+            json!({"username": "fine-bot", "display_name": "\u{0007}"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = root.api.delete("/api/v1/admin/bots/not-a-uuid").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // A person is not a bot: the bot endpoints do not touch people.
+    let (st, _) = root
+        .api
+        .delete(&format!("/api/v1/admin/bots/{}", w.alice.id))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    w.alice.post_message(&w.public, "still here").await;
+}

@@ -176,6 +176,25 @@ def test_values_schema_refuses_bad_values():
         helm.Chart.load(str(CHART)).render(bad, name="confab", namespace="chat")
 
 
+def test_openid_settings_reach_the_pod_and_go_together():
+    spec = by_kind(render(CHART / "ci" / "keda-ingress-values.yaml"), "Deployment")[0]["spec"]
+    env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["CONFAB_OIDC_ISSUER"] == "https://sso.example.com/realms/chat"
+    assert env["CONFAB_OIDC_AUDIENCE"] == "confab"
+    assert env["CONFAB_OIDC_ADMIN_GROUP"] == "chat-admins"
+    assert env["CONFAB_OIDC_CLIENT_ID"] == "confab-web"
+    assert env["CONFAB_LOCAL_ACCOUNTS"] == "true"
+    plain = by_kind(render(CHART / "ci" / "default-values.yaml"), "Deployment")[0]["spec"]
+    names = {e["name"] for e in plain["template"]["spec"]["containers"][0]["env"]}
+    assert not any(n.startswith("CONFAB_OIDC_") for n in names)
+    # An issuer without an audience, or a client id without an issuer, is refused.
+    for oidc in ({"issuer": "https://sso.example.com"}, {"clientId": "web"}, {"issuer": "sso.example.com", "audience": "a"}):
+        bad = yaml.safe_load(open(CHART / "ci" / "default-values.yaml"))
+        bad["oidc"] = oidc
+        with pytest.raises(Exception):
+            helm.Chart.load(str(CHART)).render(bad, name="confab", namespace="chat")
+
+
 def test_kernel_settings_for_many_sockets_reach_the_pod():
     spec = by_kind(render(CHART / "ci" / "keda-ingress-values.yaml"), "Deployment")[0]["spec"]
     sysctls = {s["name"]: s["value"] for s in spec["template"]["spec"]["securityContext"]["sysctls"]}
