@@ -3,6 +3,47 @@
 // the admin panel both use it; nothing here touches the page.
 
 const STORAGE_KEY = "confab.session";
+// A sign-in with the OpenID provider under way (PKCE verifier, state, nonce), for this tab only.
+const SSO_KEY = "confab.sso";
+
+function b64url(bytes) {
+  let text = "";
+  for (const b of new Uint8Array(bytes)) text += String.fromCharCode(b);
+  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function randomString() {
+  return b64url(crypto.getRandomValues(new Uint8Array(32)));
+}
+
+/** The claims of a JWT, unverified (the server verifies; the page only reads `exp`, `nonce`). */
+function jwtClaims(token) {
+  const part = (token || "").split(".")[1] || "";
+  const text = atob(part.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((part.length + 3) % 4));
+  return JSON.parse(text);
+}
+
+/** How this server signs people in: `{local, oidc: null | {issuer, client_id}}`. */
+export async function providers() {
+  const res = await fetch("/api/v1/auth/providers");
+  if (!res.ok) return { local: true, oidc: null };
+  return res.json();
+}
+
+/** A form-encoded POST to the provider's token endpoint; its JSON answer or an error. */
+async function tokenRequest(endpoint, fields) {
+  const res = await fetch(endpoint, {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams(fields),
+  });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    throw new ApiError(res.status === 400 ? 401 : res.status, body.error || "sso",
+      body.error_description || body.error || `the identity provider answered ${res.status}`);
+  }
+  return body;
+}
 
 /** An error answer from the REST API, with its `code` and `message`. */
 export class ApiError extends Error {
@@ -52,8 +93,72 @@ export class Session {
     return user;
   }
 
+  /**
+   * Starts signing in with the OpenID provider: authorization code with PKCE (S256). The page
+   * leaves for the provider and comes back to `redirectUri` with a code for `completeSso`.
+   */
+  async beginSso(provider, redirectUri = `${location.origin}/`) {
+    const res = await fetch(`${provider.issuer.replace(/\/$/, "")}/.well-known/openid-configuration`);
+    if (!res.ok) throw new Error(`the identity provider cannot be reached (${res.status})`);
+    const doc = await res.json();
+    const verifier = randomString();
+    const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+    const pending = {
+      verifier, state: randomString(), nonce: randomString(),
+      token_endpoint: doc.token_endpoint, client_id: provider.client_id, redirect_uri: redirectUri,
+    };
+    sessionStorage.setItem(SSO_KEY, JSON.stringify(pending));
+    const query = new URLSearchParams({
+      response_type: "code",
+      client_id: provider.client_id,
+      redirect_uri: redirectUri,
+      scope: "openid profile offline_access",
+      state: pending.state,
+      nonce: pending.nonce,
+      code_challenge: challenge,
+      code_challenge_method: "S256",
+    });
+    location.assign(`${doc.authorization_endpoint}?${query}`);
+  }
+
+  /** Finishes a sign-in the provider sent back here (`?code=…&state=…`): returns the user. */
+  async completeSso(params) {
+    const pending = JSON.parse(sessionStorage.getItem(SSO_KEY) || "null");
+    sessionStorage.removeItem(SSO_KEY);
+    if (params.get("error")) throw new Error(params.get("error_description") || params.get("error"));
+    if (!pending || params.get("state") !== pending.state) {
+      throw new Error("this sign-in answer does not match a sign-in started here; try again");
+    }
+    const tokens = await tokenRequest(pending.token_endpoint, {
+      grant_type: "authorization_code",
+      code: params.get("code"),
+      redirect_uri: pending.redirect_uri,
+      client_id: pending.client_id,
+      code_verifier: pending.verifier,
+    });
+    if (!tokens.id_token || jwtClaims(tokens.id_token).nonce !== pending.nonce) {
+      throw new Error("the identity provider's answer does not belong to this sign-in");
+    }
+    this.data = this.fromProvider(tokens, { token_endpoint: pending.token_endpoint, client_id: pending.client_id });
+    const user = await this.call("GET", "/api/v1/users/me");
+    this.save({ ...this.data, user });
+    return user;
+  }
+
+  /** A session from the provider's tokens: confab is sent the ID token (its audience is the client). */
+  fromProvider(tokens, sso, previousRefresh) {
+    const exp = jwtClaims(tokens.id_token).exp;
+    return {
+      access_token: tokens.id_token,
+      refresh_token: tokens.refresh_token || previousRefresh || null,
+      expires_in: Math.max(1, exp - Math.floor(Date.now() / 1000)),
+      expires_at: exp * 1000,
+      sso,
+    };
+  }
+
   async logout() {
-    const refresh = this.data && this.data.refresh_token;
+    const refresh = this.data && !this.data.sso && this.data.refresh_token;
     this.save(null);
     if (refresh) {
       await this.call("POST", "/api/v1/auth/logout", { refresh_token: refresh }, { anonymous: true }).catch(() => {});
@@ -89,6 +194,17 @@ export class Session {
       }
       if (!this.data) throw new ApiError(401, "unauthorized", "not logged in");
       try {
+        if (this.data.sso) {
+          // The provider's session: its refresh token buys a new ID token.
+          const { sso, refresh_token: refresh, user } = this.data;
+          if (!refresh) throw new ApiError(401, "unauthorized", "the sign-in expired; sign in again");
+          const tokens = await tokenRequest(sso.token_endpoint, {
+            grant_type: "refresh_token", refresh_token: refresh, client_id: sso.client_id,
+          });
+          if (!tokens.id_token) throw new ApiError(401, "unauthorized", "the identity provider sent no new ID token");
+          this.save({ ...this.fromProvider(tokens, sso, refresh), user });
+          return;
+        }
         const tokens = await this.call("POST", "/api/v1/auth/refresh", { refresh_token: this.data.refresh_token }, { anonymous: true });
         this.save({ ...this.withExpiry(tokens), user: this.data.user });
       } catch (e) {

@@ -2,7 +2,7 @@
 // (api.js). Each room's messages are kept by seq, contiguous from the oldest loaded to the newest
 // received, so the page can show neither a gap nor a duplicate.
 
-import { Session, Connection, ApiError } from "./api.js";
+import { Session, Connection, ApiError, providers } from "./api.js";
 import { $, h, toast } from "./dom.js";
 
 
@@ -53,7 +53,29 @@ function showAuth() {
   $("logout").hidden = true;
   $("admin-link").hidden = true;
   $("me").textContent = "";
+  showProviders().catch(() => {});
 }
+
+let provider = null;
+
+/** Offers "Sign in with …" when the server has an OpenID provider; hides passwords if it has none. */
+async function showProviders() {
+  const offered = await providers();
+  provider = offered.oidc;
+  $("auth-form").hidden = !offered.local;
+  $("sso").hidden = !provider;
+  $("sso-or").hidden = !offered.local;
+  if (provider) $("sso-button").textContent = `Sign in with ${new URL(provider.issuer).host}`;
+}
+
+$("sso-button").addEventListener("click", async () => {
+  $("auth-error").textContent = "";
+  try {
+    await session.beginSso(provider);
+  } catch (e) {
+    $("auth-error").textContent = e.message;
+  }
+});
 
 $("auth-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -907,6 +929,18 @@ $("close-members").addEventListener("click", () => {
 // ---- start ---------------------------------------------------------------------------------
 
 async function start() {
+  // Back from the OpenID provider with a code (or an error): finish signing in.
+  const params = new URLSearchParams(location.search);
+  if (params.has("code") || params.has("error")) {
+    history.replaceState(null, "", location.pathname + location.hash);
+    try {
+      await session.completeSso(params);
+    } catch (e) {
+      showAuth();
+      $("auth-error").textContent = e.message;
+      return;
+    }
+  }
   if (!session.loggedIn) return showAuth();
   try {
     const me = await session.call("GET", "/api/v1/users/me");

@@ -62,6 +62,8 @@ pub struct Oidc {
     http: reqwest::Client,
     /// The `jwks_uri` of the discovery document, once read.
     jwks_uri: RwLock<Option<String>>,
+    /// The origin of the provider's token endpoint, once read (browsers call it to sign in).
+    token_origin: RwLock<Option<String>>,
     /// Keys by (issuer, kid).
     keys: RwLock<HashMap<(String, String), Key>>,
     refetch: DefaultDirectRateLimiter,
@@ -90,6 +92,13 @@ impl std::fmt::Display for DiscoveryError {
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    token_endpoint: Option<String>,
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some(u.origin().ascii_serialization()).filter(|o| o != "null")
 }
 
 impl Oidc {
@@ -175,10 +184,23 @@ impl Oidc {
             client_id,
             http,
             jwks_uri: RwLock::new(None),
+            token_origin: RwLock::new(None),
             keys: RwLock::new(HashMap::new()),
             refetch: RateLimiter::direct(period),
             fetching: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The origins a browser signing in reads from: the issuer's (discovery) and the token
+    /// endpoint's.
+    pub fn browser_origins(&self) -> Vec<String> {
+        let mut origins: Vec<String> = origin(&self.issuer).into_iter().collect();
+        if let Some(t) = self.token_origin.read().expect("token_origin lock").clone()
+            && !origins.contains(&t)
+        {
+            origins.push(t);
+        }
+        origins
     }
 
     /// Whether `token` says it comes from this provider (unverified: it only chooses which
@@ -205,6 +227,8 @@ impl Oidc {
             )));
         }
         *self.jwks_uri.write().expect("jwks_uri lock") = Some(doc.jwks_uri);
+        *self.token_origin.write().expect("token_origin lock") =
+            doc.token_endpoint.as_deref().and_then(origin);
         self.fetch_keys().await
     }
 

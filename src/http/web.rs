@@ -3,11 +3,12 @@
 //! to the same REST API and WebSocket as any other client.
 //!
 //! Pages get their own Content-Security-Policy (same-origin scripts, styles, sockets and images,
-//! `blob:` images for attachment previews, nothing external); the API keeps `default-src 'none'`.
+//! `blob:` images for attachment previews, nothing external but the OpenID provider's endpoints
+//! the sign-in reads); the API keeps `default-src 'none'`.
 
 use std::sync::LazyLock;
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, routing::get};
@@ -16,10 +17,22 @@ use super::AppState;
 use crate::auth::sha256_hex;
 use crate::error::ApiError;
 
-/// The policy for the pages: nothing leaves the origin, nothing inline runs.
-pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-    img-src 'self' blob: data:; connect-src 'self'; manifest-src 'self'; base-uri 'none'; \
-    form-action 'self'; frame-ancestors 'none'";
+/// The policy for the pages: nothing leaves the origin but requests to the OpenID provider
+/// (its discovery document and token endpoint, for sign-in with PKCE), nothing inline runs.
+pub fn page_csp(state: &AppState) -> String {
+    let mut connect = String::from("'self'");
+    if let Some(oidc) = state.oidc.as_ref().filter(|o| o.client_id.is_some()) {
+        for origin in oidc.browser_origins() {
+            connect.push(' ');
+            connect.push_str(&origin);
+        }
+    }
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; \
+         img-src 'self' blob: data:; connect-src {connect}; manifest-src 'self'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    )
+}
 
 struct Asset {
     name: &'static str,
@@ -72,28 +85,38 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/",
-            get(|h: HeaderMap| async move { serve("index.html", &h) }),
+            get(|State(s): State<AppState>, h: HeaderMap| async move {
+                serve(&s, "index.html", &h)
+            }),
         )
         .route(
             "/admin",
-            get(|h: HeaderMap| async move { serve("admin.html", &h) }),
+            get(|State(s): State<AppState>, h: HeaderMap| async move {
+                serve(&s, "admin.html", &h)
+            }),
         )
         .route(
             "/assets/{name}",
-            get(|Path(name): Path<String>, h: HeaderMap| async move { serve(&name, &h) }),
+            get(
+                |State(s): State<AppState>, Path(name): Path<String>, h: HeaderMap| async move {
+                    serve(&s, &name, &h)
+                },
+            ),
         )
 }
 
 /// One file with its type, an ETag from its content and `no-cache` (revalidate every time, so a
 /// new binary's files are picked up at once); a matching `If-None-Match` gets 304.
-fn serve(name: &str, headers: &HeaderMap) -> Response {
+fn serve(state: &AppState, name: &str, headers: &HeaderMap) -> Response {
     let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
         return ApiError::not_found("no such file").into_response();
     };
     let etag = ETAGS[i].clone();
+    let csp = HeaderValue::from_str(&page_csp(state))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
     let common = [
-        (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
-        (header::CACHE_CONTROL, "no-cache"),
+        (header::CONTENT_SECURITY_POLICY, csp),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
     ];
     let matches = headers
         .get(header::IF_NONE_MATCH)
