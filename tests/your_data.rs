@@ -88,6 +88,18 @@ async fn deleting_an_account_closes_its_sockets_and_can_erase_its_messages() {
         )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    // Nor does a missing one, or no body at all.
+    let (st, _) = bob
+        .api
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/users/me",
+            Some(json!({"erase_messages": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = bob.api.delete("/api/v1/users/me").await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _) = bob.api.get("/api/v1/users/me").await;
     assert_eq!(st, StatusCode::OK);
 

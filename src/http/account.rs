@@ -204,30 +204,22 @@ pub async fn export_room(
 
 #[utoipa::path(delete, path = "/api/v1/users/me", tag = "users", request_body(content = Option<DeleteMeBody>),
     responses((status = 204, description = "the account is gone; its sockets close with 4001"),
-        (status = 400, description = "the password is missing (accounts with a password)"),
-        (status = 403, description = "the password is wrong: nothing is deleted")))]
+        (status = 403, description = "the password is wrong or missing (accounts with one): nothing is deleted")))]
 pub async fn delete_me(
     State(state): State<AppState>,
     caller: Caller,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     // Accounts of the OpenID provider and bots have no password and may send no body.
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        DeleteMeBody::default()
-    } else {
-        super::decode_json::<DeleteMeBody>(&body)?
-    };
+    let body: DeleteMeBody = super::optional_json(&body)?;
     let has_password = !(caller.user.external || caller.user.bot);
     if has_password {
-        let Some(password) = body.password else {
-            return Err(ApiError::bad_request(
-                "password is required to delete an account that has one",
-            ));
-        };
+        // A missing password is as wrong as a wrong one: nothing is deleted.
+        let password = body.password.unwrap_or_default();
         let hash = caller.user.password_hash.clone();
         if !crate::auth::verify_password(password, hash).await {
             return Err(ApiError::forbidden(
-                "the password is wrong; nothing was deleted",
+                "the password is wrong or missing; nothing was deleted",
             ));
         }
     }
@@ -249,11 +241,7 @@ pub async fn delete_user(
         return Err(ApiError::forbidden("admins only"));
     }
     // The body is optional: none keeps the messages.
-    let erase = if body.iter().all(u8::is_ascii_whitespace) {
-        false
-    } else {
-        super::decode_json::<DeleteUserBody>(&body)?.erase_messages
-    };
+    let erase = super::optional_json::<DeleteUserBody>(&body)?.erase_messages;
     if !delete_account(&state, id, erase).await? {
         return Err(ApiError::not_found("no such user"));
     }

@@ -85,6 +85,16 @@ pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
         })
 }
 
+/// An optional JSON body: none, only whitespace, or `null` give the default.
+pub fn optional_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
+    let text = bytes.trim_ascii();
+    if text.is_empty() || text == b"null" {
+        Ok(T::default())
+    } else {
+        decode_json(text)
+    }
+}
+
 /// Decodes a JSON request body into `T`, with errors that name the field and never a type.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     let mut value: serde_json::Value = serde_json::from_slice(bytes)
