@@ -172,7 +172,7 @@ pub(crate) async fn build(
     let policies = Arc::new(crate::policy::Policies::new(
         crate::policy::Policy::from_config(&config),
     ));
-    let oidc = crate::auth::oidc::Oidc::start(&config).await?;
+    let oidc = crate::auth::oidc::Oidc::start(&config, &metrics).await?;
     let state = AppState {
         config: Arc::new(config),
         store,

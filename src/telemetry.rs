@@ -135,6 +135,7 @@ pub struct Inner {
     pub store_query: HistogramVec,
     pub redis_command: HistogramVec,
     pub rate_limited: IntCounterVec,
+    pub oidc_fetches: IntCounterVec,
     pub ready: IntGauge,
     pub outbound_queue_frames: IntGauge,
     pub outbound_queue_max_frames: IntGauge,
@@ -182,6 +183,13 @@ impl Metrics {
             ws_opened: reg!(IntCounter::new(
                 "confab_ws_connections_opened_total",
                 "WebSocket connections opened."
+            )),
+            oidc_fetches: reg!(IntCounterVec::new(
+                Opts::new(
+                    "confab_oidc_key_set_fetches_total",
+                    "Reads of the OpenID provider's discovery document and key set, by outcome."
+                ),
+                &["outcome"]
             )),
             ws_closed: reg!(IntCounterVec::new(
                 Opts::new(

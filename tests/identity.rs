@@ -481,9 +481,18 @@ async fn cached_keys_keep_working_while_the_provider_is_down() {
         StatusCode::OK,
         "readiness does not depend on the provider"
     );
-    // A key the cache does not hold cannot be fetched now.
+    // A key the cache does not hold cannot be fetched now, and the metrics say why.
     let (st, _) = me(&s, &Signer::rsa("k2").sign(&idp.claims("sub-3", "late"))).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let metrics = s.metrics().await;
+    let fetches = |outcome: &str| {
+        common::metric(
+            &metrics,
+            &format!("confab_oidc_key_set_fetches_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(fetches("ok"), Some(1.0));
+    assert_eq!(fetches("unavailable"), Some(1.0));
 }
 
 #[tokio::test]
@@ -523,8 +532,7 @@ async fn a_provider_down_at_start_is_retried_and_a_wrong_issuer_is_a_startup_err
         std::future::pending(),
     )
     .await
-    .err()
-    .expect("a startup error");
+    .expect_err("a startup error");
     let text = format!("{err:#}");
     assert!(text.contains("CONFAB_OIDC_ISSUER"), "{text}");
     assert!(text.contains("404"), "{text}");

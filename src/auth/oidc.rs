@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
+use crate::telemetry::Metrics;
 
 /// An unknown `kid` fetches the key set again at most this often.
 pub const REFETCH_EVERY: Duration = Duration::from_secs(10);
@@ -69,6 +70,7 @@ pub struct Oidc {
     refetch: DefaultDirectRateLimiter,
     /// One fetch of the key set at a time; others wait for its result.
     fetching: tokio::sync::Mutex<()>,
+    metrics: Metrics,
 }
 
 /// Why discovery failed: a setting that cannot work, or a provider that is down for now.
@@ -106,7 +108,7 @@ impl Oidc {
     /// an issuer that answers but is not an OpenID provider at that URL is a startup error
     /// naming the setting; one that cannot be reached is a warning, and discovery is retried
     /// in the background with back-off (tokens are refused until it succeeds).
-    pub async fn start(config: &Config) -> anyhow::Result<Option<Arc<Oidc>>> {
+    pub async fn start(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Arc<Oidc>>> {
         let (Some(issuer), Some(audience)) = (&config.oidc_issuer, &config.oidc_audience) else {
             return Ok(None);
         };
@@ -116,6 +118,7 @@ impl Oidc {
             config.oidc_username_claim.clone(),
             config.oidc_admin_group.clone(),
             config.oidc_client_id.clone(),
+            metrics.clone(),
         )?);
         match oidc.discover().await {
             Ok(()) => {
@@ -168,6 +171,7 @@ impl Oidc {
         username_claim: String,
         admin_group: Option<String>,
         client_id: Option<String>,
+        metrics: Metrics,
     ) -> anyhow::Result<Oidc> {
         let http = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
@@ -188,6 +192,7 @@ impl Oidc {
             keys: RwLock::new(HashMap::new()),
             refetch: RateLimiter::direct(period),
             fetching: tokio::sync::Mutex::new(()),
+            metrics,
         })
     }
 
@@ -216,8 +221,23 @@ impl Oidc {
             .is_some_and(|iss| iss.trim_end_matches('/') == self.issuer)
     }
 
-    /// Reads the discovery document and then the key set.
+    /// Reads the discovery document and then the key set, counting the outcome.
     async fn discover(&self) -> Result<(), DiscoveryError> {
+        let outcome = self.read_discovery().await;
+        self.count(&outcome);
+        outcome
+    }
+
+    fn count(&self, outcome: &Result<(), DiscoveryError>) {
+        let label = match outcome {
+            Ok(()) => "ok",
+            Err(DiscoveryError::Unavailable(_)) => "unavailable",
+            Err(DiscoveryError::Misconfigured(_)) => "invalid",
+        };
+        self.metrics.oidc_fetches.with_label_values(&[label]).inc();
+    }
+
+    async fn read_discovery(&self) -> Result<(), DiscoveryError> {
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
         let doc: Discovery = self.get_json(&url).await?;
         if doc.issuer.trim_end_matches('/') != self.issuer {
@@ -308,7 +328,9 @@ impl Oidc {
         }
         if self.refetch.check().is_ok() {
             let fetched = if self.jwks_uri.read().expect("jwks_uri lock").is_some() {
-                self.fetch_keys().await
+                let fetched = self.fetch_keys().await;
+                self.count(&fetched);
+                fetched
             } else {
                 self.discover().await
             };
