@@ -119,6 +119,11 @@ pub struct Config {
     #[arg(long, env = "CONFAB_OIDC_CLIENT_ID", global = true)]
     pub oidc_client_id: Option<String>,
 
+    /// Let webhooks reach loopback, private and link-local addresses (refused by default, so
+    /// that a webhook cannot be aimed at the cluster's own services or cloud metadata).
+    #[arg(long, env = "CONFAB_WEBHOOK_ALLOW_PRIVATE", global = true)]
+    pub webhook_allow_private: bool,
+
     /// Log format: json for production, pretty for a terminal.
     #[arg(
         long,

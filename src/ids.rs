@@ -44,4 +44,12 @@ macro_rules! id_type {
     )*};
 }
 
-id_type!(UserId, RoomId, MessageId, FamilyId, PodId, AttachmentId);
+id_type!(
+    UserId,
+    RoomId,
+    MessageId,
+    FamilyId,
+    PodId,
+    AttachmentId,
+    WebhookId
+);

@@ -42,6 +42,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod validate;
+pub mod webhooks;
 pub mod ws;
 
 /// Milliseconds since the Unix epoch: the unit of every stored time.

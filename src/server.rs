@@ -87,6 +87,8 @@ pub(crate) async fn build(
         store::QueryTimer::new(metrics.store_query.clone()),
     )
     .await?;
+    // Which webhooks want which events, for the outbox the store writes.
+    store.reload_webhooks().await?;
     let secret = match &config.jwt_secret {
         Some(s) => s.clone(),
         None => store.setting_init("jwt_secret", &random_token()).await?,
@@ -236,6 +238,11 @@ pub async fn run(
             }
         }));
     }
+    // Webhooks: the delivery worker and the backlog gauges, on every pod.
+    background.push(tokio::spawn(
+        crate::webhooks::Worker::new(state.clone())?.run(),
+    ));
+    background.push(tokio::spawn(crate::webhooks::watch_backlog(state.clone())));
     let retention_every = Duration::from_secs(state.config.retention_interval_secs.max(1));
     background.push(tokio::spawn(crate::operator::retention(
         state.clone(),

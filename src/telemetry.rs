@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::config::LogFormat;
@@ -136,6 +136,10 @@ pub struct Inner {
     pub redis_command: HistogramVec,
     pub rate_limited: IntCounterVec,
     pub oidc_fetches: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_attempt_seconds: Histogram,
+    pub webhook_queue_depth: IntGauge,
+    pub webhook_oldest_due_seconds: Gauge,
     pub ready: IntGauge,
     pub outbound_queue_frames: IntGauge,
     pub outbound_queue_max_frames: IntGauge,
@@ -183,6 +187,30 @@ impl Metrics {
             ws_opened: reg!(IntCounter::new(
                 "confab_ws_connections_opened_total",
                 "WebSocket connections opened."
+            )),
+            webhook_deliveries: reg!(IntCounterVec::new(
+                Opts::new(
+                    "confab_webhook_deliveries_total",
+                    "Webhook delivery attempts by outcome: delivered, retry (will be tried again) or failed (given up)."
+                ),
+                &["outcome"]
+            )),
+            webhook_attempt_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "confab_webhook_attempt_duration_seconds",
+                    "Time of one webhook delivery attempt, answer read."
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+                ])
+            )),
+            webhook_queue_depth: reg!(IntGauge::new(
+                "confab_webhook_queue_depth",
+                "Webhook events waiting for delivery (due or being retried), installation-wide."
+            )),
+            webhook_oldest_due_seconds: reg!(Gauge::new(
+                "confab_webhook_oldest_due_age_seconds",
+                "Age of the oldest webhook event not yet delivered (0 when none)."
             )),
             oidc_fetches: reg!(IntCounterVec::new(
                 Opts::new(

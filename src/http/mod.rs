@@ -17,6 +17,7 @@ pub mod ops;
 pub mod rooms;
 pub mod updates;
 pub mod web;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -190,6 +191,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(account::router())
         .merge(admin::router())
         .merge(bots::router())
+        .merge(webhooks::router())
         .merge(attachments::router())
         .merge(web::router())
         .route("/api/v1/openapi.json", get(openapi::openapi_json))

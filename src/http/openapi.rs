@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{account, admin, attachments, auth, blocks, bots, messages, rooms, updates};
+use super::{account, admin, attachments, auth, blocks, bots, messages, rooms, updates, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use super::{account, admin, attachments, auth, blocks, bots, messages, rooms, up
         rooms::mute, rooms::unmute, rooms::set_role, attachments::upload, attachments::download,
         admin::users, admin::rooms, admin::ban, admin::unban, admin::mute, admin::unmute, admin::stats, admin::config,
         bots::create, bots::list, bots::add_key, bots::revoke_key, bots::remove,
+        webhooks::create, webhooks::list, webhooks::remove, webhooks::deliveries,
     ),
     modifiers(&BearerAuth, &ErrorAnswers, &Patterns),
     security(("bearer" = [])),

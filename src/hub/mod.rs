@@ -687,6 +687,15 @@ impl Hub {
                 }
                 return;
             }
+            ControlEvent::WebhooksChanged => {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.reload_webhooks().await {
+                        tracing::warn!(error = %e, "reloading webhooks failed");
+                    }
+                });
+                return;
+            }
             ControlEvent::KeyRevoked { key } => {
                 let keyed = self.keyed.lock().expect("keyed lock");
                 for (k, o) in keyed.values() {
@@ -829,6 +838,8 @@ pub enum ControlEvent {
     KeyRevoked {
         key: String,
     },
+    /// Webhooks were added or removed: every pod reloads which events its outbox records.
+    WebhooksChanged,
     RoomChanged {
         room: RoomId,
     },

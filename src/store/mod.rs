@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::ids::WebhookId;
 use crate::ids::{AttachmentId, FamilyId, MessageId, RoomId, UserId};
 
 pub use sql::{PgStore, SqliteStore};
@@ -169,6 +170,84 @@ pub struct UserRecord {
     /// An admin by its own account (an admin bot, a member of the provider's admin group),
     /// beside the usernames of `--admins`.
     pub admin: bool,
+}
+
+/// A registered webhook endpoint.
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct WebhookRecord {
+    pub id: WebhookId,
+    pub url: String,
+    /// JSON array of event types.
+    pub events: String,
+    pub secret: String,
+    pub managed_by: Option<String>,
+    pub created_at: i64,
+}
+
+impl WebhookRecord {
+    pub fn event_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.events).unwrap_or_default()
+    }
+}
+
+/// Which webhooks want which events, as the store writes its outbox: loaded from the
+/// `webhooks` table at start and again whenever any pod changes it.
+#[derive(Clone, Default)]
+pub struct WebhookRoutes(Arc<std::sync::RwLock<Vec<(WebhookId, Vec<String>)>>>);
+
+impl WebhookRoutes {
+    pub fn set(&self, hooks: &[WebhookRecord]) {
+        *self.0.write().expect("routes lock") =
+            hooks.iter().map(|h| (h.id, h.event_list())).collect();
+    }
+
+    /// The webhooks subscribed to `event`.
+    pub fn subscribers(&self, event: &str) -> Vec<WebhookId> {
+        self.0
+            .read()
+            .expect("routes lock")
+            .iter()
+            .filter(|(_, events)| events.iter().any(|e| e == event))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.read().expect("routes lock").is_empty()
+    }
+}
+
+/// An outbox event claimed for one delivery attempt.
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct DueEvent {
+    pub id: String,
+    pub webhook_id: WebhookId,
+    pub event: String,
+    pub body: String,
+    pub created_at: i64,
+    /// This attempt's number (1 for the first).
+    pub attempts: i64,
+}
+
+/// One attempt as `GET …/deliveries` shows it.
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct DeliveryRecord {
+    pub event_id: String,
+    pub event: String,
+    pub attempt: i64,
+    pub status: Option<i64>,
+    pub error: Option<String>,
+    pub at: i64,
+}
+
+/// What became of an attempt: the event's next state.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Try again at this time (ms).
+    RetryAt(i64),
+    /// Given up on: retried for the whole retry window.
+    Failed,
 }
 
 /// An API key's id with the account it belongs to.
@@ -670,6 +749,45 @@ pub trait Store: Send + Sync + 'static {
     async fn blocked_in(&self, room: RoomId, user: UserId) -> StoreResult<bool>;
     /// Which of `users` block `author`.
     async fn blockers_of(&self, author: UserId, users: &[UserId]) -> StoreResult<Vec<UserId>>;
+
+    // ---- webhooks ----
+
+    /// The outbox's view of which webhooks want which events (shared with the store).
+    fn webhook_routes(&self) -> &WebhookRoutes;
+    /// Reads the webhooks into [`Store::webhook_routes`] (at start, and when any pod changed them).
+    async fn reload_webhooks(&self) -> StoreResult<Vec<WebhookRecord>>;
+    async fn create_webhook(&self, hook: &WebhookRecord) -> StoreResult<()>;
+    async fn webhooks(&self) -> StoreResult<Vec<WebhookRecord>>;
+    async fn webhook(&self, id: WebhookId) -> StoreResult<Option<WebhookRecord>>;
+    /// Removes a webhook and its undelivered events. False when there was none.
+    async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool>;
+    /// Claims up to `limit` due events for one attempt each: nobody else claims them until
+    /// `now + lease_ms` (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so pods never take the same one).
+    async fn claim_webhook_events(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<DueEvent>>;
+    /// Records an attempt and moves its event on.
+    async fn finish_webhook_attempt(
+        &self,
+        event: &DueEvent,
+        outcome: AttemptOutcome,
+        status: Option<i64>,
+        error: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// The latest attempts of a webhook, newest first.
+    async fn webhook_deliveries(
+        &self,
+        id: WebhookId,
+        limit: i64,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+    /// Events waiting for delivery and the creation time of the oldest (ms).
+    async fn webhook_backlog(&self) -> StoreResult<(i64, Option<i64>)>;
+    /// Deletes delivered and failed events, and attempts, older than `before` (ms).
+    async fn prune_webhooks(&self, before: i64) -> StoreResult<u64>;
 
     /// Moves a marker forward (never back). True when it moved.
     async fn move_marker(

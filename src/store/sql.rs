@@ -36,11 +36,16 @@ const COMMIT_ATTEMPTS: usize = 3;
 pub struct PgStore {
     pool: sqlx::PgPool,
     timer: QueryTimer,
+    hooks: WebhookRoutes,
 }
 
 impl PgStore {
     pub fn new(pool: sqlx::PgPool, timer: QueryTimer) -> Self {
-        Self { pool, timer }
+        Self {
+            pool,
+            timer,
+            hooks: WebhookRoutes::default(),
+        }
     }
 }
 
@@ -48,11 +53,16 @@ impl PgStore {
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
     timer: QueryTimer,
+    hooks: WebhookRoutes,
 }
 
 impl SqliteStore {
     pub fn new(pool: sqlx::SqlitePool, timer: QueryTimer) -> Self {
-        Self { pool, timer }
+        Self {
+            pool,
+            timer,
+            hooks: WebhookRoutes::default(),
+        }
     }
 }
 
@@ -105,6 +115,7 @@ macro_rules! sql_store {
         $store:ident, $db:ty, $backend:literal,
         begin_write: $begin_write:literal,
         statements_on_own_thread: $own_thread:literal,
+        claim_lock: $claim_lock:literal,
         search_query: $search_query:path,
         search_room: $search_room:expr,
         search_rooms_of: $search_rooms_of:expr $(,)?
@@ -361,11 +372,10 @@ macro_rules! sql_store {
                         }
                     }
                 }
-                tx.commit().await?;
-
+                let mut records = Vec::with_capacity(rows.len());
                 for &i in &rows {
                     let m = &batch[i];
-                    out[i] = Some(CommitOutcome::New(MessageRecord {
+                    records.push((i, MessageRecord {
                         id: m.id,
                         room_id: m.room_id,
                         seq: seqs[i],
@@ -386,6 +396,22 @@ macro_rules! sql_store {
                         mentions_room: m.mentions_room,
                         pinned_at: None,
                     }));
+                }
+                // 7. The outbox: `message.created` for every webhook that wants it.
+                if !self.hooks.is_empty() {
+                    let events: Vec<_> = records
+                        .iter()
+                        .map(|(_, r)| {
+                            let data = serde_json::to_value(crate::model::Message::from(r))
+                                .expect("a message serializes");
+                            ("message.created", data)
+                        })
+                        .collect();
+                    Self::enqueue(&mut tx, &self.hooks, events).await?;
+                }
+                tx.commit().await?;
+                for (i, r) in records {
+                    out[i] = Some(CommitOutcome::New(r));
                 }
                 for (i, first) in repeats {
                     out[i] = match &out[first] {
@@ -474,6 +500,95 @@ macro_rules! sql_store {
                 .await
             }
 
+            /// Writes the outbox rows of `events` (type and `data`) for every webhook subscribed
+            /// to each, inside `tx`: an event is as durable as the change that causes it. Costs
+            /// nothing when no webhook wants the event.
+            async fn enqueue(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                routes: &WebhookRoutes,
+                events: impl IntoIterator<Item = (&'static str, serde_json::Value)>,
+            ) -> Result<(), sqlx::Error> {
+                if routes.is_empty() {
+                    return Ok(());
+                }
+                let now = crate::now_ms();
+                let timestamp = crate::model::rfc3339(now);
+                let mut rows: Vec<(String, WebhookId, &'static str, std::sync::Arc<str>)> = Vec::new();
+                for (event, data) in events {
+                    let hooks = routes.subscribers(event);
+                    if hooks.is_empty() {
+                        continue;
+                    }
+                    let body: std::sync::Arc<str> = serde_json::json!({
+                        "type": event,
+                        "timestamp": timestamp,
+                        "data": data,
+                    })
+                    .to_string()
+                    .into();
+                    for hook in hooks {
+                        let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+                        rows.push((id, hook, event, body.clone()));
+                    }
+                }
+                for chunk in rows.chunks(500) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO webhook_events (id, webhook_id, event, body, created_at, state, \
+                         attempts, next_attempt_at) ",
+                    );
+                    q.push_values(chunk, |mut b, (id, hook, event, body)| {
+                        b.push_bind(id.clone())
+                            .push_bind(*hook)
+                            .push_bind(*event)
+                            .push_bind(body.to_string())
+                            .push_bind(now)
+                            .push_bind("due")
+                            .push_bind(0_i64)
+                            .push_bind(now);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// The `message.updated` event of a message changed inside `tx`.
+            async fn message_updated(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                routes: &WebhookRoutes,
+                m: &Option<MessageRecord>,
+            ) -> Result<(), sqlx::Error> {
+                if let Some(m) = m {
+                    let data = serde_json::to_value(crate::model::Message::from(m))
+                        .expect("a message serializes");
+                    Self::enqueue(tx, routes, [("message.updated", data)]).await?;
+                }
+                Ok(())
+            }
+
+            /// A room read inside `tx`, with its `room.created` / `room.updated` event.
+            async fn room_event(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                routes: &WebhookRoutes,
+                id: RoomId,
+                event: &'static str,
+            ) -> Result<(), sqlx::Error> {
+                if routes.subscribers(event).is_empty() {
+                    return Ok(());
+                }
+                let room: Option<RoomRecord> = sqlx::query_as(concat!(
+                    "SELECT ", room_columns!(), " FROM rooms r WHERE r.id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if let Some(r) = room {
+                    let data = serde_json::to_value(crate::model::Room::from(&r))
+                        .expect("a room serializes");
+                    Self::enqueue(tx, routes, [(event, data)]).await?;
+                }
+                Ok(())
+            }
+
             /// Takes the room's next rev inside `tx` (and, on PostgreSQL, its row lock: changes
             /// to one room's messages are serialised). None when the room does not exist.
             async fn next_rev(
@@ -496,6 +611,10 @@ macro_rules! sql_store {
 
                 fn statements_on_own_thread(&self) -> bool {
                     $own_thread
+                }
+
+                fn webhook_routes(&self) -> &WebhookRoutes {
+                    &self.hooks
                 }
             }
             timed {
@@ -684,6 +803,159 @@ macro_rules! sql_store {
                     Ok(done.rows_affected() == 1)
                 }
 
+                async fn reload_webhooks(&self) -> StoreResult<Vec<WebhookRecord>> {
+                    let hooks = self.webhooks().await?;
+                    self.hooks.set(&hooks);
+                    Ok(hooks)
+                }
+
+                async fn create_webhook(&self, hook: &WebhookRecord) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO webhooks (id, url, events, secret, managed_by, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(hook.id)
+                    .bind(&hook.url)
+                    .bind(&hook.events)
+                    .bind(&hook.secret)
+                    .bind(&hook.managed_by)
+                    .bind(hook.created_at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn webhooks(&self) -> StoreResult<Vec<WebhookRecord>> {
+                    Ok(sqlx::query_as("SELECT * FROM webhooks ORDER BY created_at, id")
+                        .fetch_all(&self.pool)
+                        .await?)
+                }
+
+                async fn webhook(&self, id: WebhookId) -> StoreResult<Option<WebhookRecord>> {
+                    Ok(sqlx::query_as("SELECT * FROM webhooks WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?)
+                }
+
+                async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool> {
+                    let mut tx = self.begin_write().await?;
+                    for sql in [
+                        "DELETE FROM webhook_events WHERE webhook_id = $1",
+                        "DELETE FROM webhook_deliveries WHERE webhook_id = $1",
+                    ] {
+                        sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+                    }
+                    let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn claim_webhook_events(
+                    &self,
+                    now: i64,
+                    lease_ms: i64,
+                    limit: i64,
+                ) -> StoreResult<Vec<DueEvent>> {
+                    let mut tx = self.begin_write().await?;
+                    let claimed: Vec<DueEvent> = sqlx::query_as(concat!(
+                        "UPDATE webhook_events SET locked_until = $2, attempts = attempts + 1 \
+                         WHERE id IN (SELECT id FROM webhook_events WHERE state = 'due' \
+                         AND next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
+                         ORDER BY next_attempt_at LIMIT $3 ",
+                        $claim_lock,
+                        ") RETURNING id, webhook_id, event, body, created_at, attempts"
+                    ))
+                    .bind(now)
+                    .bind(now + lease_ms)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(claimed)
+                }
+
+                async fn finish_webhook_attempt(
+                    &self,
+                    event: &DueEvent,
+                    outcome: AttemptOutcome,
+                    status: Option<i64>,
+                    error: Option<&str>,
+                    now: i64,
+                ) -> StoreResult<()> {
+                    let (state, next) = match outcome {
+                        AttemptOutcome::Delivered => ("delivered", now),
+                        AttemptOutcome::RetryAt(at) => ("due", at),
+                        AttemptOutcome::Failed => ("failed", now),
+                    };
+                    let mut tx = self.begin_write().await?;
+                    sqlx::query(
+                        "UPDATE webhook_events SET state = $2, next_attempt_at = $3, \
+                         locked_until = NULL WHERE id = $1",
+                    )
+                    .bind(&event.id)
+                    .bind(state)
+                    .bind(next)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO webhook_deliveries (webhook_id, event_id, event, attempt, \
+                         status, error, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(event.webhook_id)
+                    .bind(&event.id)
+                    .bind(&event.event)
+                    .bind(event.attempts)
+                    .bind(status)
+                    .bind(error)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn webhook_deliveries(
+                    &self,
+                    id: WebhookId,
+                    limit: i64,
+                ) -> StoreResult<Vec<DeliveryRecord>> {
+                    Ok(sqlx::query_as(
+                        "SELECT event_id, event, attempt, status, error, at FROM webhook_deliveries \
+                         WHERE webhook_id = $1 ORDER BY at DESC, attempt DESC LIMIT $2",
+                    )
+                    .bind(id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+                }
+
+                async fn webhook_backlog(&self) -> StoreResult<(i64, Option<i64>)> {
+                    Ok(sqlx::query_as(
+                        "SELECT COUNT(*), MIN(created_at) FROM webhook_events WHERE state = 'due'",
+                    )
+                    .fetch_one(&self.pool)
+                    .await?)
+                }
+
+                async fn prune_webhooks(&self, before: i64) -> StoreResult<u64> {
+                    let events = sqlx::query(
+                        "DELETE FROM webhook_events WHERE state <> 'due' AND next_attempt_at < $1",
+                    )
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    sqlx::query("DELETE FROM webhook_deliveries WHERE at < $1")
+                        .bind(before)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(events)
+                }
+
                 async fn insert_refresh(
                     &self,
                     token_hash: &str,
@@ -787,6 +1059,7 @@ macro_rules! sql_store {
                     .bind(r.created_at)
                     .execute(&mut *tx)
                     .await?;
+                    Self::room_event(&mut tx, &self.hooks, r.id, "room.created").await?;
                     tx.commit().await?;
                     self.room(r.id).await?.ok_or(StoreError::NotFound)
                 }
@@ -897,6 +1170,7 @@ macro_rules! sql_store {
                 }
 
                 async fn update_room(&self, id: RoomId, c: &RoomChanges<'_>) -> StoreResult<RoomRecord> {
+                    let mut tx = self.begin_write().await?;
                     sqlx::query(
                         "UPDATE rooms SET topic = COALESCE($2, topic), kind = COALESCE($3, kind), \
                          slow_mode_seconds = COALESCE($4, slow_mode_seconds), \
@@ -915,16 +1189,21 @@ macro_rules! sql_store {
                     .bind(c.managed_by.is_some())
                     .bind(c.managed_by.flatten())
                     .bind(c.archived)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                    Self::room_event(&mut tx, &self.hooks, id, "room.updated").await?;
+                    tx.commit().await?;
                     self.room(id).await?.ok_or(StoreError::NotFound)
                 }
 
                 async fn archive_room(&self, id: RoomId) -> StoreResult<()> {
+                    let mut tx = self.begin_write().await?;
                     sqlx::query("UPDATE rooms SET archived = TRUE WHERE id = $1")
                         .bind(id)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    Self::room_event(&mut tx, &self.hooks, id, "room.updated").await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -984,6 +1263,7 @@ macro_rules! sql_store {
                 }
 
                 async fn add_member(&self, room: RoomId, user: UserId, role: Role) -> StoreResult<bool> {
+                    let mut tx = self.begin_write().await?;
                     let done = sqlx::query(
                         "INSERT INTO members (room_id, user_id, role, joined_at) \
                          VALUES ($1, $2, $3, $4) ON CONFLICT (room_id, user_id) DO NOTHING",
@@ -992,9 +1272,15 @@ macro_rules! sql_store {
                     .bind(user)
                     .bind(role.as_str())
                     .bind(crate::now_ms())
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
-                    Ok(done.rows_affected() == 1)
+                    let added = done.rows_affected() == 1;
+                    if added {
+                        let data = serde_json::json!({"room": room, "user": user});
+                        Self::enqueue(&mut tx, &self.hooks, [("member.joined", data)]).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(added)
                 }
 
                 async fn set_role(&self, room: RoomId, user: UserId, role: Role) -> StoreResult<bool> {
@@ -1008,12 +1294,19 @@ macro_rules! sql_store {
                 }
 
                 async fn remove_member(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
+                    let mut tx = self.begin_write().await?;
                     let done = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
                         .bind(room)
                         .bind(user)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
-                    Ok(done.rows_affected() == 1)
+                    let removed = done.rows_affected() == 1;
+                    if removed {
+                        let data = serde_json::json!({"room": room, "user": user});
+                        Self::enqueue(&mut tx, &self.hooks, [("member.left", data)]).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(removed)
                 }
 
                 async fn members(&self, room: RoomId) -> StoreResult<Vec<MemberUser>> {
@@ -1141,6 +1434,7 @@ macro_rules! sql_store {
                         return Ok(None); // dropping the transaction gives the rev back
                     }
                     let m = Self::message_in(&mut tx, room, seq).await?;
+                    Self::message_updated(&mut tx, &self.hooks, &m).await?;
                     tx.commit().await?;
                     Ok(m)
                 }
@@ -1170,6 +1464,7 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                     let m = Self::message_in(&mut tx, room, seq).await?;
+                    Self::message_updated(&mut tx, &self.hooks, &m).await?;
                     tx.commit().await?;
                     Ok(m)
                 }
@@ -1260,6 +1555,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                     let m = Self::message_in(&mut tx, room, seq).await?;
+                    Self::message_updated(&mut tx, &self.hooks, &m).await?;
                     tx.commit().await?;
                     Ok(m.map_or(Change::NoMessage, |m| Change::Made(Box::new(m))))
                 }
@@ -1304,6 +1600,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                     let m = Self::message_in(&mut tx, room, seq).await?;
+                    Self::message_updated(&mut tx, &self.hooks, &m).await?;
                     tx.commit().await?;
                     Ok(m.map_or(Change::NoMessage, |m| Change::Made(Box::new(m))))
                 }
@@ -1655,6 +1952,7 @@ sql_store!(
     begin_write: "BEGIN",
     // Its connections are sockets of the runtime that opened them.
     statements_on_own_thread: false,
+    claim_lock: "FOR UPDATE SKIP LOCKED",
     search_query: plain_text,
     search_room: concat!(
         "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
@@ -1674,6 +1972,8 @@ sql_store!(
     begin_write: "BEGIN IMMEDIATE",
     // sqlx runs each SQLite connection's statements on a thread of its own.
     statements_on_own_thread: true,
+    // One process writes SQLite: nothing to skip.
+    claim_lock: "",
     search_query: fts5_words,
     search_room: concat!(
         "SELECT ", message_columns!(), " FROM messages_fts f \

@@ -503,7 +503,8 @@ impl Connection {
             // The hub closes the sockets of banned and deleted accounts itself.
             ControlEvent::UserBanned { .. }
             | ControlEvent::UserDeleted { .. }
-            | ControlEvent::KeyRevoked { .. } => None,
+            | ControlEvent::KeyRevoked { .. }
+            | ControlEvent::WebhooksChanged => None,
             ControlEvent::Blocked { user, .. } => {
                 if user == self.user.id {
                     self.blocked = None;

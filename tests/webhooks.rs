@@ -1,0 +1,486 @@
+//! Webhooks (protocol v1.1): a receiver started by the test (a real HTTP server) records what
+//! confab posts; events are signed, retried with the same `webhook-id`, survive a restart, and
+//! two pods never deliver one event twice.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode as HttpStatus};
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{Postgres, Redis, Server, User, eventually};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// A webhook receiver: records every request; answers 500 to the first `fail_first` requests
+/// of each webhook-id, then 200.
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+    fail_first: Arc<Mutex<usize>>,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let r = Receiver {
+            url: format!("http://{}/hook", listener.local_addr().unwrap()),
+            got: Arc::default(),
+            fail_first: Arc::new(Mutex::new(fail_first)),
+            seen: Arc::default(),
+        };
+        let app = Router::new()
+            .route(
+                "/hook",
+                post(
+                    |State(r): State<Receiver>, headers: HeaderMap, body: String| async move {
+                        let h = |n: &str| {
+                            headers
+                                .get(n)
+                                .map(|v| v.to_str().unwrap().to_string())
+                                .unwrap_or_default()
+                        };
+                        let id = h("webhook-id");
+                        r.got.lock().unwrap().push(Received {
+                            id: id.clone(),
+                            timestamp: h("webhook-timestamp"),
+                            signature: h("webhook-signature"),
+                            body,
+                        });
+                        let mut seen = r.seen.lock().unwrap();
+                        let n = seen.entry(id).or_default();
+                        *n += 1;
+                        if *n <= *r.fail_first.lock().unwrap() {
+                            HttpStatus::INTERNAL_SERVER_ERROR
+                        } else {
+                            HttpStatus::NO_CONTENT
+                        }
+                    },
+                ),
+            )
+            .with_state(r.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        r
+    }
+
+    fn got(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until a request of event `kind` whose data satisfies `f` arrived.
+    async fn wait_for(&self, kind: &str, f: impl Fn(&Value) -> bool) -> Received {
+        let mut found = None;
+        let ok = eventually(Duration::from_secs(10), || {
+            let hit = self
+                .got()
+                .into_iter()
+                .find(|r| r.json()["type"] == kind && f(&r.json()["data"]));
+            let done = hit.is_some();
+            found = hit;
+            async move { done }
+        })
+        .await;
+        assert!(ok, "no {kind} event arrived; got {:?}", self.got());
+        found.unwrap()
+    }
+}
+
+/// The signature a Standard Webhooks verifier expects, computed here independently.
+fn expected_signature(secret: &str, r: &Received) -> String {
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
+    let signed = format!("{}.{}.{}", r.id, r.timestamp, r.body);
+    let tag = aws_lc_rs::hmac::sign(&key, signed.as_bytes());
+    format!("v1,{}", STANDARD.encode(tag.as_ref()))
+}
+
+fn config() -> (confab::config::Config, tempfile::TempDir) {
+    let (mut c, dir) = common::embedded();
+    c.admins = vec!["root".into()];
+    c.webhook_allow_private = true;
+    (c, dir)
+}
+
+async fn register(root: &User, url: &str, events: &[&str]) -> Value {
+    let (st, hook) = root
+        .api
+        .post(
+            "/api/v1/admin/webhooks",
+            json!({"url": url, "events": events}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{hook}");
+    hook
+}
+
+#[tokio::test]
+async fn every_event_type_arrives_signed() {
+    let (c, dir) = config();
+    let s = Server::start_with(c, Some(dir)).await;
+    let root = s.user("root").await;
+    let alice = s.user("alice").await;
+    let receiver = Receiver::start(0).await;
+    let hook = register(
+        &root,
+        &receiver.url,
+        &[
+            "message.created",
+            "message.updated",
+            "member.joined",
+            "member.left",
+            "room.created",
+            "room.updated",
+        ],
+    )
+    .await;
+    let secret = hook["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+    let (_, list) = root.api.get("/api/v1/admin/webhooks").await;
+    assert_eq!(list["webhooks"][0]["id"], hook["id"]);
+    assert!(
+        list["webhooks"][0].get("secret").is_none(),
+        "secrets are shown once"
+    );
+
+    let room = root.create_room("general", "public").await;
+    let created = receiver
+        .wait_for("room.created", |d| d["id"] == room.as_str())
+        .await;
+    assert_eq!(created.json()["data"]["name"], "general");
+    alice.join(&room).await;
+    receiver
+        .wait_for("member.joined", |d| {
+            d["room"] == room.as_str() && d["user"] == alice.id.as_str()
+        })
+        .await;
+    let m = alice.post_message(&room, "hello hooks").await;
+    let sent = receiver
+        .wait_for("message.created", |d| d["body"] == "hello hooks")
+        .await;
+    assert_eq!(sent.json()["data"]["seq"], m["seq"]);
+    assert_eq!(sent.json()["data"]["room"], room.as_str());
+    assert!(sent.json()["timestamp"].as_str().unwrap().ends_with('Z'));
+    let (st, _) = alice
+        .api
+        .put(&format!("/api/v1/rooms/{room}/messages/1/reactions/:tada:"))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    receiver
+        .wait_for("message.updated", |d| {
+            d["reactions"][0]["emoji"] == ":tada:"
+        })
+        .await;
+    let (st, _) = root
+        .api
+        .patch(&format!("/api/v1/rooms/{room}"), json!({"topic": "hooks"}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    receiver
+        .wait_for("room.updated", |d| d["topic"] == "hooks")
+        .await;
+    let (st, _) = alice
+        .api
+        .post(&format!("/api/v1/rooms/{room}/leave"), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    receiver
+        .wait_for("member.left", |d| d["user"] == alice.id.as_str())
+        .await;
+
+    // Every request carries the Standard Webhooks headers and a valid signature.
+    for r in receiver.got() {
+        assert!(r.id.starts_with("evt_"), "{r:?}");
+        let ts: u64 = r.timestamp.parse().unwrap();
+        assert!(ts.abs_diff(confab::now_secs()) < 60);
+        assert_eq!(r.signature, expected_signature(&secret, &r), "{r:?}");
+    }
+    // And the deliveries are listed, newest first.
+    let id = hook["id"].as_str().unwrap();
+    let (st, d) = root
+        .api
+        .get(&format!("/api/v1/admin/webhooks/{id}/deliveries?limit=3"))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let d = d["deliveries"].as_array().unwrap();
+    assert_eq!(d.len(), 3);
+    assert_eq!(
+        (&d[0]["status"], &d[0]["attempt"]),
+        (&json!(204), &json!(1))
+    );
+    assert!(d[0]["event_id"].as_str().unwrap().starts_with("evt_"));
+    // A message.created-only webhook gets nothing else.
+    let only = Receiver::start(0).await;
+    register(&root, &only.url, &["message.created"]).await;
+    alice.join(&room).await;
+    alice.post_message(&room, "second").await;
+    only.wait_for("message.created", |d| d["body"] == "second")
+        .await;
+    assert!(
+        only.got()
+            .iter()
+            .all(|r| r.json()["type"] == "message.created")
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_with_the_same_id_and_listed() {
+    let (c, dir) = config();
+    let s = Server::start_with(c, Some(dir)).await;
+    let root = s.user("root").await;
+    let receiver = Receiver::start(1).await;
+    let hook = register(&root, &receiver.url, &["message.created"]).await;
+    let room = root.create_room("general", "public").await;
+    root.post_message(&room, "try again").await;
+    // First attempt 500, the retry (5-10 s later) 204, under the same webhook-id.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            receiver.got().len() >= 2
+        })
+        .await,
+        "no retry: {:?}",
+        receiver.got()
+    );
+    let got = receiver.got();
+    assert_eq!(got[0].id, got[1].id);
+    assert_eq!(got[0].body, got[1].body, "the same event, byte for byte");
+    let id = hook["id"].as_str().unwrap();
+    let (_, d) = root
+        .api
+        .get(&format!("/api/v1/admin/webhooks/{id}/deliveries"))
+        .await;
+    let d = d["deliveries"].as_array().unwrap().clone();
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (&d[0]["attempt"], &d[0]["status"]),
+        (&json!(2), &json!(204))
+    );
+    assert_eq!(
+        (&d[1]["attempt"], &d[1]["status"]),
+        (&json!(1), &json!(500))
+    );
+    let metrics = s.metrics().await;
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "confab_webhook_deliveries_total{outcome=\"retry\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn events_due_when_the_server_stops_are_delivered_after_it_restarts() {
+    let (c, dir) = config();
+    let data = dir.path().to_path_buf();
+    let s = Server::start(c.clone()).await;
+    let root = s.user("root").await;
+    // Nothing listens at the URL yet: every attempt fails and the events stay due.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let url = format!("http://{addr}/hook");
+    register(&root, &url, &["message.created"]).await;
+    let room = root.create_room("general", "public").await;
+    for i in 0..5 {
+        root.post_message(&room, &format!("m{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.shutdown().await.unwrap();
+
+    // The receiver comes up where the URL points, and the server starts again.
+    let receiver = {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let r = Receiver {
+            url,
+            got: Arc::default(),
+            fail_first: Arc::new(Mutex::new(0)),
+            seen: Arc::default(),
+        };
+        let app = Router::new()
+            .route(
+                "/hook",
+                post(
+                    |State(r): State<Receiver>, headers: HeaderMap, body: String| async move {
+                        let id = headers["webhook-id"].to_str().unwrap().to_string();
+                        r.got.lock().unwrap().push(Received {
+                            id,
+                            timestamp: String::new(),
+                            signature: String::new(),
+                            body,
+                        });
+                        HttpStatus::OK
+                    },
+                ),
+            )
+            .with_state(r.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        r
+    };
+    let mut again = c;
+    again.data_dir = data;
+    let _s = Server::start_with(again, Some(dir)).await;
+    assert!(
+        eventually(Duration::from_secs(25), || async {
+            receiver.got().len() >= 5
+        })
+        .await,
+        "got {:?}",
+        receiver.got()
+    );
+    let mut bodies: Vec<String> = receiver
+        .got()
+        .iter()
+        .map(|r| r.json()["data"]["body"].as_str().unwrap().to_string())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+#[tokio::test]
+async fn bad_webhooks_are_refused_naming_the_problem() {
+    let (mut c, dir) = config();
+    c.webhook_allow_private = false;
+    let s = Server::start_with(c, Some(dir)).await;
+    let root = s.user("root").await;
+    let alice = s.user("alice").await;
+    for (body, words) in [
+        (
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["message.created"]}),
+            "private",
+        ),
+        (
+            json!({"url": "http://localhost/hook", "events": ["message.created"]}),
+            "private",
+        ),
+        (
+            json!({"url": "http://169.254.169.254/latest", "events": ["message.created"]}),
+            "link-local",
+        ),
+        (
+            json!({"url": "http://[::1]/hook", "events": ["message.created"]}),
+            "loopback",
+        ),
+        (
+            json!({"url": "http://10.0.0.8/hook", "events": ["message.created"]}),
+            "private",
+        ),
+        (
+            json!({"url": "ftp://example.com/hook", "events": ["message.created"]}),
+            "http",
+        ),
+        (
+            json!({"url": "https://no-such-host.invalid/hook", "events": ["message.created"]}),
+            "cannot be resolved",
+        ),
+        (
+            json!({"url": "not a url", "events": ["message.created"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://93.184.216.34/hook", "events": ["message.sent"]}),
+            "unknown event type",
+        ),
+        (
+            json!({"url": "https://93.184.216.34/hook", "events": []}),
+            "at least one",
+        ),
+        (
+            json!({"url": "https://93.184.216.34/hook", "events": ["message.created"], "secret": "hunter2"}),
+            "whsec_",
+        ),
+    ] {
+        let (st, answer) = root.api.post("/api/v1/admin/webhooks", body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(words),
+            "{body}: '{message}' should say '{words}'"
+        );
+    }
+    let (st, _) = alice
+        .api
+        .post(
+            "/api/v1/admin/webhooks",
+            json!({"url": "https://example.com/hook", "events": ["message.created"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = root
+        .api
+        .delete(&format!("/api/v1/admin/webhooks/{}", uuid_nil()))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = root.api.get("/api/v1/admin/webhooks/x/deliveries").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+fn uuid_nil() -> &'static str {
+    "00000000-0000-0000-0000-000000000000"
+}
+
+#[tokio::test]
+async fn two_pods_deliver_each_event_once() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let config = || {
+        let mut c = common::unlimited(common::cluster(&pg, &redis));
+        c.admins = vec!["root".into()];
+        c.webhook_allow_private = true;
+        c
+    };
+    let a = Server::start(config()).await;
+    let b = Server::start(config()).await;
+    let root = a.user("root").await;
+    let receiver = Receiver::start(0).await;
+    register(&root, &receiver.url, &["message.created"]).await;
+    let room = root.create_room("general", "public").await;
+    b.user("bob").await;
+    let bob = b.login("bob").await;
+    bob.join(&room).await;
+    // Messages committed on both pods; both pods' workers claim from one outbox.
+    for i in 0..40 {
+        let who = if i % 2 == 0 { &root } else { &bob };
+        who.post_message(&room, &format!("m{i}")).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            receiver.got().len() >= 40
+        })
+        .await,
+        "got {}",
+        receiver.got().len()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = receiver.got();
+    let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((got.len(), ids.len()), (40, 40), "each event once");
+}
