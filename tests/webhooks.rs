@@ -484,3 +484,75 @@ async fn two_pods_deliver_each_event_once() {
     ids.dedup();
     assert_eq!((got.len(), ids.len()), (40, 40), "each event once");
 }
+
+#[tokio::test]
+async fn people_with_no_socket_anywhere_get_notification_events() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let config = || {
+        let mut c = common::unlimited(common::cluster(&pg, &redis));
+        c.admins = vec!["root".into()];
+        c.webhook_allow_private = true;
+        c
+    };
+    let a = Server::start(config()).await;
+    let b = Server::start(config()).await;
+    let root = a.user("root").await;
+    let receiver = Receiver::start(0).await;
+    register(&root, &receiver.url, &["notification"]).await;
+    let bob = a.user("bob").await;
+    let carol = a.user("carol").await;
+    let dave = a.user("dave").await;
+    let room = bob.create_room("general", "public").await;
+    carol.join(&room).await;
+    dave.join(&room).await;
+    // Carol has a socket open on pod b (not subscribed to the room); Dave has none.
+    let carol_b = b.login("carol").await;
+    let mut carols = carol_b.connect().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    bob.post_message(&room, "@carol @dave standup in five")
+        .await;
+    let event = receiver
+        .wait_for("notification", |d| d["user"] == dave.id.as_str())
+        .await;
+    let data = &event.json()["data"];
+    assert_eq!(
+        (&data["reason"], &data["room"], &data["message"]["body"]),
+        (
+            &json!("mention"),
+            &json!(room),
+            &json!("@carol @dave standup in five")
+        )
+    );
+    // Carol was told on her socket instead.
+    assert_eq!(carols.expect("notification").await["reason"], "mention");
+    // A direct message to Dave, who is still offline.
+    let (_, dm) = bob
+        .api
+        .post("/api/v1/dms", json!({"user_id": dave.id}))
+        .await;
+    let dm = dm["id"].as_str().unwrap().to_string();
+    bob.post_message(&dm, "are you there?").await;
+    receiver
+        .wait_for("notification", |d| {
+            d["reason"] == "dm" && d["room"] == dm.as_str()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let for_carol = receiver
+        .got()
+        .iter()
+        .filter(|r| r.json()["data"]["user"] == carol.id.as_str())
+        .count();
+    assert_eq!(
+        for_carol, 0,
+        "someone with a socket on another pod is not offline"
+    );
+    let for_bob = receiver
+        .got()
+        .iter()
+        .filter(|r| r.json()["data"]["user"] == bob.id.as_str())
+        .count();
+    assert_eq!(for_bob, 0, "nobody is notified of their own message");
+}

@@ -30,6 +30,10 @@ impl Bus for LocalBus {
     async fn presence_sweep(&self, _room: RoomId) -> Vec<UserId> {
         Vec::new()
     }
+    async fn connected_set(&self, _user: UserId, _connected: bool) {}
+    async fn connected_remote(&self, _users: &[UserId]) -> Vec<UserId> {
+        Vec::new()
+    }
     async fn announce(&self, _stats: &PodStats) {}
     async fn pods_remote(&self) -> Vec<PodStats> {
         Vec::new()

@@ -129,6 +129,10 @@ pub trait Bus: Send + Sync + 'static {
     /// same time, only the one whose delete took effect returns a user, so one offline event
     /// goes out.
     async fn presence_sweep(&self, room: RoomId) -> Vec<UserId>;
+    /// Records that `user` has (or no longer has) any socket open on this pod.
+    async fn connected_set(&self, user: UserId, connected: bool);
+    /// Which of `users` have a socket open on another pod.
+    async fn connected_remote(&self, users: &[UserId]) -> Vec<UserId>;
     /// Publishes this pod's stats for the admin API (refreshed every few seconds).
     async fn announce(&self, stats: &PodStats);
     /// The other live pods' latest stats.

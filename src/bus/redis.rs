@@ -47,6 +47,11 @@ fn presence_key(room: RoomId) -> String {
     format!("confab:presence:{room}")
 }
 
+/// Which pods a user has sockets on: fields `{pod}` with an expiry time, like presence.
+fn connected_key(user: UserId) -> String {
+    format!("confab:connected:{user}")
+}
+
 /// The user of a presence field (`{pod}/{user}`).
 fn presence_user(field: &str) -> Option<UserId> {
     field.split_once('/')?.1.parse().ok()
@@ -363,6 +368,48 @@ impl Bus for RedisBus {
         if let Err(e) = done {
             tracing::warn!(error = %e, %room, "presence update failed");
         }
+    }
+
+    async fn connected_set(&self, user: UserId, connected: bool) {
+        let mut con = self.commands.clone();
+        let key = connected_key(user);
+        let field = self.pod.to_string();
+        let done: redis::RedisResult<()> = if connected {
+            redis::pipe()
+                .hset(&key, field, crate::now_ms() + PRESENCE_TTL_MS)
+                .ignore()
+                .pexpire(&key, PRESENCE_TTL_MS)
+                .ignore()
+                .query_async(&mut con)
+                .await
+        } else {
+            con.hdel(&key, field).await
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, %user, "connection presence update failed");
+        }
+    }
+
+    async fn connected_remote(&self, users: &[UserId]) -> Vec<UserId> {
+        let mut con = self.commands.clone();
+        let me = self.pod.to_string();
+        let now = crate::now_ms();
+        let mut online = Vec::new();
+        // Each user's key lives on its own slot: one command each (few users per message).
+        for &user in users {
+            let started = Instant::now();
+            let entries: redis::RedisResult<Vec<(String, i64)>> =
+                con.hgetall(connected_key(user)).await;
+            self.observe("hgetall", started);
+            if entries
+                .unwrap_or_default()
+                .iter()
+                .any(|(pod, expires)| *pod != me && *expires > now)
+            {
+                online.push(user);
+            }
+        }
+        online
     }
 
     async fn presence_remote(&self, room: RoomId) -> Vec<UserId> {

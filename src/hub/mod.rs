@@ -146,9 +146,30 @@ impl Hub {
     // ---- connections -------------------------------------------------------------------
 
     pub fn register(&self, outbox: &Outbox) {
-        self.users.lock().expect("users lock").insert(outbox);
+        let first = {
+            let mut users = self.users.lock().expect("users lock");
+            users.insert(outbox);
+            users.connections_of(outbox.user) == 1
+        };
         self.metrics.ws_connections.inc();
         self.metrics.ws_opened.inc();
+        if first && self.bus.has_peers() {
+            // Other pods learn the user has a socket here (for offline notifications).
+            let (bus, user) = (self.bus.clone(), outbox.user);
+            tokio::spawn(async move { bus.connected_set(user, true).await });
+        }
+    }
+
+    /// Which of `users` have a socket open on any pod.
+    pub async fn connected(&self, users: &[UserId]) -> Vec<UserId> {
+        let (mut here, elsewhere): (Vec<UserId>, Vec<UserId>) = {
+            let registry = self.users.lock().expect("users lock");
+            users.iter().partition(|u| registry.connections_of(**u) > 0)
+        };
+        if !elsewhere.is_empty() && self.bus.has_peers() {
+            here.extend(self.bus.connected_remote(&elsewhere).await);
+        }
+        here
     }
 
     /// Forgets a connection and everything it was subscribed to.
@@ -160,9 +181,16 @@ impl Hub {
         for room in rooms {
             self.unsubscribe(room, outbox).await;
         }
-        self.users.lock().expect("users lock").remove(outbox);
+        let last = {
+            let mut users = self.users.lock().expect("users lock");
+            users.remove(outbox);
+            users.connections_of(outbox.user) == 0
+        };
         self.keyed.lock().expect("keyed lock").remove(&outbox.conn);
         self.metrics.ws_connections.dec();
+        if last && self.bus.has_peers() {
+            self.bus.connected_set(outbox.user, false).await;
+        }
     }
 
     /// Notes that a connection was opened with the API key `key` (see [`ControlEvent::KeyRevoked`]).
@@ -344,6 +372,12 @@ impl Hub {
 
     /// Re-announces this pod's presence entries so that they do not expire while in use.
     pub async fn refresh_presence(&self) {
+        if self.bus.has_peers() {
+            let users: Vec<UserId> = self.users.lock().expect("users lock").users().collect();
+            for user in users {
+                self.bus.connected_set(user, true).await;
+            }
+        }
         let entries: Vec<(RoomId, Vec<UserId>)> = self
             .rooms
             .read()
@@ -436,6 +470,32 @@ impl Hub {
             users.retain(|u| !blockers.contains(u));
             if users.is_empty() {
                 continue;
+            }
+            // Those with no socket anywhere get a `notification` webhook event instead, for
+            // a push (only looked up when a webhook wants it).
+            if !self
+                .store
+                .webhook_routes()
+                .subscribers("notification")
+                .is_empty()
+            {
+                let connected = self.connected(&users).await;
+                let events: Vec<(&'static str, serde_json::Value)> = users
+                    .iter()
+                    .filter(|u| !connected.contains(u))
+                    .map(|u| {
+                        let data = serde_json::json!({
+                            "user": u,
+                            "reason": reason,
+                            "room": m.room_id,
+                            "message": &message,
+                        });
+                        ("notification", data)
+                    })
+                    .collect();
+                if !events.is_empty() {
+                    self.store.enqueue_webhook_events(events).await?;
+                }
             }
             let frame = ServerFrame::Notification {
                 reason,

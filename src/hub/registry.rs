@@ -56,6 +56,11 @@ impl Registry {
         self.connections == 0
     }
 
+    /// The users with at least one connection here.
+    pub fn users(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.users.keys().copied()
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &Outbox> {
         self.users.values().flat_map(HashMap::values)
     }

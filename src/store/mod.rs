@@ -784,6 +784,12 @@ pub trait Store: Send + Sync + 'static {
         id: WebhookId,
         limit: i64,
     ) -> StoreResult<Vec<DeliveryRecord>>;
+    /// Records webhook events (type and `data`) for the webhooks that want them, in a
+    /// transaction of their own (for events that follow a commit, like notifications).
+    async fn enqueue_webhook_events(
+        &self,
+        events: Vec<(&'static str, serde_json::Value)>,
+    ) -> StoreResult<()>;
     /// Events waiting for delivery and the creation time of the oldest (ms).
     async fn webhook_backlog(&self) -> StoreResult<(i64, Option<i64>)>;
     /// Deletes delivered and failed events, and attempts, older than `before` (ms).

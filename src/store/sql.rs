@@ -933,6 +933,16 @@ macro_rules! sql_store {
                     .await?)
                 }
 
+                async fn enqueue_webhook_events(
+                    &self,
+                    events: Vec<(&'static str, serde_json::Value)>,
+                ) -> StoreResult<()> {
+                    let mut tx = self.begin_write().await?;
+                    Self::enqueue(&mut tx, &self.hooks, events).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
                 async fn webhook_backlog(&self) -> StoreResult<(i64, Option<i64>)> {
                     Ok(sqlx::query_as(
                         "SELECT COUNT(*), MIN(created_at) FROM webhook_events WHERE state = 'due'",
