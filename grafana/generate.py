@@ -104,6 +104,15 @@ def overview():
     b.row("HTTP")
     b.panel("HTTP requests /s by route", [(rate("confab_http_requests_total", "route"), "{{route}}")], unit="reqps")
     b.panel("HTTP latency p99 by route", [(quantile(0.99, "confab_http_request_duration_seconds", "route"), "{{route}}")], unit="s")
+    b.row("Webhooks")
+    b.panel("Webhook deliveries /s by outcome", [(rate("confab_webhook_deliveries_total", "outcome"), "{{outcome}}")], unit="ops")
+    # Every pod reports the installation-wide backlog: max, not sum.
+    b.panel("Webhook backlog", [
+        (f'max(confab_webhook_queue_depth{{{SEL}}})', "events waiting"),
+    ])
+    b.panel("Oldest undelivered webhook event", [
+        (f'max(confab_webhook_oldest_due_age_seconds{{{SEL}}})', "age"),
+    ], unit="s", description="The alert ConfabWebhookBacklogOld fires past 15 minutes.")
     return b
 
 
