@@ -415,7 +415,7 @@ pub async fn watch_backlog(state: AppState) {
     let mut round = 0_u32;
     loop {
         round = round.wrapping_add(1);
-        if round % 6 == 0
+        if round.is_multiple_of(6)
             && let Err(e) = state.store.reload_webhooks().await
         {
             tracing::warn!(error = %e, "reloading webhooks failed");

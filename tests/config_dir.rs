@@ -428,3 +428,98 @@ async fn a_user_a_chatroom_names_hears_of_the_room_at_once() {
     );
     assert_eq!(joined["managed_by"], "chat/ops");
 }
+
+#[tokio::test]
+async fn a_chatwebhook_file_registers_a_webhook_and_its_removal_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, data) = embedded();
+    config.config_dir = Some(dir.path().to_path_buf());
+    config.config_resync_secs = 1;
+    config.admins = vec!["root".into()];
+    config.webhook_allow_private = true;
+    let s = Server::start_with(config, Some(data)).await;
+    let root = s.user("root").await;
+    // A receiver that records the event types it gets.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let file = put(
+        dir.path(),
+        "hooks.yaml",
+        &format!(
+            "apiVersion: confab.dev/v1alpha1\nkind: ChatWebhook\nmetadata: {{name: push, namespace: chat}}\n\
+             spec: {{url: \"{url}\", events: [room.created], secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}}\n"
+        ),
+    );
+    assert!(
+        eventually(WITHIN, || async {
+            let (_, list) = root.api.get("/api/v1/admin/webhooks").await;
+            list["webhooks"][0]["managed_by"] == "ChatWebhook chat/push"
+        })
+        .await,
+        "the file's webhook is registered: {}",
+        config_status(&root).await
+    );
+    let status = config_status(&root).await;
+    let hook = status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "ChatWebhook")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&hook["ready"], &hook["name"]),
+        (&json!(true), &json!("push"))
+    );
+    root.create_room("announcements", "public").await;
+    assert!(
+        eventually(WITHIN, || async { !got.lock().unwrap().is_empty() }).await,
+        "the declared webhook delivers"
+    );
+    assert_eq!(got.lock().unwrap()[0]["data"]["name"], "announcements");
+
+    // A bad document is reported and the webhook in force stays.
+    put(
+        dir.path(),
+        "hooks.yaml",
+        "apiVersion: confab.dev/v1alpha1\nkind: ChatWebhook\nmetadata: {name: push, namespace: chat}\n\
+         spec: {url: \"https://93.184.216.34/x\", events: [message.sent], secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}\n",
+    );
+    assert!(
+        eventually(WITHIN, || async {
+            config_status(&root).await["errors"]
+                .to_string()
+                .contains("message.sent")
+        })
+        .await
+    );
+    let (_, list) = root.api.get("/api/v1/admin/webhooks").await;
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 1);
+
+    // Removing the file removes the webhook.
+    std::fs::remove_file(file).unwrap();
+    assert!(
+        eventually(WITHIN, || async {
+            let (_, list) = root.api.get("/api/v1/admin/webhooks").await;
+            list["webhooks"] == json!([])
+        })
+        .await,
+        "the webhook goes with its file"
+    );
+}

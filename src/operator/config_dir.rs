@@ -1,4 +1,4 @@
-//! `--config-dir`: the same `ChatRoom` and `ChatPolicy` documents as YAML files (any number per
+//! `--config-dir`: the same `ChatRoom`, `ChatPolicy` and `ChatWebhook` documents as YAML files (any number per
 //! file), watched with `notify` and re-applied every few seconds. What was applied, and every
 //! error, is kept for `GET /api/v1/admin/config` and logged.
 //!
@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde::de::Deserialize;
 use tokio::sync::mpsc;
 
-use super::reconcile::{apply_room, archive_room};
-use super::resources::{API_VERSION, ChatPolicySpec, ChatRoomSpec};
+use super::reconcile::{apply_room, apply_webhook, archive_room, remove_webhook};
+use super::resources::{API_VERSION, ChatPolicySpec, ChatRoomSpec, WebhookFileSpec};
 use crate::state::AppState;
 
 #[derive(Clone, Debug)]
@@ -28,6 +28,11 @@ enum Doc {
         key: String,
         file: String,
         spec: ChatPolicySpec,
+    },
+    Webhook {
+        key: String,
+        file: String,
+        spec: WebhookFileSpec,
     },
 }
 
@@ -111,9 +116,15 @@ fn parse_file(path: &Path, text: &str) -> Result<Vec<Doc>, String> {
                 spec: serde_yaml::from_value(spec)
                     .map_err(|e| format!("document {n} (ChatPolicy {name}): spec: {e}"))?,
             },
+            "ChatWebhook" => Doc::Webhook {
+                key,
+                file: file.clone(),
+                spec: serde_yaml::from_value(spec)
+                    .map_err(|e| format!("document {n} (ChatWebhook {name}): spec: {e}"))?,
+            },
             other => {
                 return Err(format!(
-                    "document {n}: kind must be ChatRoom or ChatPolicy, not {other:?}"
+                    "document {n}: kind must be ChatRoom, ChatPolicy or ChatWebhook, not {other:?}"
                 ));
             }
         };
@@ -128,6 +139,8 @@ struct DirState {
     last_good: HashMap<PathBuf, Vec<Doc>>,
     /// Rooms applied before: resource key → room name, to archive those whose resource went.
     applied: BTreeMap<String, String>,
+    /// Webhooks applied before, to remove those whose document went.
+    webhooks: std::collections::BTreeSet<String>,
 }
 
 async fn reconcile_all(state: &AppState, dir: &Path, ds: &mut DirState) -> ConfigStatus {
@@ -177,6 +190,7 @@ async fn reconcile_all(state: &AppState, dir: &Path, ds: &mut DirState) -> Confi
     }
 
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut hooks_seen = std::collections::BTreeSet::new();
     let mut policies = Vec::new();
     for doc in docs {
         match doc {
@@ -233,8 +247,54 @@ async fn reconcile_all(state: &AppState, dir: &Path, ds: &mut DirState) -> Confi
                 status.resources.push(rs);
             }
             Doc::Policy { key, file, spec } => policies.push((key, file, spec)),
+            Doc::Webhook { key, file, spec } => {
+                let (namespace, name) = key
+                    .split_once('/')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .unwrap_or_default();
+                if !hooks_seen.insert(key.clone()) {
+                    status.errors.push(FileError {
+                        file,
+                        message: format!("ChatWebhook {key} is declared twice"),
+                    });
+                    continue;
+                }
+                let result =
+                    apply_webhook(state, &key, &spec.url, &spec.events, &spec.secret).await;
+                let (ready, reason, message) = match &result {
+                    Ok(id) => (
+                        true,
+                        "Reconciled",
+                        format!("webhook {id} delivers to {}", spec.url),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(resource = %key, error = %e, "ChatWebhook not applied");
+                        (false, e.reason(), e.to_string())
+                    }
+                };
+                status.resources.push(ResourceStatus {
+                    kind: "ChatWebhook".into(),
+                    namespace,
+                    name,
+                    file,
+                    ready,
+                    reason: reason.into(),
+                    message,
+                    room_id: None,
+                    unresolved_users: Vec::new(),
+                });
+            }
         }
     }
+    for key in std::mem::take(&mut ds.webhooks) {
+        if !hooks_seen.contains(&key)
+            && let Err(e) = remove_webhook(state, &key).await
+        {
+            tracing::warn!(resource = %key, error = %e, "could not remove the webhook of a removed document");
+            hooks_seen.insert(key);
+        }
+    }
+    ds.webhooks = hooks_seen;
     for (key, name) in std::mem::take(&mut ds.applied) {
         if !seen.contains_key(&key)
             && let Err(e) = archive_room(state, &key, &name).await

@@ -19,13 +19,16 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::reconcile::{ReconcileError, apply_room, archive_room};
+use super::reconcile::{ReconcileError, apply_room, apply_webhook, archive_room, remove_webhook};
 use super::resources::{
-    API_VERSION, ChatPolicy, ChatPolicyStatus, ChatRoom, ChatRoomStatus, Condition,
+    API_VERSION, ChatPolicy, ChatPolicyStatus, ChatRoom, ChatRoomStatus, ChatWebhook,
+    ChatWebhookStatus, Condition,
 };
 use crate::state::AppState;
 
 pub const FINALIZER: &str = "confab.dev/archive-room";
+/// Removes the webhook when its `ChatWebhook` is deleted.
+pub const WEBHOOK_FINALIZER: &str = "confab.dev/remove-webhook";
 pub const FIELD_MANAGER: &str = "confab";
 pub const LEASE_NAME: &str = "confab-room-controller";
 
@@ -222,6 +225,129 @@ pub fn error_policy(room: Arc<ChatRoom>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+fn webhook_key(hook: &ChatWebhook) -> String {
+    format!(
+        "{}/{}",
+        hook.namespace().unwrap_or_else(|| "default".into()),
+        hook.name_any()
+    )
+}
+
+/// The signing secret a `ChatWebhook` names, from the Secret in its own namespace.
+async fn webhook_secret(ctx: &Context, hook: &ChatWebhook) -> Result<String, ReconcileError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let ns = hook.namespace().unwrap_or_else(|| "default".into());
+    let r = &hook.spec.secret_ref;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret = api
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| ReconcileError::Invalid(format!("cannot read Secret {ns}/{}: {e}", r.name)))?;
+    let secret = secret.ok_or_else(|| {
+        ReconcileError::Invalid(format!(
+            "spec.secretRef: Secret {ns}/{} does not exist",
+            r.name
+        ))
+    })?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|v| v.trim().to_string())
+        })
+        .ok_or_else(|| {
+            ReconcileError::Invalid(format!(
+                "spec.secretRef: Secret {ns}/{} has no key {:?}",
+                r.name, r.key
+            ))
+        })?;
+    Ok(value)
+}
+
+pub async fn reconcile_webhook(hook: Arc<ChatWebhook>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = hook.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<ChatWebhook> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, WEBHOOK_FINALIZER, hook, |event| async {
+        match event {
+            Finalizer::Apply(hook) => apply_webhook_resource(&api, &hook, &ctx).await,
+            Finalizer::Cleanup(hook) => {
+                remove_webhook(&ctx.state, &webhook_key(&hook)).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply_webhook_resource(
+    api: &Api<ChatWebhook>,
+    hook: &ChatWebhook,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let key = webhook_key(hook);
+    let result = match webhook_secret(ctx, hook).await {
+        Ok(secret) => {
+            apply_webhook(&ctx.state, &key, &hook.spec.url, &hook.spec.events, &secret).await
+        }
+        Err(e) => Err(e),
+    };
+    let previous = hook.status.clone().unwrap_or_default();
+    let prev_ready = previous.conditions.iter().find(|c| c.type_ == "Ready");
+    let status = match &result {
+        Ok(id) => ChatWebhookStatus {
+            webhook_id: Some(id.to_string()),
+            observed_generation: hook.metadata.generation,
+            conditions: vec![ready(
+                prev_ready,
+                true,
+                "Reconciled",
+                format!("delivering to {}", hook.spec.url),
+            )],
+        },
+        Err(e) => ChatWebhookStatus {
+            webhook_id: previous.webhook_id.clone(),
+            observed_generation: hook.metadata.generation,
+            conditions: vec![ready(prev_ready, false, e.reason(), e.to_string())],
+        },
+    };
+    if status != previous {
+        let patch = json!({"apiVersion": API_VERSION, "kind": "ChatWebhook", "status": status});
+        api.patch_status(
+            &hook.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    match result {
+        Err(ReconcileError::Store(e)) => Err(Error::Reconcile(ReconcileError::Store(e))),
+        // A Secret created or rotated later is picked up within a minute.
+        _ => {
+            ctx.failures.lock().expect("failures lock").remove(&key);
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+    }
+}
+
+/// Back-off after a failure, as for rooms.
+pub fn webhook_error_policy(hook: Arc<ChatWebhook>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = webhook_key(&hook);
+    let mut failures = ctx.failures.lock().expect("failures lock");
+    let n = failures.entry(key.clone()).or_default();
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6)))
+        .min(Duration::from_secs(300));
+    tracing::warn!(resource = %key, error = %error, retry_in = ?delay, "ChatWebhook reconcile failed");
+    Action::requeue(delay)
+}
+
 /// Every pod: keeps the `ChatPolicy` in force. With more than one, none is applied and the
 /// last good one stays.
 pub async fn watch_policies(
@@ -326,7 +452,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
             changed = leader.wait_for(|l| *l) => if changed.is_err() { break },
         }
-        tracing::info!("leading: reconciling ChatRoom resources");
+        tracing::info!("leading: reconciling ChatRoom and ChatWebhook resources");
         ctx.state
             .leader
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -334,7 +460,8 @@ pub async fn run(
         let mut stop_inner = stop.clone();
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped_flag = stopped.clone();
-        Controller::new(Api::<ChatRoom>::all(client.clone()), watcher::Config::default())
+        let (mut lost_hooks, mut stop_hooks) = (leader.clone(), stop.clone());
+        let rooms = Controller::new(Api::<ChatRoom>::all(client.clone()), watcher::Config::default())
             .graceful_shutdown_on(async move {
                 tokio::select! {
                     _ = lost.wait_for(|l| !*l) => {}
@@ -342,8 +469,20 @@ pub async fn run(
                 }
             })
             .run(reconcile, error_policy, ctx.clone())
-            .for_each(|_| async {})
-            .await;
+            .for_each(|_| async {});
+        let hooks = Controller::new(
+            Api::<ChatWebhook>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(async move {
+            tokio::select! {
+                _ = lost_hooks.wait_for(|l| !*l) => {}
+                _ = stop_hooks.wait_for(|s| *s) => {}
+            }
+        })
+        .run(reconcile_webhook, webhook_error_policy, ctx.clone())
+        .for_each(|_| async {});
+        futures::join!(rooms, hooks);
         ctx.state
             .leader
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -576,5 +715,98 @@ mod election {
             "the other pod takes the released Lease"
         );
         assert!(settle(|| second.has_listed_rooms()).await);
+    }
+}
+
+/// `ChatWebhook` reconciles against the mock API server: the Secret read, the webhook
+/// registered, status written, and the finalizer removing the webhook.
+#[cfg(test)]
+mod webhook_resources {
+    use crate::operator::fixtures::{Fixture, statuses, webhook_resource};
+    use http::Method;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[tokio::test]
+    async fn a_webhook_resource_registers_its_webhook_with_the_secret_of_its_secret() {
+        let mut f = Fixture::new().await;
+        let (result, seen) = f
+            .reconcile_webhook(webhook_resource(2, true), Some(SECRET))
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        let hooks = f.state.store.webhooks().await.unwrap();
+        assert_eq!(hooks.len(), 1);
+        let h = &hooks[0];
+        assert_eq!(
+            (h.url.as_str(), h.secret.as_str(), h.managed_by.as_deref()),
+            (
+                "https://93.184.216.34/hooks",
+                SECRET,
+                Some("ChatWebhook chat/hooks")
+            )
+        );
+        assert_eq!(h.event_list(), ["message.created", "notification"]);
+        let status = statuses(&seen)[0];
+        assert_eq!(status["webhookId"], h.id.to_string());
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(status["conditions"][0]["status"], "True");
+        // The same resource again changes nothing and writes no status.
+        let mut again = webhook_resource(2, true);
+        again.status = serde_json::from_value(status.clone()).unwrap();
+        let (result, seen) = f.reconcile_webhook(again, Some(SECRET)).await;
+        assert!(result.is_ok());
+        assert!(statuses(&seen).is_empty(), "{seen:?}");
+        assert_eq!(f.state.store.webhooks().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_bad_secret_is_ready_false_and_registers_nothing() {
+        let mut f = Fixture::new().await;
+        let (result, seen) = f.reconcile_webhook(webhook_resource(1, true), None).await;
+        assert!(result.is_ok(), "{result:?}");
+        let status = statuses(&seen)[0];
+        assert_eq!(status["conditions"][0]["status"], "False");
+        assert_eq!(status["conditions"][0]["reason"], "InvalidSpec");
+        assert!(
+            status["conditions"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("hook-secret"),
+            "{status}"
+        );
+        let (_, seen) = f
+            .reconcile_webhook(webhook_resource(1, true), Some("not-a-secret"))
+            .await;
+        assert!(
+            statuses(&seen)[0]["conditions"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("whsec_")
+        );
+        assert!(f.state.store.webhooks().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_webhook_resource_removes_its_webhook() {
+        let mut f = Fixture::new().await;
+        f.reconcile_webhook(webhook_resource(1, true), Some(SECRET))
+            .await
+            .0
+            .unwrap();
+        assert_eq!(f.state.store.webhooks().await.unwrap().len(), 1);
+        let mut gone = webhook_resource(1, true);
+        gone.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let (result, seen) = f.reconcile_webhook(gone, Some(SECRET)).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(f.state.store.webhooks().await.unwrap().is_empty());
+        assert!(
+            seen.iter().any(|s| s.method == Method::PATCH
+                && s.body.as_array().is_some_and(|ops| {
+                    ops.iter()
+                        .any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0")
+                })),
+            "the finalizer is released: {seen:?}"
+        );
     }
 }

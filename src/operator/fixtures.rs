@@ -13,8 +13,12 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-use super::controller::{Context, Error, FINALIZER, reconcile, run};
-use super::resources::{ChatRoom, ChatRoomSpec, DeclaredKind};
+use super::controller::{
+    Context, Error, FINALIZER, WEBHOOK_FINALIZER, reconcile, reconcile_webhook, run,
+};
+use super::resources::{
+    ChatRoom, ChatRoomSpec, ChatWebhook, ChatWebhookSpec, DeclaredKind, SecretKeyRef, WebhookEvent,
+};
 use crate::ids::RoomId;
 use crate::state::AppState;
 use crate::store::{NewRoom, RoomKind, RoomRecord, UserRecord};
@@ -93,6 +97,49 @@ fn api_server(
     })
 }
 
+/// Serves a `ChatWebhook`'s reconcile: GETs of Secrets answer `secret` (404 when None), status
+/// writes echo the status, anything else returns the object.
+fn webhook_api_server(
+    mut handle: Handle,
+    object: ChatWebhook,
+    secret: Option<Value>,
+) -> tokio::task::JoinHandle<Vec<Seen>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let request = Seen { method, path, body };
+            let (status, answer) = if request.path.contains("/secrets/") {
+                match &secret {
+                    Some(s) => (StatusCode::OK, s.clone()),
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        failure(404, "NotFound", "secrets not found"),
+                    ),
+                }
+            } else if request.is_status_write() {
+                let mut o = serde_json::to_value(&object).unwrap();
+                o["status"] = request.body["status"].clone();
+                (StatusCode::OK, o)
+            } else if request.is_event() {
+                (StatusCode::CREATED, request.body.clone())
+            } else {
+                (StatusCode::OK, serde_json::to_value(&object).unwrap())
+            };
+            seen.push(request);
+            let resp = Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap();
+            send.send_response(resp);
+        }
+        seen
+    })
+}
+
 /// A server's state (SQLite in a temporary directory) and a controller context whose client
 /// talks to the mock API server.
 pub struct Fixture {
@@ -129,6 +176,32 @@ impl Fixture {
         let server = api_server(handle, object.clone(), scenario);
         let result = reconcile(Arc::new(object), self.ctx.clone()).await;
         // The client lives in the context: swap in one with no server so the mock ends.
+        let (idle, _) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        self.ctx = Arc::new(self.ctx.with_client(Client::new(idle, "default")));
+        let seen = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the mock API server ends")
+            .unwrap();
+        (result, seen)
+    }
+
+    /// Runs one reconcile of a `ChatWebhook`; its Secret holds `secret` under `signing`
+    /// (no Secret at all when None).
+    pub async fn reconcile_webhook(
+        &mut self,
+        object: ChatWebhook,
+        secret: Option<&str>,
+    ) -> (Result<Action, Error>, Vec<Seen>) {
+        use base64::Engine;
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        self.ctx = Arc::new(self.ctx.with_client(Client::new(service, "default")));
+        let secret = secret.map(|v| {
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "hook-secret", "namespace": "chat"},
+                   "data": {"signing": base64::engine::general_purpose::STANDARD.encode(v)}})
+        });
+        let server = webhook_api_server(handle, object.clone(), secret);
+        let result = reconcile_webhook(Arc::new(object), self.ctx.clone()).await;
         let (idle, _) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         self.ctx = Arc::new(self.ctx.with_client(Client::new(idle, "default")));
         let seen = tokio::time::timeout(Duration::from_secs(5), server)
@@ -182,6 +255,28 @@ pub fn resource(spec: ChatRoomSpec, generation: i64, finalizer: bool) -> ChatRoo
     r.metadata.uid = Some("0b1c2d3e".into());
     if finalizer {
         r.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    }
+    r
+}
+
+/// `chat/hooks`: message.created to a public address, its secret in `hook-secret`/`signing`.
+pub fn webhook_resource(generation: i64, finalizer: bool) -> ChatWebhook {
+    let mut r = ChatWebhook::new(
+        "hooks",
+        ChatWebhookSpec {
+            url: "https://93.184.216.34/hooks".into(),
+            events: vec![WebhookEvent::MessageCreated, WebhookEvent::Notification],
+            secret_ref: SecretKeyRef {
+                name: "hook-secret".into(),
+                key: "signing".into(),
+            },
+        },
+    );
+    r.metadata.namespace = Some("chat".into());
+    r.metadata.generation = Some(generation);
+    r.metadata.uid = Some("5e6f7a8b".into());
+    if finalizer {
+        r.metadata.finalizers = Some(vec![WEBHOOK_FINALIZER.into()]);
     }
     r
 }
@@ -350,6 +445,8 @@ impl LeaseScenario {
                     let kind = if path.ends_with("/chatrooms") {
                         room_lists.fetch_add(1, Ordering::SeqCst);
                         "ChatRoomList"
+                    } else if path.ends_with("/chatwebhooks") {
+                        "ChatWebhookList"
                     } else {
                         "ChatPolicyList"
                     };

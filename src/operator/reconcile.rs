@@ -1,12 +1,12 @@
-//! Making the running system match a `ChatRoom`: the one piece of reconcile logic that both the
+//! Making the running system match a `ChatRoom` (or a `ChatWebhook`): the one piece of reconcile logic that both the
 //! Kubernetes controller and `--config-dir` call. It talks to the store and the hub only.
 
 use std::collections::BTreeMap;
 
-use crate::ids::{RoomId, UserId};
-use crate::operator::resources::ChatRoomSpec;
+use crate::ids::{RoomId, UserId, WebhookId};
+use crate::operator::resources::{ChatRoomSpec, WebhookEvent};
 use crate::state::AppState;
-use crate::store::{NewRoom, Role, RoomChanges, StoreError, UserRecord};
+use crate::store::{NewRoom, Role, RoomChanges, StoreError, UserRecord, WebhookRecord};
 
 /// The account that creates rooms for resources that name no owner. Its name cannot be
 /// registered (usernames are lowercase letters, digits and `_.-`), and it cannot log in.
@@ -218,5 +218,81 @@ pub async fn archive_room(state: &AppState, key: &str, name: &str) -> Result<(),
         crate::chat::room_updated(state, &archived);
         tracing::info!(room = %r.id, resource = key, "room archived: its resource was deleted");
     }
+    Ok(())
+}
+
+/// What marks a webhook as declared by the resource (or file) `key`.
+pub fn webhook_owner(key: &str) -> String {
+    format!("ChatWebhook {key}")
+}
+
+/// Makes the webhooks match a declared one: creates it, or updates the one this resource made
+/// before. Its checks are the admin API's (a private address without the flag is refused).
+pub async fn apply_webhook(
+    state: &AppState,
+    key: &str,
+    url: &str,
+    events: &[WebhookEvent],
+    secret: &str,
+) -> Result<WebhookId, ReconcileError> {
+    let mut names: Vec<String> = events.iter().map(|e| e.name()).collect();
+    names.sort();
+    names.dedup();
+    crate::http::webhooks::validate(state, url, &names, Some(secret))
+        .await
+        .map_err(|e| ReconcileError::Invalid(format!("spec: {e}")))?;
+    let owner = webhook_owner(key);
+    let events = serde_json::to_string(&names).expect("strings serialize");
+    let existing = state
+        .store
+        .webhooks()
+        .await?
+        .into_iter()
+        .find(|h| h.managed_by.as_deref() == Some(owner.as_str()));
+    let id = match existing {
+        Some(h) if h.url == url && h.events == events && h.secret == secret => return Ok(h.id),
+        Some(h) => {
+            let changed = WebhookRecord {
+                url: url.to_string(),
+                events,
+                secret: secret.to_string(),
+                ..h
+            };
+            state.store.update_webhook(&changed).await?;
+            changed.id
+        }
+        None => {
+            let hook = WebhookRecord {
+                id: WebhookId::new(),
+                url: url.to_string(),
+                events,
+                secret: secret.to_string(),
+                managed_by: Some(owner),
+                created_at: crate::now_ms(),
+            };
+            state.store.create_webhook(&hook).await?;
+            hook.id
+        }
+    };
+    webhooks_changed(state).await?;
+    Ok(id)
+}
+
+/// Removes the webhook a resource (or file) declared, if any.
+pub async fn remove_webhook(state: &AppState, key: &str) -> Result<(), ReconcileError> {
+    let owner = webhook_owner(key);
+    for h in state.store.webhooks().await? {
+        if h.managed_by.as_deref() == Some(owner.as_str()) {
+            state.store.delete_webhook(h.id).await?;
+            webhooks_changed(state).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every pod (this one first) reloads which events its outbox records.
+async fn webhooks_changed(state: &AppState) -> Result<(), ReconcileError> {
+    state.store.reload_webhooks().await?;
+    state.hub.control(crate::hub::ControlEvent::WebhooksChanged);
     Ok(())
 }

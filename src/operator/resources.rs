@@ -141,6 +141,88 @@ pub struct ChatPolicyStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// A webhook declared as a resource: the same as `POST /api/v1/admin/webhooks`, with its
+/// signing secret read from a Kubernetes Secret.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "confab.dev",
+    version = "v1alpha1",
+    kind = "ChatWebhook",
+    namespaced,
+    status = "ChatWebhookStatus",
+    shortname = "chatwebhook",
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatWebhookSpec {
+    /// Where events are POSTed (http:// or https://).
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// Event types to deliver.
+    #[schemars(length(min = 1))]
+    pub events: Vec<WebhookEvent>,
+    /// The Secret key holding the signing secret (`whsec_…`).
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The event types a webhook may subscribe to.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WebhookEvent {
+    #[serde(rename = "message.created")]
+    MessageCreated,
+    #[serde(rename = "message.updated")]
+    MessageUpdated,
+    #[serde(rename = "member.joined")]
+    MemberJoined,
+    #[serde(rename = "member.left")]
+    MemberLeft,
+    #[serde(rename = "room.created")]
+    RoomCreated,
+    #[serde(rename = "room.updated")]
+    RoomUpdated,
+    #[serde(rename = "notification")]
+    Notification,
+}
+
+impl WebhookEvent {
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatWebhookStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A webhook in a `--config-dir` file: the secret is written in the file itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookFileSpec {
+    pub url: String,
+    pub events: Vec<WebhookEvent>,
+    pub secret: String,
+}
+
 /// A status condition, the Kubernetes way.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -154,11 +236,11 @@ pub struct Condition {
     pub last_transition_time: String,
 }
 
-/// Both CRDs as one YAML stream (what `confab crd` prints).
+/// The CRDs as one YAML stream (what `confab crd` prints).
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
     let mut out = String::new();
-    for crd in [ChatRoom::crd(), ChatPolicy::crd()] {
+    for crd in [ChatRoom::crd(), ChatPolicy::crd(), ChatWebhook::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd).expect("CRDs serialize"));
     }

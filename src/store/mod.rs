@@ -193,7 +193,10 @@ impl WebhookRecord {
 /// Which webhooks want which events, as the store writes its outbox: loaded from the
 /// `webhooks` table at start and again whenever any pod changes it.
 #[derive(Clone, Default)]
-pub struct WebhookRoutes(Arc<std::sync::RwLock<Vec<(WebhookId, Vec<String>)>>>);
+pub struct WebhookRoutes(Arc<std::sync::RwLock<Vec<Route>>>);
+
+/// A webhook and the event types it wants.
+type Route = (WebhookId, Vec<String>);
 
 impl WebhookRoutes {
     pub fn set(&self, hooks: &[WebhookRecord]) {
@@ -758,6 +761,8 @@ pub trait Store: Send + Sync + 'static {
     async fn reload_webhooks(&self) -> StoreResult<Vec<WebhookRecord>>;
     async fn create_webhook(&self, hook: &WebhookRecord) -> StoreResult<()>;
     async fn webhooks(&self) -> StoreResult<Vec<WebhookRecord>>;
+    /// Changes a webhook's URL, events and secret (declared webhooks whose resource changed).
+    async fn update_webhook(&self, hook: &WebhookRecord) -> StoreResult<()>;
     async fn webhook(&self, id: WebhookId) -> StoreResult<Option<WebhookRecord>>;
     /// Removes a webhook and its undelivered events. False when there was none.
     async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool>;

@@ -831,6 +831,21 @@ macro_rules! sql_store {
                         .await?)
                 }
 
+                async fn update_webhook(&self, hook: &WebhookRecord) -> StoreResult<()> {
+                    sqlx::query(
+                        "UPDATE webhooks SET url = $2, events = $3, secret = $4, managed_by = $5 \
+                         WHERE id = $1",
+                    )
+                    .bind(hook.id)
+                    .bind(&hook.url)
+                    .bind(&hook.events)
+                    .bind(&hook.secret)
+                    .bind(&hook.managed_by)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
                 async fn webhook(&self, id: WebhookId) -> StoreResult<Option<WebhookRecord>> {
                     Ok(sqlx::query_as("SELECT * FROM webhooks WHERE id = $1")
                         .bind(id)

@@ -86,6 +86,15 @@ def test_the_crd_schemas_refuse_bad_specs():
             jsonschema.validate(bad, room)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"burst": 0}, schemas["ChatPolicy"]["properties"]["spec"])
+    hook = schemas["ChatWebhook"]["properties"]["spec"]
+    ref = {"name": "s", "key": "secret"}
+    jsonschema.validate({"url": "https://x.example/h", "events": ["notification"], "secretRef": ref}, hook)
+    for bad in [{"url": "ftp://x", "events": ["notification"], "secretRef": ref},
+                {"url": "https://x.example/h", "events": ["message.sent"], "secretRef": ref},
+                {"url": "https://x.example/h", "events": [], "secretRef": ref},
+                {"url": "https://x.example/h", "events": ["notification"]}]:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, hook)
 
 
 def test_the_chart_ships_the_generated_crds():
