@@ -17,12 +17,11 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::ids::WebhookId;
 use crate::state::AppState;
-use crate::store::{AttemptOutcome, DueEvent, WebhookRecord};
+use crate::store::{AttemptOutcome, DueEvent, FinishedAttempt, WebhookRecord};
 
 /// The event types a webhook may subscribe to.
 pub const EVENTS: &[&str] = &[
@@ -43,10 +42,10 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Requests in flight at once to one webhook.
 pub const PER_WEBHOOK: usize = 4;
-/// Events one pod claims at a time.
-const CLAIM: i64 = 64;
-/// How long a claim holds an event: past it, another pod may take it (the claimer died).
-const LEASE_MS: i64 = 60_000;
+/// How long a claim holds an event: past it, another pod may take it (the claimer died). An
+/// event waits for at most `HELD_PER_WEBHOOK / PER_WEBHOOK` attempts of its webhook before its
+/// own, each at most [`ATTEMPT_TIMEOUT`]: well inside this.
+const LEASE_MS: i64 = 120_000;
 /// Delivered and failed events, and attempts, are kept this long for `…/deliveries`.
 const KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -208,9 +207,15 @@ pub struct Worker {
     state: AppState,
     http: reqwest::Client,
     allow_private: bool,
-    /// Per webhook: a bound on requests in flight.
-    slots: std::sync::Mutex<HashMap<WebhookId, Arc<Semaphore>>>,
+    /// Per webhook: a bound on requests in flight, and how many of its events this pod holds.
+    slots: std::sync::Mutex<HashMap<WebhookId, (Arc<Semaphore>, usize)>>,
 }
+
+/// Events one pod attempts at once, over all webhooks.
+const IN_FLIGHT: usize = 64;
+/// A webhook with this many events held here gets no more until some finish, so one slow
+/// receiver never fills the pod's attempts (nor outlives the claims' lease).
+const HELD_PER_WEBHOOK: usize = 2 * PER_WEBHOOK;
 
 impl Worker {
     pub fn new(state: AppState) -> anyhow::Result<Arc<Worker>> {
@@ -231,10 +236,15 @@ impl Worker {
         }))
     }
 
-    /// Runs until the process ends: claim, deliver, record; sleeps briefly when nothing is due.
+    /// Runs until the process ends: claims due events while it has room, attempts each in its
+    /// own task, and records finished attempts in batches (one transaction each).
     pub async fn run(self: Arc<Self>) {
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<FinishedAttempt>(4 * IN_FLIGHT);
+        tokio::spawn(record(self.state.clone(), done_rx));
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut last_prune = 0;
         loop {
+            while in_flight.try_join_next().is_some() {}
             let now = crate::now_ms();
             if now - last_prune > 600_000
                 && self.state.leader.load(std::sync::atomic::Ordering::Relaxed)
@@ -244,21 +254,29 @@ impl Worker {
                     tracing::warn!(error = %e, "pruning webhook events failed");
                 }
             }
-            let due = match self
-                .state
-                .store
-                .claim_webhook_events(now, LEASE_MS, CLAIM)
-                .await
-            {
-                Ok(due) => due,
-                Err(e) => {
-                    tracing::warn!(error = %e, "claiming webhook events failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+            let room = IN_FLIGHT.saturating_sub(in_flight.len());
+            let due = if room == 0 {
+                Vec::new()
+            } else {
+                let busy = self.busy();
+                match self
+                    .state
+                    .store
+                    .claim_webhook_events(now, LEASE_MS, room as i64, &busy)
+                    .await
+                {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming webhook events failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
             };
             if due.is_empty() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Nothing due, or no room: wait for an attempt to end or a moment to pass.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), in_flight.join_next()).await;
                 continue;
             }
             let hooks: HashMap<WebhookId, WebhookRecord> = match self.state.store.webhooks().await {
@@ -268,34 +286,58 @@ impl Worker {
                     continue;
                 }
             };
-            futures::stream::iter(due)
-                .for_each_concurrent(CLAIM as usize, |event| {
-                    let hook = hooks.get(&event.webhook_id).cloned();
-                    let this = self.clone();
-                    async move { this.attempt(event, hook).await }
-                })
-                .await;
+            for event in due {
+                let Some(hook) = hooks.get(&event.webhook_id).cloned() else {
+                    continue; // removed after the claim: its events went with it
+                };
+                let slot = self.hold(hook.id);
+                let (this, done) = (self.clone(), done_tx.clone());
+                in_flight.spawn(async move {
+                    let finished = {
+                        let _permit = slot.acquire().await.expect("never closed");
+                        this.attempt(event, &hook).await
+                    };
+                    this.release(hook.id);
+                    let _ = done.send(finished).await;
+                });
+            }
         }
     }
 
-    fn slot(&self, id: WebhookId) -> Arc<Semaphore> {
+    /// Webhooks with as many events held here as they may have.
+    fn busy(&self) -> Vec<WebhookId> {
         self.slots
             .lock()
             .expect("slots lock")
-            .entry(id)
-            .or_insert_with(|| Arc::new(Semaphore::new(PER_WEBHOOK)))
-            .clone()
+            .iter()
+            .filter(|(_, (_, held))| *held >= HELD_PER_WEBHOOK)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
-    async fn attempt(&self, event: DueEvent, hook: Option<WebhookRecord>) {
-        let Some(hook) = hook else {
-            // The webhook was removed after the claim: its events went with it.
-            return;
-        };
-        let slot = self.slot(hook.id);
-        let _permit = slot.acquire().await.expect("never closed");
+    fn hold(&self, id: WebhookId) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().expect("slots lock");
+        let entry = slots
+            .entry(id)
+            .or_insert_with(|| (Arc::new(Semaphore::new(PER_WEBHOOK)), 0));
+        entry.1 += 1;
+        entry.0.clone()
+    }
+
+    fn release(&self, id: WebhookId) {
+        let mut slots = self.slots.lock().expect("slots lock");
+        if let Some(entry) = slots.get_mut(&id) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                slots.remove(&id);
+            }
+        }
+    }
+
+    /// One attempt, and what to record of it.
+    async fn attempt(&self, event: DueEvent, hook: &WebhookRecord) -> FinishedAttempt {
         let started = std::time::Instant::now();
-        let result = self.post(&hook, &event).await;
+        let result = self.post(hook, &event).await;
         let metrics = &self.state.metrics;
         metrics
             .webhook_attempt_seconds
@@ -315,14 +357,12 @@ impl Worker {
         if outcome == AttemptOutcome::Failed {
             tracing::warn!(webhook = %hook.id, event = %event.id, "webhook event failed for good");
         }
-        if let Err(e) = self
-            .state
-            .store
-            .finish_webhook_attempt(&event, outcome, result.status, result.error.as_deref(), now)
-            .await
-        {
-            // The lease runs out and the event is attempted again: at least once.
-            tracing::warn!(error = %e, event = %event.id, "recording a webhook attempt failed");
+        FinishedAttempt {
+            event,
+            outcome,
+            status: result.status,
+            error: result.error,
+            at: now,
         }
     }
 
@@ -405,6 +445,18 @@ impl Worker {
             status: Some(status),
             error,
         }
+    }
+}
+
+/// Records finished attempts: whatever has arrived, up to 500 at a time, in one transaction.
+async fn record(state: AppState, mut done: tokio::sync::mpsc::Receiver<FinishedAttempt>) {
+    let mut batch = Vec::new();
+    while done.recv_many(&mut batch, 500).await > 0 {
+        if let Err(e) = state.store.finish_webhook_attempts(&batch).await {
+            // Their leases run out and the events are attempted again: at least once.
+            tracing::warn!(error = %e, "recording webhook attempts failed");
+        }
+        batch.clear();
     }
 }
 

@@ -556,3 +556,56 @@ async fn people_with_no_socket_anywhere_get_notification_events() {
         .count();
     assert_eq!(for_bob, 0, "nobody is notified of their own message");
 }
+
+#[tokio::test]
+async fn a_hanging_receiver_costs_one_bounded_attempt_and_holds_up_nobody_else() {
+    let (c, dir) = config();
+    let s = Server::start_with(c, Some(dir)).await;
+    let root = s.user("root").await;
+    // A receiver that accepts connections and never answers.
+    let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = hanging.accept().await {
+            keep.lock().unwrap().push(socket);
+        }
+    });
+    let slow = register(&root, &hanging_url, &["message.created"]).await;
+    let fine = Receiver::start(0).await;
+    register(&root, &fine.url, &["message.created"]).await;
+    let room = root.create_room("general", "public").await;
+    for i in 0..20 {
+        root.post_message(&room, &format!("m{i}")).await;
+    }
+    // The healthy receiver gets everything at once, whatever the other one does.
+    assert!(
+        eventually(Duration::from_secs(5), || async { fine.got().len() >= 20 }).await,
+        "got {}",
+        fine.got().len()
+    );
+    // The hanging one holds at most 4 requests at a time, and each attempt ends at 10 s.
+    assert!(
+        held.lock().unwrap().len() <= 4,
+        "{} connections",
+        held.lock().unwrap().len()
+    );
+    let id = slow["id"].as_str().unwrap();
+    let mut timed_out = false;
+    for _ in 0..60 {
+        let (_, d) = root
+            .api
+            .get(&format!("/api/v1/admin/webhooks/{id}/deliveries"))
+            .await;
+        if d["deliveries"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["error"] == "timed out" && x["status"].is_null())
+        }) {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(timed_out, "the attempt ends as timed out");
+}

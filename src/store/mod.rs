@@ -243,6 +243,16 @@ pub struct DeliveryRecord {
     pub at: i64,
 }
 
+/// One finished delivery attempt, to record.
+#[derive(Clone, Debug)]
+pub struct FinishedAttempt {
+    pub event: DueEvent,
+    pub outcome: AttemptOutcome,
+    pub status: Option<i64>,
+    pub error: Option<String>,
+    pub at: i64,
+}
+
 /// What became of an attempt: the event's next state.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum AttemptOutcome {
@@ -766,23 +776,18 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook(&self, id: WebhookId) -> StoreResult<Option<WebhookRecord>>;
     /// Removes a webhook and its undelivered events. False when there was none.
     async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool>;
-    /// Claims up to `limit` due events for one attempt each: nobody else claims them until
-    /// `now + lease_ms` (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so pods never take the same one).
+    /// Claims up to `limit` due events for one attempt each, leaving out the webhooks in
+    /// `busy`: nobody else claims them until `now + lease_ms` (PostgreSQL: `FOR UPDATE SKIP
+    /// LOCKED`, so pods never take the same one).
     async fn claim_webhook_events(
         &self,
         now: i64,
         lease_ms: i64,
         limit: i64,
+        busy: &[WebhookId],
     ) -> StoreResult<Vec<DueEvent>>;
-    /// Records an attempt and moves its event on.
-    async fn finish_webhook_attempt(
-        &self,
-        event: &DueEvent,
-        outcome: AttemptOutcome,
-        status: Option<i64>,
-        error: Option<&str>,
-        now: i64,
-    ) -> StoreResult<()>;
+    /// Records attempts and moves their events on, all in one transaction.
+    async fn finish_webhook_attempts(&self, attempts: &[FinishedAttempt]) -> StoreResult<()>;
     /// The latest attempts of a webhook, newest first.
     async fn webhook_deliveries(
         &self,

@@ -874,61 +874,82 @@ macro_rules! sql_store {
                     now: i64,
                     lease_ms: i64,
                     limit: i64,
+                    busy: &[WebhookId],
                 ) -> StoreResult<Vec<DueEvent>> {
                     let mut tx = self.begin_write().await?;
-                    let claimed: Vec<DueEvent> = sqlx::query_as(concat!(
-                        "UPDATE webhook_events SET locked_until = $2, attempts = attempts + 1 \
-                         WHERE id IN (SELECT id FROM webhook_events WHERE state = 'due' \
-                         AND next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
-                         ORDER BY next_attempt_at LIMIT $3 ",
+                    let mut q = QueryBuilder::<$db>::new(
+                        "UPDATE webhook_events SET attempts = attempts + 1, locked_until = ",
+                    );
+                    q.push_bind(now + lease_ms);
+                    q.push(
+                        " WHERE id IN (SELECT id FROM webhook_events WHERE state = 'due' \
+                         AND next_attempt_at <= ",
+                    );
+                    q.push_bind(now);
+                    q.push(" AND (locked_until IS NULL OR locked_until <= ");
+                    q.push_bind(now);
+                    q.push(")");
+                    if !busy.is_empty() {
+                        q.push(" AND webhook_id NOT IN (");
+                        let mut ids = q.separated(", ");
+                        for id in busy {
+                            ids.push_bind(*id);
+                        }
+                        q.push(")");
+                    }
+                    q.push(" ORDER BY next_attempt_at LIMIT ");
+                    q.push_bind(limit);
+                    q.push(concat!(
+                        " ",
                         $claim_lock,
                         ") RETURNING id, webhook_id, event, body, created_at, attempts"
-                    ))
-                    .bind(now)
-                    .bind(now + lease_ms)
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                    ));
+                    let claimed: Vec<DueEvent> =
+                        q.build_query_as().fetch_all(&mut *tx).await?;
                     tx.commit().await?;
                     Ok(claimed)
                 }
 
-                async fn finish_webhook_attempt(
+                async fn finish_webhook_attempts(
                     &self,
-                    event: &DueEvent,
-                    outcome: AttemptOutcome,
-                    status: Option<i64>,
-                    error: Option<&str>,
-                    now: i64,
+                    attempts: &[FinishedAttempt],
                 ) -> StoreResult<()> {
-                    let (state, next) = match outcome {
-                        AttemptOutcome::Delivered => ("delivered", now),
-                        AttemptOutcome::RetryAt(at) => ("due", at),
-                        AttemptOutcome::Failed => ("failed", now),
-                    };
+                    if attempts.is_empty() {
+                        return Ok(());
+                    }
                     let mut tx = self.begin_write().await?;
-                    sqlx::query(
-                        "UPDATE webhook_events SET state = $2, next_attempt_at = $3, \
-                         locked_until = NULL WHERE id = $1",
-                    )
-                    .bind(&event.id)
-                    .bind(state)
-                    .bind(next)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO webhook_deliveries (webhook_id, event_id, event, attempt, \
-                         status, error, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(event.webhook_id)
-                    .bind(&event.id)
-                    .bind(&event.event)
-                    .bind(event.attempts)
-                    .bind(status)
-                    .bind(error)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    for chunk in attempts.chunks(500) {
+                        // One statement for every event's next state…
+                        let mut q = QueryBuilder::<$db>::new(
+                            "UPDATE webhook_events SET state = v.column2, next_attempt_at = v.column3, \
+                             locked_until = NULL FROM (",
+                        );
+                        q.push_values(chunk, |mut b, a| {
+                            let (state, next) = match a.outcome {
+                                AttemptOutcome::Delivered => ("delivered", a.at),
+                                AttemptOutcome::RetryAt(at) => ("due", at),
+                                AttemptOutcome::Failed => ("failed", a.at),
+                            };
+                            b.push_bind(a.event.id.clone()).push_bind(state).push_bind(next);
+                        });
+                        q.push(") AS v WHERE webhook_events.id = v.column1");
+                        q.build().execute(&mut *tx).await?;
+                        // …and one for the attempts.
+                        let mut q = QueryBuilder::<$db>::new(
+                            "INSERT INTO webhook_deliveries (webhook_id, event_id, event, attempt, \
+                             status, error, at) ",
+                        );
+                        q.push_values(chunk, |mut b, a| {
+                            b.push_bind(a.event.webhook_id)
+                                .push_bind(a.event.id.clone())
+                                .push_bind(a.event.event.clone())
+                                .push_bind(a.event.attempts)
+                                .push_bind(a.status)
+                                .push_bind(a.error.clone())
+                                .push_bind(a.at);
+                        });
+                        q.build().execute(&mut *tx).await?;
+                    }
                     tx.commit().await?;
                     Ok(())
                 }
