@@ -41,11 +41,11 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an answer is read before the connection is dropped.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Requests in flight at once to one webhook.
-pub const PER_WEBHOOK: usize = 4;
+pub const PER_WEBHOOK: usize = 8;
 /// How long a claim holds an event: past it, another pod may take it (the claimer died). An
 /// event waits for at most `HELD_PER_WEBHOOK / PER_WEBHOOK` attempts of its webhook before its
 /// own, each at most [`ATTEMPT_TIMEOUT`]: well inside this.
-const LEASE_MS: i64 = 120_000;
+const LEASE_MS: i64 = 300_000;
 /// Delivered and failed events, and attempts, are kept this long for `…/deliveries`.
 const KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -212,10 +212,10 @@ pub struct Worker {
 }
 
 /// Events one pod attempts at once, over all webhooks.
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 256;
 /// A webhook with this many events held here gets no more until some finish, so one slow
 /// receiver never fills the pod's attempts (nor outlives the claims' lease).
-const HELD_PER_WEBHOOK: usize = 2 * PER_WEBHOOK;
+const HELD_PER_WEBHOOK: usize = 16 * PER_WEBHOOK;
 
 impl Worker {
     pub fn new(state: AppState) -> anyhow::Result<Arc<Worker>> {
