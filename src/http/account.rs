@@ -173,9 +173,7 @@ pub async fn export_room(
     caller: Caller,
     ApiPath(id): ApiPath<RoomId>,
 ) -> ApiResult<Response> {
-    if !caller.is_admin {
-        return Err(ApiError::forbidden("admins only"));
-    }
+    caller.require_admin()?;
     let room = state
         .store
         .room(id)
@@ -237,9 +235,7 @@ pub async fn delete_user(
     ApiPath(id): ApiPath<UserId>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    if !caller.is_admin {
-        return Err(ApiError::forbidden("admins only"));
-    }
+    caller.require_admin()?;
     // The body is optional: none keeps the messages.
     let erase = super::optional_json::<DeleteUserBody>(&body)?.erase_messages;
     if !delete_account(&state, id, erase).await? {

@@ -24,15 +24,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/admin/config", get(config))
 }
 
-/// The caller, if a global admin.
-fn admin(caller: &Caller) -> ApiResult<()> {
-    if caller.is_admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("administrators only"))
-    }
-}
-
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsersQuery {
@@ -95,7 +86,7 @@ pub async fn users(
     caller: Caller,
     ApiQuery(q): ApiQuery<UsersQuery>,
 ) -> ApiResult<Json<Value>> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let now = crate::now_ms();
     let users: Vec<Value> = state
@@ -120,7 +111,7 @@ pub async fn users(
 #[utoipa::path(get, path = "/api/v1/admin/rooms", tag = "admin",
     responses((status = 200, description = "{\"rooms\": [Room]}, every room"), (status = 403)))]
 pub async fn rooms(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let rooms: Vec<Room> = state
         .store
         .all_rooms()
@@ -149,7 +140,7 @@ pub async fn ban(
     ApiPath(id): ApiPath<UserId>,
     OptionalJson(body): OptionalJson<BanBody>,
 ) -> ApiResult<StatusCode> {
-    admin(&caller)?;
+    caller.require_admin()?;
     target(&state, id).await?;
     if id == caller.user.id {
         return Err(ApiError::forbidden("an admin cannot ban itself"));
@@ -182,7 +173,7 @@ pub async fn unban(
     caller: Caller,
     ApiPath(id): ApiPath<UserId>,
 ) -> ApiResult<StatusCode> {
-    admin(&caller)?;
+    caller.require_admin()?;
     target(&state, id).await?;
     state.store.set_ban(id, None, None).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -197,7 +188,7 @@ pub async fn mute(
     ApiPath(id): ApiPath<UserId>,
     OptionalJson(body): OptionalJson<MuteBody>,
 ) -> ApiResult<StatusCode> {
-    admin(&caller)?;
+    caller.require_admin()?;
     target(&state, id).await?;
     set_mute(
         &state,
@@ -215,7 +206,7 @@ pub async fn unmute(
     caller: Caller,
     ApiPath(id): ApiPath<UserId>,
 ) -> ApiResult<StatusCode> {
-    admin(&caller)?;
+    caller.require_admin()?;
     target(&state, id).await?;
     set_mute(&state, id, None).await
 }
@@ -232,7 +223,7 @@ async fn set_mute(state: &AppState, id: UserId, until: Option<i64>) -> ApiResult
 #[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin",
     responses((status = 200, description = "{\"pods\": [{id, connections, uptime_seconds}], users, rooms, messages}"), (status = 403)))]
 pub async fn stats(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let now = crate::now_ms();
     let mut pods = vec![state.hub.pod_stats()];
     pods.extend(state.bus.pods_remote().await);
@@ -268,7 +259,7 @@ pub(crate) fn fuzz(data: &[u8]) {
 #[utoipa::path(get, path = "/api/v1/admin/config", tag = "admin",
     responses((status = 200, description = "the ChatRoom / ChatPolicy resources applied, with their state, and every error; {\"source\": null} when none are configured"), (status = 403)))]
 pub async fn config(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let status = state
         .config_status
         .read()

@@ -24,14 +24,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/admin/bots/{id}/keys/{key_id}", delete(revoke_key))
 }
 
-fn admin(caller: &Caller) -> ApiResult<()> {
-    if caller.is_admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("administrators only"))
-    }
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewBot {
     /// 3-32 of `a-z`, `0-9`, `_`, `.`, `-`, like every username.
@@ -88,7 +80,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<NewBot>,
 ) -> ApiResult<(StatusCode, Json<CreatedBot>)> {
-    admin(&caller)?;
+    caller.require_admin()?;
     if !crate::validate::username(&body.username) {
         return Err(ApiError::bad_request(
             "username must be 3-32 characters of a-z, 0-9, '_', '.', '-'",
@@ -123,7 +115,7 @@ pub async fn create(
 #[utoipa::path(get, operation_id = "list_bots", path = "/api/v1/admin/bots", tag = "admin",
     responses((status = 200, description = "{\"bots\": [User]}"), (status = 403)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let bots: Vec<User> = state
         .store
         .bots()
@@ -143,7 +135,7 @@ pub async fn add_key(
     caller: Caller,
     ApiPath(id): ApiPath<UserId>,
 ) -> ApiResult<(StatusCode, Json<ApiKey>)> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let bot = bot(&state, id).await?;
     let key = new_key(&state, bot.id).await?;
     tracing::info!(bot = %bot.id, by = %caller.user.id, key = %key.key_id, "bot key created");
@@ -160,7 +152,7 @@ pub async fn revoke_key(
     caller: Caller,
     ApiPath((id, key_id)): ApiPath<(UserId, String)>,
 ) -> ApiResult<StatusCode> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let bot = bot(&state, id).await?;
     if !state.store.delete_api_key(bot.id, &key_id).await? {
         return Err(ApiError::not_found("no such key"));
@@ -179,7 +171,7 @@ pub async fn remove(
     caller: Caller,
     ApiPath(id): ApiPath<UserId>,
 ) -> ApiResult<StatusCode> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let bot = bot(&state, id).await?;
     if !super::account::delete_account(&state, bot.id, false).await? {
         return Err(ApiError::not_found("no such bot"));

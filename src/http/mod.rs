@@ -37,6 +37,17 @@ pub struct Caller {
     pub is_admin: bool,
 }
 
+impl Caller {
+    /// Ok for a global admin; `forbidden` for anyone else.
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.is_admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("administrators only"))
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {

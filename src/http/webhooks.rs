@@ -23,14 +23,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/admin/webhooks/{id}/deliveries", get(deliveries))
 }
 
-fn admin(caller: &Caller) -> ApiResult<()> {
-    if caller.is_admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("administrators only"))
-    }
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewWebhook {
     /// Where events are POSTed: http:// or https://. Loopback, private and link-local
@@ -117,7 +109,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<NewWebhook>,
 ) -> ApiResult<(StatusCode, Json<Webhook>)> {
-    admin(&caller)?;
+    caller.require_admin()?;
     validate(&state, &body.url, &body.events, body.secret.as_deref()).await?;
     let mut events = body.events;
     events.sort();
@@ -139,7 +131,7 @@ pub async fn create(
 #[utoipa::path(get, operation_id = "list_webhooks", path = "/api/v1/admin/webhooks", tag = "admin",
     responses((status = 200, description = "{\"webhooks\": [Webhook]} without secrets"), (status = 403)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let hooks: Vec<Webhook> = state
         .store
         .webhooks()
@@ -158,7 +150,7 @@ pub async fn remove(
     caller: Caller,
     ApiPath(id): ApiPath<WebhookId>,
 ) -> ApiResult<StatusCode> {
-    admin(&caller)?;
+    caller.require_admin()?;
     if !state.store.delete_webhook(id).await? {
         return Err(ApiError::not_found("no such webhook"));
     }
@@ -185,7 +177,7 @@ pub async fn deliveries(
     ApiPath(id): ApiPath<WebhookId>,
     ApiQuery(q): ApiQuery<DeliveriesQuery>,
 ) -> ApiResult<Json<Value>> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
