@@ -473,12 +473,7 @@ impl Hub {
             }
             // Those with no socket anywhere get a `notification` webhook event instead, for
             // a push (only looked up when a webhook wants it).
-            if !self
-                .store
-                .webhook_routes()
-                .subscribers("notification")
-                .is_empty()
-            {
+            if self.store.webhook_routes().wants("notification") {
                 let connected = self.connected(&users).await;
                 let events: Vec<(&'static str, serde_json::Value)> = users
                     .iter()

@@ -215,8 +215,13 @@ impl WebhookRoutes {
             .collect()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.read().expect("routes lock").is_empty()
+    /// Whether any webhook wants `event`: callers build an event's data only then.
+    pub fn wants(&self, event: &str) -> bool {
+        self.0
+            .read()
+            .expect("routes lock")
+            .iter()
+            .any(|(_, events)| events.iter().any(|e| e == event))
     }
 }
 

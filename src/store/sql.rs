@@ -398,7 +398,7 @@ macro_rules! sql_store {
                     }));
                 }
                 // 7. The outbox: `message.created` for every webhook that wants it.
-                if !self.hooks.is_empty() {
+                if self.hooks.wants("message.created") {
                     let events: Vec<_> = records
                         .iter()
                         .map(|(_, r)| {
@@ -508,9 +508,7 @@ macro_rules! sql_store {
                 routes: &WebhookRoutes,
                 events: impl IntoIterator<Item = (&'static str, serde_json::Value)>,
             ) -> Result<(), sqlx::Error> {
-                if routes.is_empty() {
-                    return Ok(());
-                }
+                // Member events build their small data anyway; nothing is written unless wanted.
                 let now = crate::now_ms();
                 let timestamp = crate::model::rfc3339(now);
                 let mut rows: Vec<(String, WebhookId, &'static str, std::sync::Arc<str>)> = Vec::new();
@@ -557,7 +555,7 @@ macro_rules! sql_store {
                 routes: &WebhookRoutes,
                 m: &Option<MessageRecord>,
             ) -> Result<(), sqlx::Error> {
-                if let Some(m) = m {
+                if let Some(m) = m.as_ref().filter(|_| routes.wants("message.updated")) {
                     let data = serde_json::to_value(crate::model::Message::from(m))
                         .expect("a message serializes");
                     Self::enqueue(tx, routes, [("message.updated", data)]).await?;
@@ -572,7 +570,7 @@ macro_rules! sql_store {
                 id: RoomId,
                 event: &'static str,
             ) -> Result<(), sqlx::Error> {
-                if routes.subscribers(event).is_empty() {
+                if !routes.wants(event) {
                     return Ok(());
                 }
                 let room: Option<RoomRecord> = sqlx::query_as(concat!(
