@@ -222,10 +222,17 @@ async fn every_event_type_arrives_signed() {
     }
     // And the deliveries are listed, newest first.
     let id = hook["id"].as_str().unwrap();
-    let (st, d) = root
-        .api
-        .get(&format!("/api/v1/admin/webhooks/{id}/deliveries?limit=3"))
-        .await;
+    let path = format!("/api/v1/admin/webhooks/{id}/deliveries?limit=3");
+    // Attempts are recorded in batches just after they end.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            root.api.get(&path).await.1["deliveries"]
+                .as_array()
+                .is_some_and(|a| a.len() == 3)
+        })
+        .await
+    );
+    let (st, d) = root.api.get(&path).await;
     assert_eq!(st, StatusCode::OK);
     let d = d["deliveries"].as_array().unwrap();
     assert_eq!(d.len(), 3);
@@ -270,11 +277,19 @@ async fn failed_attempts_are_retried_with_the_same_id_and_listed() {
     assert_eq!(got[0].id, got[1].id);
     assert_eq!(got[0].body, got[1].body, "the same event, byte for byte");
     let id = hook["id"].as_str().unwrap();
-    let (_, d) = root
-        .api
-        .get(&format!("/api/v1/admin/webhooks/{id}/deliveries"))
-        .await;
-    let d = d["deliveries"].as_array().unwrap().clone();
+    let path = format!("/api/v1/admin/webhooks/{id}/deliveries");
+    // Attempts are recorded in batches just after they end: wait for the second one.
+    let listed = || async {
+        let (_, d) = root.api.get(&path).await;
+        d["deliveries"].as_array().cloned().unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            listed().await.len() >= 2
+        })
+        .await
+    );
+    let d = listed().await;
     assert_eq!(d.len(), 2);
     assert_eq!(
         (&d[0]["attempt"], &d[0]["status"]),
