@@ -438,6 +438,18 @@ async fn providers_say_how_to_sign_in() {
             .unwrap()
             .contains("identity provider")
     );
+    let (st, _) = plain
+        .api()
+        .post(
+            "/api/v1/auth/login",
+            json!({"username": "mallory", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "logins with passwords are off too"
+    );
 }
 
 #[tokio::test]
