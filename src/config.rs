@@ -68,6 +68,23 @@ pub struct Config {
     #[arg(long, env = "CONFAB_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 
+    /// Most PostgreSQL connections this pod opens. Size it so that pods × this stays below the
+    /// server's `max_connections` (minus what other clients need); docs/configuration.md.
+    #[arg(
+        long,
+        env = "CONFAB_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(2..=1000),
+        global = true
+    )]
+    pub database_max_connections: u32,
+
+    /// Apply pending database migrations when the server starts. With `false` the server only
+    /// checks that the schema is current and refuses to start otherwise (for installs where
+    /// `confab migrate` runs first, as the chart's migration Job does).
+    #[arg(long, env = "CONFAB_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate_on_start: bool,
+
     /// Redis URL (redis://...). Unset means the in-process bus (a single pod).
     #[arg(long, env = "CONFAB_REDIS_URL", global = true)]
     pub redis_url: Option<String>,

@@ -24,10 +24,14 @@ use crate::telemetry::Metrics;
 
 /// `confab migrate`: apply migrations and exit.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = store::open(
+    let store = store::open_with(
         config.database_url.as_deref(),
         &config.data_dir,
         store::QueryTimer::default(),
+        store::OpenOptions {
+            max_connections: 2,
+            migrate: true,
+        },
     )
     .await?;
     tracing::info!(backend = store.backend(), "migrations applied");
@@ -81,10 +85,14 @@ pub(crate) async fn build(
     config: Config,
 ) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>, Arc<Notify>)> {
     let metrics = Metrics::new();
-    let store: Arc<dyn Store> = store::open(
+    let store: Arc<dyn Store> = store::open_with(
         config.database_url.as_deref(),
         &config.data_dir,
         store::QueryTimer::new(metrics.store_query.clone()),
+        store::OpenOptions {
+            max_connections: config.database_max_connections,
+            migrate: config.migrate_on_start,
+        },
     )
     .await?;
     // Which webhooks want which events, for the outbox the store writes.

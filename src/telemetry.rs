@@ -176,6 +176,14 @@ impl Metrics {
                 .const_label("version", env!("CARGO_PKG_VERSION"))
         ));
         build.set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_max_fds (the "near capacity" alert is their ratio), read from /proc.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         let latency = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];

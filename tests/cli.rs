@@ -51,6 +51,11 @@ fn bad_settings_stop_startup_with_one_clear_line() {
     fails_naming(&["--database-url", "mysql://x"], &[], "CONFAB_DATABASE_URL");
     fails_naming(&["--jwt-secret", "short"], &[], "CONFAB_JWT_SECRET");
     fails_naming(&["--log-format", "xml"], &[], "--log-format");
+    fails_naming(
+        &["--database-max-connections", "0"],
+        &[],
+        "--database-max-connections",
+    );
     // A Redis Cluster is named as such: the flag needs nodes, and a list needs the flag.
     let pg = ["--database-url", "postgres://db/chat"];
     let secret = ["--jwt-secret", "a-secret-of-at-least-thirty-two-bytes"];
@@ -112,6 +117,76 @@ fn migrate_prepares_both_databases() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+/// The chart's migration Job runs `confab migrate`; the pods then start with
+/// `--migrate-on-start=false` and refuse a schema older than themselves with the step that fixes
+/// it. A schema one release ahead (after a rollback) does not stop the older release.
+#[tokio::test]
+async fn pods_that_do_not_migrate_refuse_an_old_schema_and_accept_a_newer_one() {
+    let pg = Postgres::start();
+    let serve = |port: u16| {
+        let mut c = confab();
+        c.args([
+            "serve",
+            "--migrate-on-start=false",
+            "--database-url",
+            &pg.url,
+            "--jwt-secret",
+            "a-secret-of-at-least-thirty-two-bytes",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
+        c
+    };
+    let out = serve(free_port()).output().unwrap();
+    assert!(!out.status.success(), "an empty database must be refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("confab migrate"), "{err}");
+    assert!(err.contains("CONFAB_MIGRATE_ON_START"), "{err}");
+
+    let out = confab()
+        .args(["migrate", "--database-url", &pg.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // A migration from a later release is recorded: this release still migrates and serves.
+    let db = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000000, 'from a later release', true, '\\x00'::bytea, 1)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let out = confab()
+        .args(["migrate", "--database-url", &pg.url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = free_port();
+    let mut child = serve(port).stderr(Stdio::null()).spawn().unwrap();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let mut up = false;
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(&health).await
+            && r.status().is_success()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(up, "a migrated database serves without migrating");
 }
 
 #[tokio::test]

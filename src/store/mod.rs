@@ -838,11 +838,39 @@ impl QueryTimer {
     }
 }
 
+/// How the store is opened: the PostgreSQL pool's size, and whether pending migrations are
+/// applied (`confab migrate` and the default) or only checked (`--migrate-on-start=false`, when
+/// the chart's migration Job applies them).
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    pub max_connections: u32,
+    pub migrate: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            max_connections: 16,
+            migrate: true,
+        }
+    }
+}
+
 /// Opens the store the configuration names and applies pending migrations.
 pub async fn open(
     database_url: Option<&str>,
     data_dir: &Path,
     timer: QueryTimer,
+) -> anyhow::Result<Arc<dyn Store>> {
+    open_with(database_url, data_dir, timer, OpenOptions::default()).await
+}
+
+/// Opens the store with explicit pool and migration options.
+pub async fn open_with(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    timer: QueryTimer,
+    options: OpenOptions,
 ) -> anyhow::Result<Arc<dyn Store>> {
     use anyhow::Context;
     match database_url {
@@ -850,15 +878,22 @@ pub async fn open(
             let opts = sqlx::postgres::PgConnectOptions::from_str(url)
                 .context("CONFAB_DATABASE_URL is not a valid PostgreSQL URL")?;
             let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(options.max_connections)
                 .acquire_timeout(Duration::from_secs(3))
                 .connect_with(opts)
                 .await
                 .context("cannot connect to PostgreSQL (CONFAB_DATABASE_URL)")?;
-            sqlx::migrate!("./migrations/postgres")
-                .run(&pool)
-                .await
-                .context("PostgreSQL migrations failed")?;
+            let mut migrator = sqlx::migrate!("./migrations/postgres");
+            // A schema one release ahead (after a rollback) is fine: migrations only add.
+            migrator.set_ignore_missing(true);
+            if options.migrate {
+                migrator
+                    .run(&pool)
+                    .await
+                    .context("PostgreSQL migrations failed")?;
+            } else {
+                check_migrated(&migrator, sqlx::query_as(APPLIED).fetch_all(&pool).await)?;
+            }
             Ok(Arc::new(PgStore::new(pool, timer)))
         }
         None => {
@@ -881,13 +916,45 @@ pub async fn open(
                 .connect_with(opts)
                 .await
                 .context("cannot open the SQLite database in the data dir")?;
-            sqlx::migrate!("./migrations/sqlite")
-                .run(&pool)
-                .await
-                .context("SQLite migrations failed")?;
+            let mut migrator = sqlx::migrate!("./migrations/sqlite");
+            migrator.set_ignore_missing(true);
+            if options.migrate {
+                migrator
+                    .run(&pool)
+                    .await
+                    .context("SQLite migrations failed")?;
+            } else {
+                check_migrated(&migrator, sqlx::query_as(APPLIED).fetch_all(&pool).await)?;
+            }
             Ok(Arc::new(SqliteStore::new(pool, timer)))
         }
     }
+}
+
+const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
+
+/// With `--migrate-on-start=false`: refuses to start on a schema older than this release, with
+/// the step that fixes it, instead of failing later on a missing column.
+fn check_migrated(
+    migrator: &sqlx::migrate::Migrator,
+    applied: Result<Vec<(i64,)>, sqlx::Error>,
+) -> anyhow::Result<()> {
+    // No migrations table at all reads as nothing applied.
+    let applied = applied.unwrap_or_default();
+    let applied: std::collections::HashSet<i64> = applied.into_iter().map(|(v,)| v).collect();
+    if let Some(missing) = migrator
+        .iter()
+        .find(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+    {
+        anyhow::bail!(
+            "the database schema is older than this release (migration {} \"{}\" is not applied): \
+             run `confab migrate` (the chart's migration Job) first, or set \
+             CONFAB_MIGRATE_ON_START=true",
+            missing.version,
+            missing.description
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
