@@ -5,6 +5,7 @@ schema), and the chart's wiring checked against a running confab."""
 import glob
 import json
 import os
+import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -16,14 +17,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "confab"
-VALUES = sorted(glob.glob(str(CHART / "ci" / "*.yaml")))
+VALUES = sorted(glob.glob(str(CHART / "ci" / "*.yaml"))) + [str(CHART / "values-production.yaml")]
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema here.
 KUBE_VERSIONS = ["1.33.0", "1.37.0"]
 
 
 def render(values_file):
-    values = yaml.safe_load(open(values_file))
-    out = helm.Chart.load(str(CHART)).render(values, name="confab", namespace="chat")
+    return render_values(yaml.safe_load(open(values_file)))
+
+
+def render_values(values, chart=CHART):
+    out = helm.Chart.load(str(chart)).render(values, name="confab", namespace="chat")
     docs = []
     for path, text in out.items():
         if path.endswith(".yaml"):
@@ -210,3 +214,130 @@ def test_kernel_settings_for_many_sockets_reach_the_pod():
     assert sysctls["net.ipv4.ip_local_port_range"] == "1024 65535"
     plain = by_kind(render(CHART / "ci" / "default-values.yaml"), "Deployment")[0]["spec"]
     assert "sysctls" not in plain["template"]["spec"]["securityContext"]
+
+
+def values_of(name, **changes):
+    values = yaml.safe_load(open(CHART / "ci" / name))
+    for key, value in changes.items():
+        node = values
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return values
+
+
+def refused(values, needle):
+    with pytest.raises(Exception) as e:
+        render_values(values)
+    assert needle in str(e.value), str(e.value)
+
+
+def deployment(docs):
+    return by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+
+
+def test_every_extension_point_reaches_the_pod():
+    docs = render(CHART / "ci" / "everything-values.yaml")
+    spec = deployment(docs)
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["CONFAB_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert env["CONFAB_DATABASE_MAX_CONNECTIONS"] == "24"
+    assert env["CONFAB_ATTACHMENTS_URL"] == "file:///attachments"
+    assert {"configMapRef": {"name": "confab-extra"}} in c["envFrom"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts == {"data": "/data", "attachments": "/attachments", "db-ca": "/etc/confab/db-ca"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["attachments"]["persistentVolumeClaim"]["claimName"] == "confab-attachments"
+    assert volumes["db-ca"]["secret"]["secretName"] == "postgres-ca"
+    assert [i["name"] for i in spec["initContainers"]] == ["wait-for-db"]
+    assert [x["name"] for x in spec["containers"]] == ["confab", "cloud-sql-proxy"]
+    assert spec["priorityClassName"] == "chat-critical"
+    assert spec["securityContext"]["runAsUser"] == 10001
+    assert c["startupProbe"]["failureThreshold"] == 120 and c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["periodSeconds"] == 3 and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["timeoutSeconds"] == 5
+    # global: the registry mirror replaces the image's registry; both pull secrets are used.
+    assert c["image"] == "registry.example.com/mirror/confab-chat/confab:0.1.0"
+    assert spec["imagePullSecrets"] == [{"name": "mirror-pull"}, {"name": "ghcr-pull"}]
+    selftest = by_kind(docs, "Pod")[0]["spec"]
+    assert selftest["imagePullSecrets"] == spec["imagePullSecrets"], "helm test pulls the same image"
+    monitor = by_kind(docs, "ServiceMonitor")[0]
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["chat"]
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["scrapeTimeout"] == "10s" and endpoint["relabelings"][0]["targetLabel"] == "node"
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]
+    assert hpa["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 1200, "policies": [{"type": "Percent", "value": 10, "periodSeconds": 300}]}}
+    pdb = by_kind(docs, "PodDisruptionBudget")[0]["spec"]
+    assert pdb["maxUnavailable"] == "25%" and "minAvailable" not in pdb
+    rule = by_kind(docs, "PrometheusRule")[0]
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert urls and all(u.startswith("https://wiki.example.com/confab/runbooks#confab") for u in urls), urls
+    policy = by_kind(docs, "NetworkPolicy")[0]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert {"port": 53, "protocol": "UDP"} in policy["egress"][0]["ports"]
+    assert policy["egress"][1]["to"][0]["ipBlock"]["cidr"] == "10.20.0.0/16"
+    # Without the egress option the policy leaves egress alone.
+    default = by_kind(render(CHART / "ci" / "default-values.yaml"), "NetworkPolicy")[0]["spec"]
+    assert default["policyTypes"] == ["Ingress"] and "egress" not in default
+
+
+def test_the_chart_works_as_a_subchart_with_global_values(tmp_path):
+    parent = tmp_path / "platform"
+    (parent / "charts").mkdir(parents=True)
+    (parent / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "platform", "version": "1.0.0",
+        "dependencies": [{"name": "confab", "version": "0.1.0"}],
+    }))
+    shutil.copytree(CHART, parent / "charts" / "confab")
+    values = {
+        "global": {"imageRegistry": "mirror.example.com", "imagePullSecrets": [{"name": "pull"}], "team": "chat"},
+        "confab": values_of("default-values.yaml"),
+    }
+    spec = deployment(render_values(values, chart=parent))
+    assert spec["containers"][0]["image"] == "mirror.example.com/confab-chat/confab:0.1.0"
+    assert spec["imagePullSecrets"] == [{"name": "pull"}]
+
+
+def test_several_pods_with_unshared_attachments_are_refused():
+    for changes in ({"attachments.url": ""}, {"attachments.url": "", "autoscaling.enabled": False, "replicaCount": 3}):
+        refused(values_of("default-values.yaml", **changes), "attachments.url")
+    # One pod keeps them on its disk; a shared volume or S3 serves several.
+    one = values_of("default-values.yaml", **{"attachments.url": "", "autoscaling.enabled": False, "replicaCount": 1})
+    env = {e["name"] for e in deployment(render_values(one))["containers"][0]["env"]}
+    assert "CONFAB_ATTACHMENTS_URL" not in env
+
+
+def test_the_route_needs_the_gateway_api_or_force():
+    assert by_kind(render_values(values_of("default-values.yaml")), "HTTPRoute")
+    assert not by_kind(render_values(values_of("default-values.yaml", **{"gateway.force": False})), "HTTPRoute")
+
+
+def test_migrations_run_in_a_hook_job_before_the_pods():
+    docs = render(CHART / "ci" / "default-values.yaml")
+    job = by_kind(docs, "Job")[0]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["migrate"]
+    # The hook runs before the release's own Secret exists: it reads a hook copy made before it.
+    ref = container["env"][1]["valueFrom"]["secretKeyRef"]
+    hook_secret = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == ref["name"]][0]
+    assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    env = {e["name"]: e.get("value") for e in deployment(docs)["containers"][0]["env"]}
+    assert env["CONFAB_MIGRATE_ON_START"] == "false"
+    # With an existing Secret the Job reads it directly; without the Job, pods migrate.
+    existing = by_kind(render(CHART / "ci" / "keda-ingress-values.yaml"), "Job")[0]
+    assert existing["spec"]["template"]["spec"]["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]["name"] == "confab-db"
+    minimal = render(CHART / "ci" / "minimal-values.yaml")
+    assert not by_kind(minimal, "Job")
+    env = {e["name"]: e.get("value") for e in deployment(minimal)["containers"][0]["env"]}
+    assert env["CONFAB_MIGRATE_ON_START"] == "true"
+
+
+def test_production_values_keep_every_secret_out_of_the_chart():
+    docs = render(CHART / "values-production.yaml")
+    assert not by_kind(docs, "Secret"), "production values name existing Secrets only"
+    refused(values_of("default-values.yaml", **{"jwt.generate": False}), "jwt.existingSecret")

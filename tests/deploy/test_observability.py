@@ -3,6 +3,7 @@
 Prometheus scraping two confab pods (cluster shape) under traffic."""
 
 import json
+import re
 import subprocess
 import time
 import urllib.parse
@@ -68,6 +69,26 @@ def test_metrics_output_passes_promtool(confab):
     text = urllib.request.urlopen(f"http://127.0.0.1:{confab['metrics']}/metrics").read()
     run = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
     assert run.returncode == 0, (run.stdout + run.stderr).decode()
+
+
+def test_process_metrics_and_every_series_the_alerts_read_are_exported(confab):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{confab['metrics']}/metrics").read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name.split("{")[0]] = float(value)
+    assert values["process_open_fds"] > 0
+    assert values["process_max_fds"] >= values["process_open_fds"]
+    assert values["process_resident_memory_bytes"] > 1 << 20
+    assert "process_cpu_seconds_total" in values
+    # Every confab_/process_ series an alert reads exists (kube-state-metrics' are not ours).
+    rules = yaml.safe_load(open(ROOT / "charts" / "confab" / "files" / "alerts.yaml"))
+    exported = set(values) | {n.rsplit("_", 1)[0] for n in values}
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for name in re.findall(r"(?<![:\w])((?:confab|process)_[a-z_]+)\b(?!:)", rule["expr"]):
+                assert name in exported, f"{rule.get('alert') or rule.get('record')} reads {name}, which confab does not export"
 
 
 def panel_queries():
