@@ -5,6 +5,7 @@ schema), and the chart's wiring checked against a running confab."""
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -17,7 +18,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "confab"
-VALUES = sorted(glob.glob(str(CHART / "ci" / "*.yaml"))) + [str(CHART / "values-production.yaml")]
+# Every values file the project ships or deploys with, rendered and validated.
+VALUES = sorted(glob.glob(str(CHART / "ci" / "*.yaml"))) + [
+    str(CHART / "values-production.yaml"),
+    str(ROOT / "deploy" / "environments" / "production.yaml"),
+    str(ROOT / "k8s" / "dev" / "values.yaml"),
+]
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema here.
 KUBE_VERSIONS = ["1.33.0", "1.37.0"]
 
@@ -106,8 +112,52 @@ def test_the_chart_ships_the_generated_crds():
 
 
 def test_workflows_pass_actionlint():
-    run = subprocess.run(["actionlint", *glob.glob(str(ROOT / ".github" / "workflows" / "*.yml"))], capture_output=True, text=True)
+    workflows = glob.glob(str(ROOT / ".github" / "workflows" / "*.yml"))
+    assert {"ci.yml", "deploy.yml", "release.yml"} <= {os.path.basename(w) for w in workflows}
+    run = subprocess.run(["actionlint", *workflows], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+    run = subprocess.run(["check-jsonschema", "--builtin-schema", "vendor.dependabot", str(ROOT / ".github" / "dependabot.yml")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_action_is_pinned_and_deploys_follow_ci():
+    for path in glob.glob(str(ROOT / ".github" / "workflows" / "*.yml")):
+        workflow = yaml.safe_load(open(path))
+        for job in workflow["jobs"].values():
+            for step in job.get("steps", []):
+                if "uses" in step:
+                    assert "@" in step["uses"] and not step["uses"].endswith(("@main", "@master")), (path, step["uses"])
+                if step.get("uses", "").startswith("azure/setup-helm"):
+                    assert step["with"]["version"].startswith("v"), "Helm is pinned"
+            text = json.dumps(job)
+            assert "--reuse-values" not in text, "committed values, never --reuse-values"
+    deploy = yaml.safe_load(open(ROOT / ".github" / "workflows" / "deploy.yml"))
+    on = deploy.get(True) or deploy["on"]  # YAML 1.1 reads the key `on` as true
+    assert on["workflow_run"]["workflows"] == ["ci"], "deploys only what CI passed"
+    assert "success" in deploy["jobs"]["publish"]["if"]
+    steps = [s.get("run", "") for s in deploy["jobs"]["deploy"]["steps"]]
+    crds = next(i for i, r in enumerate(steps) if "--server-side" in r)
+    upgrade = next(i for i, r in enumerate(steps) if "helm upgrade" in r)
+    assert crds < upgrade, "CRDs are applied server-side before helm upgrade"
+    kind = yaml.safe_load(open(ROOT / ".github" / "workflows" / "ci.yml"))["jobs"]["kind-e2e"]
+    images = [m["node_image"] for m in kind["strategy"]["matrix"]["include"]]
+    assert len(images) >= 2 and all(":v1." in i for i in images), images
+    assert images[0].split(":v")[1].startswith(KUBE_VERSIONS[0].rsplit(".", 1)[0]), "the oldest supported Kubernetes is tested"
+
+
+def test_release_versions_agree_and_the_docs_install_a_pinned_release():
+    cargo = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    chart = yaml.safe_load(open(CHART / "Chart.yaml"))
+    assert chart["version"] == chart["appVersion"] == cargo
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "## [Unreleased]" in changelog
+    assert re.search(rf"^## \[{re.escape(cargo)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", changelog, re.M), "a dated section for this version"
+    for doc in (ROOT / "README.md", ROOT / "docs" / "deploy.md", CHART / "README.md"):
+        installs = re.findall(r"helm upgrade --install confab oci://\S+(?: \\\n\s*)?([^\n]*)", doc.read_text())
+        assert installs, f"{doc.name} shows an install"
+        for line in installs:
+            assert f"--version {cargo}" in line, f"{doc.name}: install without the pinned version: {line}"
 
 
 def test_skaffold_matches_its_schema():
