@@ -85,7 +85,9 @@ pub struct Config {
     #[arg(long, env = "CONFAB_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate_on_start: bool,
 
-    /// Redis URL (redis://...). Unset means the in-process bus (a single pod).
+    /// Redis URL: redis://host:6379 (or rediss:// with TLS), or Sentinel as
+    /// redis+sentinel://[:password@]sentinel-0:26379,sentinel-1:26379/mymaster. Unset means the
+    /// in-process bus (a single pod).
     #[arg(long, env = "CONFAB_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
 
@@ -406,25 +408,38 @@ impl Config {
             );
         }
         if let Some(u) = &self.redis_url
-            && !u
-                .split(',')
-                .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"))
+            && crate::bus::sentinel::is_sentinel(u)
         {
-            return Err(
-                "CONFAB_REDIS_URL (--redis-url) must start with redis:// or rediss:// \
-                 (with --redis-cluster: a comma-separated list of such URLs)"
-                    .into(),
-            );
-        }
-        if self.redis_cluster && self.redis_url.is_none() {
-            return Err("CONFAB_REDIS_CLUSTER (--redis-cluster) needs CONFAB_REDIS_URL".into());
-        }
-        if !self.redis_cluster && self.redis_url.as_deref().is_some_and(|u| u.contains(',')) {
-            return Err(
-                "CONFAB_REDIS_URL (--redis-url) lists several servers: set CONFAB_REDIS_CLUSTER=true \
-                 for a Redis Cluster"
-                    .into(),
-            );
+            if self.redis_cluster {
+                return Err(
+                    "CONFAB_REDIS_CLUSTER (--redis-cluster) and a redis+sentinel:// \
+                            CONFAB_REDIS_URL exclude each other: Sentinel watches one master"
+                        .into(),
+                );
+            }
+            crate::bus::sentinel::parse(u)?;
+        } else {
+            if let Some(u) = &self.redis_url
+                && !u
+                    .split(',')
+                    .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"))
+            {
+                return Err(
+                    "CONFAB_REDIS_URL (--redis-url) must start with redis://, rediss:// or \
+                     redis+sentinel:// (with --redis-cluster: a comma-separated list of redis:// URLs)"
+                        .into(),
+                );
+            }
+            if self.redis_cluster && self.redis_url.is_none() {
+                return Err("CONFAB_REDIS_CLUSTER (--redis-cluster) needs CONFAB_REDIS_URL".into());
+            }
+            if !self.redis_cluster && self.redis_url.as_deref().is_some_and(|u| u.contains(',')) {
+                return Err(
+                    "CONFAB_REDIS_URL (--redis-url) lists several servers: set CONFAB_REDIS_CLUSTER=true \
+                     for a Redis Cluster, or use redis+sentinel://… for Sentinel"
+                        .into(),
+                );
+            }
         }
         match (&self.oidc_issuer, &self.oidc_audience) {
             (Some(_), None) | (None, Some(_)) => {

@@ -74,6 +74,27 @@ fn bad_settings_stop_startup_with_one_clear_line() {
         &[],
         "CONFAB_REDIS_CLUSTER",
     );
+    // Sentinel: the master's name is required, and Sentinel is not a Cluster.
+    fails_naming(
+        &[
+            &pg[..],
+            &secret[..],
+            &["--redis-url", "redis+sentinel://s1:26379,s2:26379"],
+        ]
+        .concat(),
+        &[],
+        "names the master",
+    );
+    fails_naming(
+        &[
+            &pg[..],
+            &secret[..],
+            &["--redis-cluster", "--redis-url", "redis+sentinel://s1/m"],
+        ]
+        .concat(),
+        &[],
+        "CONFAB_REDIS_CLUSTER",
+    );
     // A database that is not there is named too.
     let port = free_port();
     fails_naming(

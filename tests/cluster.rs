@@ -624,3 +624,78 @@ async fn a_key_revoked_or_an_account_deleted_on_one_pod_closes_its_sockets_on_th
         common::ws::Closed::Code(4001)
     );
 }
+
+/// Redis behind Sentinel: two pods on `redis+sentinel://`, a sender on one, a subscriber on the
+/// other, and the master killed while messages flow. The sentinel promotes the replica, both
+/// pods follow it, and the subscriber gets every message once, in order.
+#[tokio::test]
+async fn a_sentinel_failover_under_load_loses_and_repeats_nothing() {
+    let pg = Postgres::start();
+    let mut sentinel = common::services::RedisSentinel::start();
+    let config = || {
+        let mut c = common::unlimited(confab::config::Config::for_tests(std::path::PathBuf::from(
+            "/nonexistent-unused",
+        )));
+        c.database_url = Some(pg.url.clone());
+        c.redis_url = Some(sentinel.url.clone());
+        c.jwt_secret = Some("cluster-test-secret-cluster-test-secret".into());
+        c
+    };
+    let a = Server::start(config()).await;
+    let b = Server::start(config()).await;
+    let alice = a.user("alice").await;
+    b.user("bob").await;
+    let bob = b.login("bob").await;
+    let room = alice.create_room("failover", "public").await;
+    bob.join(&room).await;
+    let mut watcher = bob.subscribed(&room).await;
+    alice.post_message(&room, "before").await;
+    assert_eq!(watcher.expect("message").await["seq"], 1, "the bus works");
+
+    // 300 messages over about 6 s from pod a; the master dies after the first second.
+    let sender = {
+        let alice = alice.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                alice.post_message(&room, &format!("m{i}")).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sentinel.kill_master();
+    let mut seen = vec![1];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while seen.len() < 301 && tokio::time::Instant::now() < deadline {
+        if let Some(m) = watcher.next(Duration::from_secs(1)).await
+            && m["type"] == "message"
+        {
+            seen.push(m["seq"].as_i64().unwrap());
+        }
+    }
+    sender.await.unwrap();
+    assert_eq!(
+        seen,
+        (1..=301).collect::<Vec<i64>>(),
+        "every message once, in order, across the failover"
+    );
+    assert_eq!(
+        sentinel.current_master_port(),
+        Some(sentinel.replica_port),
+        "the sentinel promoted the replica"
+    );
+    // Both pods are on the new master: a message now crosses live, and both are ready.
+    ready_again(&a).await;
+    ready_again(&b).await;
+    let started = std::time::Instant::now();
+    alice.post_message(&room, "after").await;
+    assert_eq!(watcher.expect("message").await["seq"], 302);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "live over the new master, not a later gap fill"
+    );
+    watcher
+        .expect_none("message", Duration::from_millis(300))
+        .await;
+}

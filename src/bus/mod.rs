@@ -8,6 +8,7 @@
 
 mod local;
 mod redis;
+pub mod sentinel;
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};

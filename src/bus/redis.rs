@@ -112,7 +112,8 @@ impl Conn {
 
 pub struct RedisBus {
     pod: PodId,
-    commands: Conn,
+    /// Replaced as a whole when Sentinel names a new master.
+    commands: Arc<std::sync::RwLock<Conn>>,
     subscriber: tokio::sync::Mutex<Conn>,
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
     metrics: Metrics,
@@ -120,9 +121,29 @@ pub struct RedisBus {
     joined: Mutex<HashSet<RoomId>>,
 }
 
-fn with_resp3(url: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}protocol=resp3")
+/// The two connections to one Redis server: commands, and a RESP3 connection whose push
+/// messages (Pub/Sub, disconnections) go to `push`. Both reconnect by themselves.
+async fn single_conns(
+    client: redis::Client,
+    push: mpsc::UnboundedSender<PushInfo>,
+) -> redis::RedisResult<(Conn, Conn)> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(2));
+    let info = client.get_connection_info().clone();
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let sub_client = redis::Client::open(info.set_redis_settings(resp3))?;
+    let commands = ConnectionManager::new_with_config(client, config.clone()).await?;
+    let subscriber = ConnectionManager::new_with_config(
+        sub_client,
+        config.set_push_sender(push).set_automatic_resubscription(),
+    )
+    .await?;
+    Ok((Conn::Single(commands), Conn::Single(subscriber)))
 }
 
 impl RedisBus {
@@ -137,6 +158,16 @@ impl RedisBus {
     ) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context;
         let (push_tx, mut push_rx) = mpsc::unbounded_channel::<PushInfo>();
+        let sentinels = if super::sentinel::is_sentinel(url) {
+            let parsed = super::sentinel::parse(url).map_err(anyhow::Error::msg)?;
+            Some(Arc::new(
+                super::sentinel::Sentinels::new(parsed)
+                    .context("CONFAB_REDIS_URL is not a valid Sentinel URL")?,
+            ))
+        } else {
+            None
+        };
+        let mut master = None;
         let (commands, mut subscriber) = if cluster {
             let nodes: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
             let client = |push: Option<mpsc::UnboundedSender<PushInfo>>| {
@@ -155,38 +186,35 @@ impl RedisBus {
                 .get_async_connection()
                 .await
                 .context("cannot connect to the Redis Cluster (CONFAB_REDIS_URL)")?;
-            let subscriber = client(Some(push_tx))?
+            let subscriber = client(Some(push_tx.clone()))?
                 .get_async_connection()
                 .await
                 .context("cannot connect to the Redis Cluster for Pub/Sub (CONFAB_REDIS_URL)")?;
             (Conn::Cluster(commands), Conn::Cluster(subscriber))
+        } else if let Some(sentinels) = &sentinels {
+            let client = sentinels.master().await.with_context(|| {
+                format!(
+                    "cannot find the Redis master {:?} through Sentinel (CONFAB_REDIS_URL)",
+                    sentinels.master_name()
+                )
+            })?;
+            master = super::sentinel::addr_of(&client);
+            single_conns(client, push_tx.clone())
+                .await
+                .context("cannot connect to the Redis master Sentinel named (CONFAB_REDIS_URL)")?
         } else {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_secs(2)))
-                .set_max_delay(Duration::from_secs(2));
             let client =
                 redis::Client::open(url).context("CONFAB_REDIS_URL is not a valid Redis URL")?;
-            let commands = ConnectionManager::new_with_config(client, config.clone())
+            single_conns(client, push_tx.clone())
                 .await
-                .context("cannot connect to Redis (CONFAB_REDIS_URL)")?;
-            let sub_client = redis::Client::open(with_resp3(url).as_str())
-                .context("CONFAB_REDIS_URL is not a valid Redis URL")?;
-            let subscriber = ConnectionManager::new_with_config(
-                sub_client,
-                config
-                    .set_push_sender(push_tx)
-                    .set_automatic_resubscription(),
-            )
-            .await
-            .context("cannot connect to Redis for Pub/Sub (CONFAB_REDIS_URL)")?;
-            (Conn::Single(commands), Conn::Single(subscriber))
+                .context("cannot connect to Redis (CONFAB_REDIS_URL)")?
         };
         subscriber
             .listen(CONTROL_CHANNEL.to_string())
             .await
             .context("cannot subscribe to the Redis control channel")?;
 
+        let incoming_events = incoming.clone();
         tokio::spawn(async move {
             let mut disconnected = false;
             while let Some(push) = push_rx.recv().await {
@@ -226,15 +254,104 @@ impl RedisBus {
         });
 
         let (outgoing, rx) = mpsc::unbounded_channel();
+        let commands = Arc::new(std::sync::RwLock::new(commands));
         tokio::spawn(publisher(commands.clone(), rx, metrics.clone()));
-        Ok(Arc::new(RedisBus {
+        let bus = Arc::new(RedisBus {
             pod,
             commands,
             subscriber: tokio::sync::Mutex::new(subscriber),
             outgoing,
             metrics,
             joined: Mutex::new(HashSet::new()),
-        }))
+        });
+        if let Some(sentinels) = sentinels {
+            tokio::spawn(follow_master(
+                Arc::downgrade(&bus),
+                sentinels,
+                master,
+                push_tx,
+                incoming_events,
+            ));
+        }
+        Ok(bus)
+    }
+
+    fn commands(&self) -> Conn {
+        self.commands.read().expect("commands lock").clone()
+    }
+
+    /// Moves both connections to the master Sentinel names now: subscribes the new one to
+    /// everything this pod listens to, then swaps. The hub is told the bus was down, and
+    /// fills what was missed from the store once it is back.
+    async fn switch_master(
+        &self,
+        sentinels: &super::sentinel::Sentinels,
+        push: &mpsc::UnboundedSender<PushInfo>,
+        incoming: &mpsc::UnboundedSender<Incoming>,
+    ) -> redis::RedisResult<Option<(String, u16)>> {
+        let client = sentinels.master().await?;
+        let addr = super::sentinel::addr_of(&client);
+        let (commands, mut subscriber) = single_conns(client, push.clone()).await?;
+        let _ = incoming.send(Incoming::Disconnected);
+        // Held while subscribing, so a room joined meanwhile is subscribed on the new one.
+        let mut current = self.subscriber.lock().await;
+        let mut channels = vec![CONTROL_CHANNEL.to_string()];
+        channels.extend(
+            self.joined
+                .lock()
+                .expect("joined lock")
+                .iter()
+                .map(|r| room_channel(*r)),
+        );
+        for chunk in channels.chunks(512) {
+            if let Conn::Single(c) = &mut subscriber {
+                c.subscribe(chunk.to_vec()).await?;
+            }
+        }
+        *current = subscriber;
+        *self.commands.write().expect("commands lock") = commands;
+        drop(current);
+        let _ = incoming.send(Incoming::Resubscribed);
+        Ok(addr)
+    }
+}
+
+/// Asks the sentinels once a second where the master is, and follows it when it moves.
+async fn follow_master(
+    bus: std::sync::Weak<RedisBus>,
+    sentinels: Arc<super::sentinel::Sentinels>,
+    mut master: Option<(String, u16)>,
+    push: mpsc::UnboundedSender<PushInfo>,
+    incoming: mpsc::UnboundedSender<Incoming>,
+) {
+    let mut tick = tokio::time::interval(super::sentinel::POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(bus) = bus.upgrade() else { break };
+        let now = match sentinels.master_addr().await {
+            Ok(addr) => addr,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask Sentinel where the Redis master is");
+                continue;
+            }
+        };
+        if master.as_ref() == Some(&now) {
+            continue;
+        }
+        tracing::warn!(
+            from = ?master,
+            to = ?now,
+            name = sentinels.master_name(),
+            "Sentinel names a new Redis master; moving the bus to it"
+        );
+        match bus.switch_master(&sentinels, &push, &incoming).await {
+            Ok(addr) => {
+                master = addr;
+                tracing::info!(master = ?master, "bus moved to the new Redis master");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot move to the new Redis master yet"),
+        }
     }
 }
 
@@ -242,9 +359,14 @@ impl RedisBus {
 ///
 /// On a cluster a pipeline must stay within one slot, so the batch goes as one SPUBLISH
 /// pipeline per channel (in order within the channel), all channels at once.
-async fn publisher(con: Conn, mut rx: mpsc::UnboundedReceiver<(String, Bytes)>, metrics: Metrics) {
+async fn publisher(
+    shared: Arc<std::sync::RwLock<Conn>>,
+    mut rx: mpsc::UnboundedReceiver<(String, Bytes)>,
+    metrics: Metrics,
+) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     while rx.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
+        let con = shared.read().expect("commands lock").clone();
         let started = Instant::now();
         let sent: redis::RedisResult<()> = match &con {
             Conn::Single(_) => {
@@ -343,14 +465,14 @@ impl Bus for RedisBus {
 
     async fn ping(&self) -> Result<(), String> {
         let started = Instant::now();
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
         self.observe("ping", started);
         pong.map(|_| ()).map_err(|e| e.to_string())
     }
 
     async fn presence_set(&self, room: RoomId, user: UserId, online: bool) {
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let field = format!("{}/{}", self.pod, user);
         let key = presence_key(room);
         let done: redis::RedisResult<()> = if online {
@@ -371,7 +493,7 @@ impl Bus for RedisBus {
     }
 
     async fn connected_set(&self, user: UserId, connected: bool) {
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let key = connected_key(user);
         let field = self.pod.to_string();
         let done: redis::RedisResult<()> = if connected {
@@ -391,7 +513,7 @@ impl Bus for RedisBus {
     }
 
     async fn connected_remote(&self, users: &[UserId]) -> Vec<UserId> {
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let me = self.pod.to_string();
         let now = crate::now_ms();
         let mut online = Vec::new();
@@ -414,7 +536,7 @@ impl Bus for RedisBus {
 
     async fn presence_remote(&self, room: RoomId) -> Vec<UserId> {
         let started = Instant::now();
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let entries: redis::RedisResult<Vec<(String, i64)>> = con.hgetall(presence_key(room)).await;
         self.observe("hgetall", started);
         let now = crate::now_ms();
@@ -431,7 +553,7 @@ impl Bus for RedisBus {
 
     async fn presence_sweep(&self, room: RoomId) -> Vec<UserId> {
         let started = Instant::now();
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let key = presence_key(room);
         let entries: Vec<(String, i64)> = match con.hgetall(&key).await {
             Ok(e) => e,
@@ -474,7 +596,7 @@ impl Bus for RedisBus {
 
     async fn announce(&self, stats: &PodStats) {
         let started = Instant::now();
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let entry = serde_json::json!({"stats": stats, "seen_ms": crate::now_ms()}).to_string();
         let done: redis::RedisResult<()> = con.hset(PODS_KEY, self.pod.to_string(), entry).await;
         self.observe("hset", started);
@@ -485,7 +607,7 @@ impl Bus for RedisBus {
 
     async fn pods_remote(&self) -> Vec<PodStats> {
         let started = Instant::now();
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let entries: redis::RedisResult<Vec<(String, String)>> = con.hgetall(PODS_KEY).await;
         self.observe("hgetall", started);
         let now = crate::now_ms();

@@ -373,3 +373,137 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// A Redis master, one replica and one `redis-sentinel` watching them as `mymaster`, quick to
+/// fail over (the master is down after 1 s). `url` is the `redis+sentinel://` URL for confab.
+pub struct RedisSentinel {
+    pub url: String,
+    pub master_port: u16,
+    pub replica_port: u16,
+    pub sentinel_port: u16,
+    master: Option<Child>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn redis_node(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (is it installed?)");
+    wait_for_port(port, "redis-server", &mut child);
+    child
+}
+
+impl RedisSentinel {
+    pub fn start() -> RedisSentinel {
+        let dir = tempfile::Builder::new()
+            .prefix("confab-redis-sentinel")
+            .tempdir()
+            .expect("temp dir");
+        let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
+        let master_dir = dir.path().join("master");
+        let replica_dir = dir.path().join("replica");
+        std::fs::create_dir_all(&master_dir).unwrap();
+        std::fs::create_dir_all(&replica_dir).unwrap();
+        let master = redis_node(&master_dir, master_port, &[]);
+        let replica = redis_node(
+            &replica_dir,
+            replica_port,
+            &["--replicaof", "127.0.0.1", &master_port.to_string()],
+        );
+        // Sentinel rewrites its configuration file, so it gets one of its own.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 sentinel parallel-syncs mymaster 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut sentinel = Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-sentinel runs (Debian package redis-sentinel)");
+        wait_for_port(sentinel_port, "redis-sentinel", &mut sentinel);
+        let s = RedisSentinel {
+            url: format!("redis+sentinel://127.0.0.1:{sentinel_port}/mymaster"),
+            master_port,
+            replica_port,
+            sentinel_port,
+            master: Some(master),
+            children: vec![replica, sentinel],
+            _dir: dir,
+        };
+        // A failover needs a replica the sentinel knows and that has synced.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let replicas = redis_cli(sentinel_port, &["SENTINEL", "REPLICAS", "mymaster"]);
+            let synced = redis_cli(replica_port, &["INFO", "replication"]);
+            if replicas.contains(&replica_port.to_string())
+                && synced.contains("master_link_status:up")
+            {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the sentinel did not learn of the replica within 30 s");
+    }
+
+    /// The master dies at once (SIGKILL); the sentinel promotes the replica.
+    pub fn kill_master(&mut self) {
+        if let Some(mut c) = self.master.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn current_master_port(&self) -> Option<u16> {
+        let out = redis_cli(
+            self.sentinel_port,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
+        );
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        self.kill_master();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
