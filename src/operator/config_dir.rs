@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::Watcher;
+use notify_debouncer_mini::notify::RecursiveMode;
+use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
 use serde::Serialize;
-use serde::de::Deserialize;
 use tokio::sync::mpsc;
 
 use super::reconcile::{apply_room, apply_webhook, archive_room, remove_webhook};
@@ -72,10 +72,12 @@ fn parse_file(path: &Path, text: &str) -> Result<Vec<Doc>, String> {
         .map(|f| f.to_string_lossy().to_string())
         .unwrap_or_default();
     let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    // YAML (serde-saphyr, whose errors carry the line and column) read into JSON values: the
+    // specs then deserialize exactly as the custom resources' JSON does.
+    let values: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("not YAML: {e}"))?;
+    for (i, value) in values.into_iter().enumerate() {
         let n = i + 1;
-        let value = serde_yaml::Value::deserialize(de)
-            .map_err(|e| format!("document {n}: not YAML: {e}"))?;
         if value.is_null() {
             continue; // an empty document (e.g. a trailing `---`)
         }
@@ -101,25 +103,25 @@ fn parse_file(path: &Path, text: &str) -> Result<Vec<Doc>, String> {
         let spec = value
             .get("spec")
             .cloned()
-            .unwrap_or(serde_yaml::Value::Null);
+            .unwrap_or(serde_json::Value::Null);
         let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
         let doc = match kind {
             "ChatRoom" => Doc::Room {
                 key,
                 file: file.clone(),
-                spec: serde_yaml::from_value(spec)
+                spec: serde_json::from_value(spec)
                     .map_err(|e| format!("document {n} (ChatRoom {name}): spec: {e}"))?,
             },
             "ChatPolicy" => Doc::Policy {
                 key,
                 file: file.clone(),
-                spec: serde_yaml::from_value(spec)
+                spec: serde_json::from_value(spec)
                     .map_err(|e| format!("document {n} (ChatPolicy {name}): spec: {e}"))?,
             },
             "ChatWebhook" => Doc::Webhook {
                 key,
                 file: file.clone(),
-                spec: serde_yaml::from_value(spec)
+                spec: serde_json::from_value(spec)
                     .map_err(|e| format!("document {n} (ChatWebhook {name}): spec: {e}"))?,
             },
             other => {
@@ -362,8 +364,10 @@ fn policy_status(
 /// Applies the folder now, then whenever it changes and every `resync`, until the process ends.
 pub async fn run(state: AppState, dir: PathBuf, resync: Duration) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = match notify::recommended_watcher(
-        move |_res: notify::Result<notify::Event>| {
+    // Editors and `kubectl cp` write in several steps: changes within 150 ms are one reload.
+    let mut watcher = match new_debouncer(
+        Duration::from_millis(150),
+        move |_res: DebounceEventResult| {
             let _ = tx.send(());
         },
     ) {
@@ -374,7 +378,7 @@ pub async fn run(state: AppState, dir: PathBuf, resync: Duration) {
         }
     };
     if let Some(w) = watcher.as_mut()
-        && let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive)
+        && let Err(e) = w.watcher().watch(&dir, RecursiveMode::NonRecursive)
     {
         tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config dir");
     }
@@ -388,9 +392,6 @@ pub async fn run(state: AppState, dir: PathBuf, resync: Duration) {
                 if got.is_none() {
                     break;
                 }
-                // Editors write in several steps: let them finish.
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                while rx.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(resync) => {}
         }

@@ -15,7 +15,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -357,7 +357,10 @@ pub async fn watch_policies(
 ) {
     let api: Api<ChatPolicy> = Api::all(client.clone());
     let mut known: BTreeMap<String, ChatPolicy> = BTreeMap::new();
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    // kube's default backoff (exponential with jitter, reset after success) between retries.
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => {
@@ -379,8 +382,7 @@ pub async fn watch_policies(
             }
             Ok(watcher::Event::InitDone) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "ChatPolicy watch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tracing::warn!(error = %e, "ChatPolicy watch failed; retrying with backoff");
                 continue;
             }
         }

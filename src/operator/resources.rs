@@ -242,7 +242,7 @@ pub fn crds_yaml() -> String {
     let mut out = String::new();
     for crd in [ChatRoom::crd(), ChatPolicy::crd(), ChatWebhook::crd()] {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).expect("CRDs serialize"));
+        out.push_str(&serde_saphyr::to_string(&crd).expect("CRDs serialize"));
     }
     out
 }
