@@ -251,6 +251,26 @@ pub struct Config {
     #[arg(long, env = "CONFAB_AUTH_BURST", default_value_t = 20, global = true)]
     pub auth_burst: u32,
 
+    /// Password hashes (argon2id, 19 MiB and tens of ms of CPU each) computed at once by
+    /// registration, sign-in and account deletion; 0 means one per core.
+    #[arg(
+        long,
+        env = "CONFAB_PASSWORD_HASH_CONCURRENCY",
+        default_value_t = 0,
+        global = true
+    )]
+    pub password_hash_concurrency: usize,
+
+    /// Requests that may wait for a password hash; beyond them a request is answered 503
+    /// `unavailable` with Retry-After, so a login storm costs bounded memory.
+    #[arg(
+        long,
+        env = "CONFAB_PASSWORD_HASH_QUEUE",
+        default_value_t = 128,
+        global = true
+    )]
+    pub password_hash_queue: usize,
+
     /// Take the client IP for rate limits from X-Forwarded-For / X-Real-IP (only behind a proxy
     /// that sets them; otherwise clients could pick their own IP).
     #[arg(long, env = "CONFAB_TRUST_FORWARDED_FOR", global = true)]

@@ -40,6 +40,12 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `unavailable` with Retry-After: the server is busy with this kind of work now.
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_ms: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -66,9 +72,9 @@ impl ApiError {
     /// How long the client should wait, for errors that say so.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after_ms, .. } | Self::SlowMode { retry_after_ms, .. } => {
-                Some(*retry_after_ms)
-            }
+            Self::RateLimited { retry_after_ms, .. }
+            | Self::SlowMode { retry_after_ms, .. }
+            | Self::Busy { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         }
     }
@@ -86,7 +92,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Muted(_) => "muted",
             Self::SlowMode { .. } => "slow_mode",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::Busy { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -102,7 +108,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } | Self::SlowMode { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Muted(_) => StatusCode::FORBIDDEN,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -185,9 +191,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
         let mut resp = (status, Json(body)).into_response();
-        if let Self::RateLimited { retry_after_ms, .. } | Self::SlowMode { retry_after_ms, .. } =
-            &self
-        {
+        if let Some(retry_after_ms) = self.retry_after_ms() {
             let secs = retry_after_ms.div_ceil(1000).max(1);
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));

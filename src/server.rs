@@ -183,6 +183,11 @@ pub(crate) async fn build(
         crate::policy::Policy::from_config(&config),
     ));
     let oidc = crate::auth::oidc::Oidc::start(&config, &metrics).await?;
+    let hashing = Arc::new(crate::auth::PasswordHashing::new(
+        config.password_hash_concurrency,
+        config.password_hash_queue,
+        Some(metrics.rate_limited.with_label_values(&["password_hash"])),
+    ));
     let state = AppState {
         config: Arc::new(config),
         store,
@@ -190,6 +195,7 @@ pub(crate) async fn build(
         hub,
         writer,
         auth,
+        hashing,
         metrics,
         admins: Arc::new(admins),
         oidc,

@@ -31,6 +31,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub writer: GroupCommit,
     pub auth: Auth,
+    /// The bounded path every password hash takes.
+    pub hashing: Arc<crate::auth::PasswordHashing>,
     pub metrics: Metrics,
     pub admins: Arc<HashSet<String>>,
     /// The team's OpenID provider, when one is configured.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::services::free_port;
 use common::ws::{Closed, WAIT};
 use common::{Postgres, Ws};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn confab() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_confab"));
@@ -584,6 +584,13 @@ async fn the_bench_drives_every_scenario_through_the_real_protocol() {
     .await;
     assert!(ingest["acked_messages"].as_u64().unwrap() > 0, "{ingest}");
     assert!(ingest["bench_cpu_percent"].is_number());
+    // Ten sign-ins at once: the queue (128) takes them all.
+    let logins = bench_json(run(&["logins", "--count", "10"])).await;
+    assert_eq!(
+        (&logins["signed_in"], &logins["refused_busy_503"]),
+        (&json!(10), &json!(0)),
+        "{logins}"
+    );
 }
 
 #[tokio::test]
@@ -672,4 +679,110 @@ fn the_server_raises_its_open_files_limit_to_the_hard_one() {
     let (soft, hard) = seen.expect("the server's limits");
     assert_eq!(soft, hard, "soft open-files limit not raised");
     assert_ne!(soft, "256");
+}
+
+/// Kilobytes of a /proc/<pid>/status line (VmRSS now, VmHWM the peak so far).
+fn proc_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+/// A login storm costs bounded memory: 300 sign-ins at once against a server whose limits let
+/// them all through (as behind an ingress with many clients). One hash per core runs, a queue of
+/// 64 waits, the rest are answered 503 with Retry-After; the server's peak RSS stays within
+/// 200 MiB of where it was, and everyone refused signs in when they retry.
+#[tokio::test]
+async fn a_login_storm_costs_bounded_memory_and_the_refused_are_told_when_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = confab()
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", "127.0.0.1:0", "--trust-forwarded-for"])
+        .args(["--auth-rate-per-minute", "100000", "--auth-burst", "100000"])
+        .args(["--http-rate", "100000", "--http-burst", "100000"])
+        .args(["--password-hash-queue", "64"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the server starts");
+    let login = |i: usize| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/api/v1/auth/login"))
+                .header("x-forwarded-for", format!("10.1.{}.{}", i / 256, i % 256))
+                .json(&json!({"username": "storm", "password": "storm-password"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"username": "storm", "password": "storm-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(login(0).await.status(), 200);
+    let pid = child.id();
+    let before = proc_kib(pid, "VmRSS:");
+
+    let storm: Vec<_> = (1..=300).map(|i| tokio::spawn(login(i))).collect();
+    let mut refused = Vec::new();
+    let mut signed_in = 0;
+    for (i, task) in storm.into_iter().enumerate() {
+        let r = task.await.unwrap();
+        match r.status().as_u16() {
+            200 => signed_in += 1,
+            503 => {
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "unavailable");
+                refused.push((i + 1, retry));
+            }
+            other => panic!("a sign-in in the storm was answered {other}"),
+        }
+    }
+    let peak = proc_kib(pid, "VmHWM:");
+    assert!(signed_in >= 64, "the queue's worth signed in: {signed_in}");
+    assert!(
+        !refused.is_empty(),
+        "beyond the queue, sign-ins are refused"
+    );
+    assert!(
+        peak.saturating_sub(before) < 200 * 1024,
+        "peak RSS {peak} KiB, {before} KiB before the storm: more than 200 MiB for 300 sign-ins"
+    );
+    // The refused come back when told to, a few at a time, and get in.
+    let wait = refused.iter().map(|(_, s)| *s).max().unwrap();
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    for chunk in refused.chunks(16) {
+        let again: Vec<_> = chunk.iter().map(|(i, _)| tokio::spawn(login(*i))).collect();
+        for task in again {
+            assert_eq!(task.await.unwrap().status(), 200);
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

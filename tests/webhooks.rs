@@ -624,3 +624,136 @@ async fn a_hanging_receiver_costs_one_bounded_attempt_and_holds_up_nobody_else()
     }
     assert!(timed_out, "the attempt ends as timed out");
 }
+
+/// The attempts of webhook `id` as `GET …/deliveries` lists them, once `n` are recorded.
+async fn attempts(root: &User, id: &str, n: usize) -> Vec<Value> {
+    let path = format!("/api/v1/admin/webhooks/{id}/deliveries");
+    let mut list = Vec::new();
+    for _ in 0..120 {
+        let (_, d) = root.api.get(&path).await;
+        list = d["deliveries"].as_array().cloned().unwrap_or_default();
+        if list.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(list.len() >= n, "{n} attempts expected: {list:?}");
+    list
+}
+
+/// A receiver that redirects elsewhere is not followed, and one that answers with an endless
+/// body is read only so far: each costs one attempt, bounded in time and memory.
+#[tokio::test]
+async fn redirects_are_not_followed_and_endless_answers_are_cut_short() {
+    let (c, dir) = config();
+    let s = Server::start_with(c, Some(dir)).await;
+    let root = s.user("root").await;
+    let elsewhere = Receiver::start(0).await;
+    let target = elsewhere.url.clone();
+    let odd = Router::new()
+        .route(
+            "/redirect",
+            post(move || {
+                let target = target.clone();
+                async move { (HttpStatus::TEMPORARY_REDIRECT, [("location", target)]) }
+            }),
+        )
+        .route(
+            "/endless",
+            post(|| async {
+                // 64 KiB chunks for ever (a gigabyte is only a matter of time).
+                let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+                let body =
+                    futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+                (HttpStatus::OK, axum::body::Body::from_stream(body))
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, odd).await.unwrap() });
+    let redirect = register(&root, &format!("{base}/redirect"), &["message.created"]).await;
+    let endless = register(&root, &format!("{base}/endless"), &["message.created"]).await;
+    let room = root.create_room("general", "public").await;
+    let started = std::time::Instant::now();
+    root.post_message(&room, "hello").await;
+
+    let r = attempts(&root, redirect["id"].as_str().unwrap(), 1).await;
+    assert_eq!(r[0]["status"], 307);
+    assert_eq!(r[0]["error"], "redirects are not followed");
+    let e = attempts(&root, endless["id"].as_str().unwrap(), 1).await;
+    assert_eq!(e[0]["status"], 200, "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "an endless answer ends the attempt at once: {:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(elsewhere.got().is_empty(), "the redirect was followed");
+    let metrics = s.metrics().await;
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "confab_webhook_deliveries_total{outcome=\"delivered\"}"
+        ),
+        Some(1.0),
+        "the endless 200 counts as delivered"
+    );
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "confab_webhook_deliveries_total{outcome=\"retry\"}"
+        ),
+        Some(1.0),
+        "the redirect is retried later"
+    );
+}
+
+/// A receiver that does not answer in time gets the same event again later, under the same
+/// `webhook-id`, and the attempt list says why the first one failed.
+#[tokio::test]
+async fn an_attempt_that_timed_out_is_retried_with_the_same_id() {
+    let (c, dir) = config();
+    let s = Server::start_with(c, Some(dir)).await;
+    let root = s.user("root").await;
+    let calls: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = calls.clone();
+    let slow_once = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let id = headers["webhook-id"].to_str().unwrap().to_string();
+                let first = {
+                    let mut calls = seen.lock().unwrap();
+                    calls.push(id.clone());
+                    calls.iter().filter(|c| **c == id).count() == 1
+                };
+                if first {
+                    // Longer than an attempt may take (10 s).
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                }
+                HttpStatus::NO_CONTENT
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, slow_once).await.unwrap() });
+    let hook = register(&root, &url, &["message.created"]).await;
+    let room = root.create_room("general", "public").await;
+    root.post_message(&room, "slowly").await;
+    // Attempt 1 times out at 10 s; the retry comes 5-10 s after it.
+    let d = attempts(&root, hook["id"].as_str().unwrap(), 2).await;
+    assert_eq!(
+        (&d[1]["attempt"], &d[1]["error"]),
+        (&json!(1), &json!("timed out"))
+    );
+    assert!(d[1]["status"].is_null());
+    assert_eq!(
+        (&d[0]["attempt"], &d[0]["status"]),
+        (&json!(2), &json!(204))
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0], calls[1], "the retry carries the same webhook-id");
+}

@@ -133,27 +133,103 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Hashes a password with argon2id off the async runtime (it is deliberately slow).
-pub async fn hash_password(password: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("argon2: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
+/// Password hashing is deliberately expensive: argon2id holds 19 MiB and tens of milliseconds
+/// of CPU per hash. Unbounded, a burst of sign-ins after an outage runs hundreds at once and
+/// holds their memory together. Here at most `concurrency` hashes run (each on a blocking
+/// thread that keeps its permit until the hash is done, even if the request has gone), at most
+/// `queue` requests wait for one, and the rest are answered 503 `unavailable` with Retry-After.
+/// Registration, sign-in and account deletion all go through it.
+pub struct PasswordHashing {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+    queue: usize,
+    concurrency: usize,
+    refused: Option<prometheus::IntCounter>,
 }
 
-/// True when `password` matches the stored PHC string.
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok()
-    })
-    .await
-    .unwrap_or(false)
+/// Takes a place in the queue, and gives it back however the wait ends.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl PasswordHashing {
+    /// `concurrency` 0 means one per core.
+    pub fn new(concurrency: usize, queue: usize, refused: Option<prometheus::IntCounter>) -> Self {
+        let concurrency = if concurrency == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            concurrency
+        };
+        PasswordHashing {
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            queue,
+            concurrency,
+            refused,
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> ApiResult<T> {
+        use std::sync::atomic::Ordering;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    if let Some(c) = &self.refused {
+                        c.inc();
+                    }
+                    // About how long the queue ahead takes to drain (~50 ms a hash).
+                    let ms = (self.queue as u64 * 50 / self.concurrency as u64).max(1000);
+                    return Err(ApiError::Busy {
+                        message: "too many sign-ins at once; try again shortly".into(),
+                        retry_after_ms: ms,
+                    });
+                }
+                let _place = Waiting(&self.waiting);
+                self.permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| ApiError::Internal(e.into()))?
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))
+    }
+
+    /// Hashes a password with argon2id off the async runtime.
+    pub async fn hash(&self, password: String) -> ApiResult<String> {
+        self.run(move || {
+            Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("argon2: {e}")))
+        })
+        .await?
+    }
+
+    /// Whether `password` matches the stored PHC string (an error only when refused as busy).
+    pub async fn verify(&self, password: String, hash: String) -> ApiResult<bool> {
+        self.run(move || {
+            Argon2::default()
+                .verify_password(password.as_bytes(), hash.as_str())
+                .is_ok()
+        })
+        .await
+    }
 }
 
 impl Auth {

@@ -86,6 +86,14 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// N sign-ins at once for one account (a login storm after an outage), each from its own
+    /// X-Forwarded-For address (start the server with --trust-forwarded-for). Reports the
+    /// answers, their latency and, with --server-pid, the server's resident memory before, at
+    /// its peak (VmHWM: start a fresh server for each run) and after.
+    Logins {
+        #[arg(long, default_value_t = 300)]
+        count: usize,
+    },
     /// Many senders, each with a window of unacknowledged messages; acks mean durable commits.
     Ingest {
         #[arg(long, default_value_t = 64)]
@@ -220,10 +228,15 @@ impl CpuClock {
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// A memory line of /proc/<pid>/status (VmRSS, or VmHWM: the peak resident size).
+fn proc_status_bytes(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(key))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -348,6 +361,7 @@ async fn main() -> anyhow::Result<()> {
             window,
             seconds,
         } => ingest(&target, *senders, *window, *seconds).await?,
+        Scenario::Logins { count } => logins(&cli, &target, *count).await?,
     };
     let wall = started.elapsed().as_secs_f64();
     for (key, clock) in &clocks {
@@ -423,6 +437,66 @@ async fn idle(cli: &Cli, t: &Arc<Target>, n: usize, settle: u64) -> anyhow::Resu
             (Some(b), Some(a)) => json!(((a as f64 - b as f64) / n as f64).round()),
             _ => Value::Null,
         },
+    }))
+}
+
+async fn logins(cli: &Cli, t: &Arc<Target>, count: usize) -> anyhow::Result<Value> {
+    let name = format!("storm-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    t.post(
+        "/api/v1/auth/register",
+        None,
+        json!({"username": name, "password": "storm-password"}),
+    )
+    .await?;
+    let pid = cli.server_pid;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = pid.and_then(rss_bytes);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let (t, name) = (t.clone(), name.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let resp = t
+                .http
+                .post(format!("{}/api/v1/auth/login", t.base))
+                .header(
+                    "x-forwarded-for",
+                    format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                )
+                .json(&json!({"username": name, "password": "storm-password"}))
+                .send()
+                .await;
+            let status = resp.map(|r| r.status().as_u16()).unwrap_or(0);
+            (status, sent.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut ok = Vec::new();
+    let (mut busy, mut other) = (0u64, 0u64);
+    for task in tasks {
+        let (status, ms) = task.await?;
+        match status {
+            200 => ok.push(ms),
+            503 => busy += 1,
+            _ => other += 1,
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    ok.sort_by(f64::total_cmp);
+    let rss_after = pid.and_then(rss_bytes);
+    let peak = pid.and_then(|p| proc_status_bytes(p, "VmHWM:"));
+    Ok(json!({
+        "scenario": "logins",
+        "count": count,
+        "signed_in": ok.len(),
+        "refused_busy_503": busy,
+        "other_answers": other,
+        "seconds": (wall * 100.0).round() / 100.0,
+        "signed_in_ms_p50": (percentile(&ok, 50.0) * 10.0).round() / 10.0,
+        "signed_in_ms_p99": (percentile(&ok, 99.0) * 10.0).round() / 10.0,
+        "server_rss_before_bytes": rss_before,
+        "server_rss_peak_bytes": peak,
+        "server_rss_after_bytes": rss_after,
     }))
 }
 

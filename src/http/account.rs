@@ -215,7 +215,7 @@ pub async fn delete_me(
         // A missing password is as wrong as a wrong one: nothing is deleted.
         let password = body.password.unwrap_or_default();
         let hash = caller.user.password_hash.clone();
-        if !crate::auth::verify_password(password, hash).await {
+        if !state.hashing.verify(password, hash).await? {
             return Err(ApiError::forbidden(
                 "the password is wrong or missing; nothing was deleted",
             ));

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller};
-use crate::auth::{hash_password, verify_password};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::UserId;
 use crate::model::{Tokens, User};
@@ -127,7 +126,7 @@ pub async fn register(
     let record = UserRecord::new(
         body.username,
         display_name,
-        hash_password(body.password).await?,
+        state.hashing.hash(body.password).await?,
     );
     state.store.create_user(&record).await?;
     tracing::info!(user = %record.id, "user registered");
@@ -151,7 +150,7 @@ pub async fn login(
         .as_ref()
         .filter(|u| !(u.external || u.bot))
         .map_or(DUMMY_HASH.to_string(), |u| u.password_hash.clone());
-    let ok = verify_password(body.password, hash).await;
+    let ok = state.hashing.verify(body.password, hash).await?;
     let user = match user {
         // Accounts of the OpenID provider and bots have no password to sign in with.
         Some(u) if ok && !(u.external || u.bot) => u,
@@ -263,6 +262,12 @@ mod tests {
         // If it did not parse, logins for unknown users would answer measurably faster.
         use argon2::password_hash::phc::PasswordHash;
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
-        assert!(!verify_password("whatever".into(), DUMMY_HASH.into()).await);
+        let hashing = crate::auth::PasswordHashing::new(1, 1, None);
+        assert!(
+            !hashing
+                .verify("whatever".into(), DUMMY_HASH.into())
+                .await
+                .unwrap()
+        );
     }
 }
