@@ -143,6 +143,17 @@ pub struct Config {
     #[arg(long, env = "CONFAB_WEBHOOK_ALLOW_PRIVATE", global = true)]
     pub webhook_allow_private: bool,
 
+    /// Seconds a pod's claim on a webhook event lasts: when a pod dies mid-delivery, another
+    /// takes its events after this. A pod never starts an attempt its claim would not outlast.
+    #[arg(
+        long,
+        env = "CONFAB_WEBHOOK_LEASE_SECS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(30..=3600),
+        global = true
+    )]
+    pub webhook_lease_secs: u64,
+
     /// Log format: json for production, pretty for a terminal.
     #[arg(
         long,

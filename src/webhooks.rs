@@ -42,10 +42,10 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Requests in flight at once to one webhook.
 pub const PER_WEBHOOK: usize = 8;
-/// How long a claim holds an event: past it, another pod may take it (the claimer died). An
-/// event waits for at most `HELD_PER_WEBHOOK / PER_WEBHOOK` attempts of its webhook before its
-/// own, each at most [`ATTEMPT_TIMEOUT`]: well inside this.
-const LEASE_MS: i64 = 300_000;
+// How long a claim holds an event is `--webhook-lease-secs`: past it, another pod may take it
+// (the claimer died). An event held here behind a slow receiver's other events is attempted
+// only while its claim still outlasts a whole attempt; otherwise it is left for the next claim
+// (by any pod), so two pods never attempt one event at once.
 /// Delivered and failed events, and attempts, are kept this long for `…/deliveries`.
 const KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -254,6 +254,10 @@ impl Worker {
                     tracing::warn!(error = %e, "pruning webhook events failed");
                 }
             }
+            let lease_ms = (self.state.config.webhook_lease_secs * 1000) as i64;
+            // The last moment an attempt of these claims may start: it must end (at most
+            // ATTEMPT_TIMEOUT, and the answer's read as long again) before the lease does.
+            let start_by = now + lease_ms - 2 * ATTEMPT_TIMEOUT.as_millis() as i64 - 1000;
             let room = IN_FLIGHT.saturating_sub(in_flight.len());
             let due = if room == 0 {
                 Vec::new()
@@ -262,7 +266,7 @@ impl Worker {
                 match self
                     .state
                     .store
-                    .claim_webhook_events(now, LEASE_MS, room as i64, &busy)
+                    .claim_webhook_events(now, lease_ms, room as i64, &busy)
                     .await
                 {
                     Ok(due) => due,
@@ -295,10 +299,18 @@ impl Worker {
                 in_flight.spawn(async move {
                     let finished = {
                         let _permit = slot.acquire().await.expect("never closed");
-                        this.attempt(event, &hook).await
+                        if crate::now_ms() > start_by {
+                            // Waited too long behind this webhook's other events: the claim
+                            // would lapse mid-attempt. The next claim (any pod's) takes it.
+                            None
+                        } else {
+                            Some(this.attempt(event, &hook).await)
+                        }
                     };
                     this.release(hook.id);
-                    let _ = done.send(finished).await;
+                    if let Some(finished) = finished {
+                        let _ = done.send(finished).await;
+                    }
                 });
             }
         }

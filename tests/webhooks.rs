@@ -757,3 +757,86 @@ async fn an_attempt_that_timed_out_is_retried_with_the_same_id() {
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[0], calls[1], "the retry carries the same webhook-id");
 }
+
+/// A pod killed (SIGKILL) while it holds events mid-delivery: the surviving pod delivers them
+/// once their claims lapse, under the same `webhook-id`s.
+#[tokio::test]
+async fn events_held_by_a_pod_killed_mid_delivery_are_delivered_by_the_survivor() {
+    let mut fleet = common::fleet::Fleet::start_with(
+        2,
+        &[
+            ("CONFAB_WEBHOOK_LEASE_SECS", "30"),
+            ("CONFAB_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("CONFAB_ADMINS", "root"),
+        ],
+    )
+    .await;
+    // Only pod 0 runs while the events are claimed.
+    fleet.sigterm(1);
+    assert!(fleet.wait_exit(1, Duration::from_secs(20)).await);
+
+    // The receiver hangs until told to answer; it records the ids it answered 204.
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let answered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let app = {
+        let (hang, seen, answered) = (hang.clone(), seen.clone(), answered.clone());
+        Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap| {
+                let (hang, seen, answered) = (hang.clone(), seen.clone(), answered.clone());
+                async move {
+                    let id = headers["webhook-id"].to_str().unwrap().to_string();
+                    seen.lock().unwrap().push(id.clone());
+                    if hang.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return HttpStatus::SERVICE_UNAVAILABLE;
+                    }
+                    answered.lock().unwrap().push(id);
+                    HttpStatus::NO_CONTENT
+                }
+            }),
+        )
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let root = fleet.user("root").await;
+    register(&root, &url, &["message.created"]).await;
+    let room = root.create_room("general", "public").await;
+    for i in 0..5 {
+        root.post_message(&room, &format!("m{i}")).await;
+    }
+    // Pod 0 has claimed all five and is attempting them.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            seen.lock().unwrap().len() >= 5
+        })
+        .await,
+        "pod 0 attempts: {:?}",
+        seen.lock().unwrap()
+    );
+    let claimed: std::collections::BTreeSet<String> =
+        seen.lock().unwrap().iter().cloned().collect();
+    fleet.kill9(0).await;
+    hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    fleet.start_pod(1).await;
+    // Pod 1 takes them over once pod 0's 30 s claims lapse.
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            answered.lock().unwrap().len() >= 5
+        })
+        .await,
+        "the survivor delivered: {:?}",
+        answered.lock().unwrap()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answered = answered.lock().unwrap().clone();
+    let delivered: std::collections::BTreeSet<String> = answered.iter().cloned().collect();
+    assert_eq!(
+        delivered, claimed,
+        "the same events, under the same webhook-ids"
+    );
+    assert_eq!(answered.len(), 5, "each delivered once: {answered:?}");
+}
