@@ -278,9 +278,15 @@ impl Worker {
                 }
             };
             if due.is_empty() {
-                // Nothing due, or no room: wait for an attempt to end or a moment to pass.
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(200), in_flight.join_next()).await;
+                // Nothing due, or no room: wait for an attempt to end or a moment to pass. (An
+                // empty JoinSet's join_next() is ready at once: without the sleep the idle
+                // worker would ask the database for due events in a tight loop.)
+                if in_flight.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                } else {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), in_flight.join_next())
+                        .await;
+                }
                 continue;
             }
             let hooks: HashMap<WebhookId, WebhookRecord> = match self.state.store.webhooks().await {

@@ -840,3 +840,26 @@ async fn events_held_by_a_pod_killed_mid_delivery_are_delivered_by_the_survivor(
     );
     assert_eq!(answered.len(), 5, "each delivered once: {answered:?}");
 }
+
+/// With nothing to deliver, the worker asks the store for due events about five times a
+/// second, not in a loop that keeps a core and the database busy.
+#[tokio::test]
+async fn an_idle_delivery_worker_polls_gently() {
+    let (c, dir) = config();
+    let s = Server::start_with(c, Some(dir)).await;
+    let claims = |text: &str| {
+        common::metric(
+            text,
+            "confab_store_query_duration_seconds_count{op=\"claim_webhook_events\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = claims(&s.metrics().await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = claims(&s.metrics().await) - before;
+    assert!(
+        (2.0..=15.0).contains(&during),
+        "{during} claims in 2 s of idling"
+    );
+}

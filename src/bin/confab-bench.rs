@@ -55,6 +55,10 @@ enum Scenario {
         /// Seconds to hold them before measuring.
         #[arg(long, default_value_t = 3)]
         settle: u64,
+        /// Distinct users the connections belong to (round robin), each a member of the room:
+        /// presence and connection records grow with users, not sockets.
+        #[arg(long, default_value_t = 1)]
+        users: usize,
     },
     /// One room with M subscribers; K senders at R messages/s each; latency from the send
     /// time written in each body to its arrival.
@@ -336,7 +340,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Idle {
             connections,
             settle,
-        } => idle(&cli, &target, *connections, *settle).await?,
+            users,
+        } => idle(&cli, &target, *connections, *settle, *users).await?,
         Scenario::Fanout {
             members,
             senders,
@@ -373,10 +378,35 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn idle(cli: &Cli, t: &Arc<Target>, n: usize, settle: u64) -> anyhow::Result<Value> {
+async fn idle(
+    cli: &Cli,
+    t: &Arc<Target>,
+    n: usize,
+    settle: u64,
+    users: usize,
+) -> anyhow::Result<Value> {
     let token = t.user("idle").await?;
     let room = t.post("/api/v1/rooms", Some(&token), json!({"name": format!("idle-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]), "kind": "public"})).await?;
     let room = room["id"].as_str().context("room id")?.to_string();
+    let mut tokens = vec![token.clone()];
+    for chunk in (1..users.max(1)).collect::<Vec<_>>().chunks(64) {
+        let joined = chunk.iter().map(|_| {
+            let (t, room) = (t.clone(), room.clone());
+            async move {
+                let token = t.user("idle").await?;
+                t.post(
+                    &format!("/api/v1/rooms/{room}/join"),
+                    Some(&token),
+                    json!({}),
+                )
+                .await?;
+                anyhow::Ok(token)
+            }
+        });
+        for token in futures::future::join_all(joined).await {
+            tokens.push(token?);
+        }
+    }
     let pid = cli.server_pid;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = pid.and_then(rss_bytes);
@@ -387,9 +417,9 @@ async fn idle(cli: &Cli, t: &Arc<Target>, n: usize, settle: u64) -> anyhow::Resu
     // Open in parallel batches.
     for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
         let mut batch = Vec::new();
-        for _ in chunk {
+        for i in chunk {
             let t = t.clone();
-            let token = token.clone();
+            let token = tokens[i % tokens.len()].clone();
             let room = room.clone();
             batch.push(tokio::spawn(async move {
                 let mut ws = t.socket(&token).await?;
@@ -428,6 +458,7 @@ async fn idle(cli: &Cli, t: &Arc<Target>, n: usize, settle: u64) -> anyhow::Resu
     Ok(json!({
         "scenario": "idle",
         "connections": n,
+        "users": tokens.len(),
         "open_seconds": (open_secs * 100.0).round() / 100.0,
         "server_rss_before_bytes": rss_before,
         "server_rss_after_bytes": rss_after,
