@@ -699,3 +699,34 @@ async fn a_sentinel_failover_under_load_loses_and_repeats_nothing() {
         .expect_none("message", Duration::from_millis(300))
         .await;
 }
+
+/// Presence and connection records expire 15 s after their last renewal; a socket that stays
+/// keeps its user online on the other pod well past that (the renewal is one pipelined round
+/// trip every 5 s).
+#[tokio::test]
+async fn a_socket_that_stays_keeps_its_user_online_past_the_records_expiry() {
+    let c = two_pods().await;
+    let (alice, bob, room) = c.alice_and_bob_in("general").await;
+    let _a = alice.subscribed(&room).await;
+    let _b = bob.subscribed(&room).await;
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    let (_, members) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    assert!(
+        members["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["online"] == true),
+        "{members}"
+    );
+    // Bob's connection record (for notifications) is alive in Redis too.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &c.redis.port.to_string(), "HLEN"])
+        .arg(format!("confab:connected:{}", bob.id))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+}

@@ -132,6 +132,19 @@ pub trait Bus: Send + Sync + 'static {
     async fn presence_sweep(&self, room: RoomId) -> Vec<UserId>;
     /// Records that `user` has (or no longer has) any socket open on this pod.
     async fn connected_set(&self, user: UserId, connected: bool);
+    /// Renews this pod's connection and presence records before they expire (every few
+    /// seconds): `connected` users, and the users online in each room. Buses that keep them
+    /// remotely send them in as few round trips as they can.
+    async fn refresh(&self, connected: &[UserId], presence: &[(RoomId, Vec<UserId>)]) {
+        for &user in connected {
+            self.connected_set(user, true).await;
+        }
+        for (room, users) in presence {
+            for &user in users {
+                self.presence_set(*room, user, true).await;
+            }
+        }
+    }
     /// Which of `users` have a socket open on another pod.
     async fn connected_remote(&self, users: &[UserId]) -> Vec<UserId>;
     /// Publishes this pod's stats for the admin API (refreshed every few seconds).

@@ -512,6 +512,64 @@ impl Bus for RedisBus {
         }
     }
 
+    async fn refresh(&self, connected: &[UserId], presence: &[(RoomId, Vec<UserId>)]) {
+        let started = Instant::now();
+        let expires = crate::now_ms() + PRESENCE_TTL_MS;
+        let me = self.pod.to_string();
+        // (key, field) pairs: `{pod}` in each user's connected hash, `{pod}/{user}` in each
+        // room's presence hash.
+        let mut entries: Vec<(String, String)> = connected
+            .iter()
+            .map(|u| (connected_key(*u), me.clone()))
+            .collect();
+        for (room, users) in presence {
+            let key = presence_key(*room);
+            entries.extend(users.iter().map(|u| (key.clone(), format!("{me}/{u}"))));
+        }
+        let con = self.commands();
+        let failed = match &con {
+            // One server: pipelines of 512 keys, a round trip each.
+            Conn::Single(_) => {
+                let mut failed = false;
+                for chunk in entries.chunks(512) {
+                    let mut pipe = redis::pipe();
+                    for (key, field) in chunk {
+                        pipe.hset(key, field, expires)
+                            .ignore()
+                            .pexpire(key, PRESENCE_TTL_MS)
+                            .ignore();
+                    }
+                    failed |= pipe.query_async::<()>(&mut con.clone()).await.is_err();
+                }
+                failed
+            }
+            // A cluster routes every key by its slot: many at once instead of one by one.
+            Conn::Cluster(_) => {
+                use futures::StreamExt;
+                futures::stream::iter(entries)
+                    .map(|(key, field)| {
+                        let mut con = con.clone();
+                        async move {
+                            redis::pipe()
+                                .hset(&key, field, expires)
+                                .ignore()
+                                .pexpire(&key, PRESENCE_TTL_MS)
+                                .ignore()
+                                .query_async::<()>(&mut con)
+                                .await
+                        }
+                    })
+                    .buffer_unordered(64)
+                    .fold(false, |failed, r| async move { failed || r.is_err() })
+                    .await
+            }
+        };
+        self.observe("presence_refresh", started);
+        if failed {
+            tracing::warn!("presence refresh failed in part; entries expire unless renewed");
+        }
+    }
+
     async fn connected_remote(&self, users: &[UserId]) -> Vec<UserId> {
         let mut con = self.commands();
         let me = self.pod.to_string();

@@ -372,12 +372,11 @@ impl Hub {
 
     /// Re-announces this pod's presence entries so that they do not expire while in use.
     pub async fn refresh_presence(&self) {
-        if self.bus.has_peers() {
-            let users: Vec<UserId> = self.users.lock().expect("users lock").users().collect();
-            for user in users {
-                self.bus.connected_set(user, true).await;
-            }
-        }
+        let connected: Vec<UserId> = if self.bus.has_peers() {
+            self.users.lock().expect("users lock").users().collect()
+        } else {
+            Vec::new()
+        };
         let entries: Vec<(RoomId, Vec<UserId>)> = self
             .rooms
             .read()
@@ -390,11 +389,7 @@ impl Hub {
                 )
             })
             .collect();
-        for (room, users) in entries {
-            for user in users {
-                self.bus.presence_set(room, user, true).await;
-            }
-        }
+        self.bus.refresh(&connected, &entries).await;
     }
 
     // ---- delivery ----------------------------------------------------------------------
