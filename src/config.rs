@@ -154,6 +154,18 @@ pub struct Config {
     )]
     pub webhook_lease_secs: u64,
 
+    /// Hours delivered and failed webhook events, and their attempts, are kept for
+    /// `GET …/deliveries` before they are pruned (every row is a message's worth of JSON: at
+    /// high rates keep this short).
+    #[arg(
+        long,
+        env = "CONFAB_WEBHOOK_RETENTION_HOURS",
+        default_value_t = 168,
+        value_parser = clap::value_parser!(u64).range(1..=8760),
+        global = true
+    )]
+    pub webhook_retention_hours: u64,
+
     /// Log format: json for production, pretty for a terminal.
     #[arg(
         long,

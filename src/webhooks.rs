@@ -46,8 +46,6 @@ pub const PER_WEBHOOK: usize = 8;
 // (the claimer died). An event held here behind a slow receiver's other events is attempted
 // only while its claim still outlasts a whole attempt; otherwise it is left for the next claim
 // (by any pod), so two pods never attempt one event at once.
-/// Delivered and failed events, and attempts, are kept this long for `…/deliveries`.
-const KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// A new secret: `whsec_` and 32 random bytes in base64.
 pub fn generate_secret() -> String {
@@ -250,7 +248,10 @@ impl Worker {
                 && self.state.leader.load(std::sync::atomic::Ordering::Relaxed)
             {
                 last_prune = now;
-                if let Err(e) = self.state.store.prune_webhooks(now - KEEP_MS).await {
+                // Delivered and failed events, and attempts, are kept this long for
+                // `…/deliveries` (--webhook-retention-hours).
+                let keep_ms = (self.state.config.webhook_retention_hours * 3_600_000) as i64;
+                if let Err(e) = self.state.store.prune_webhooks(now - keep_ms).await {
                     tracing::warn!(error = %e, "pruning webhook events failed");
                 }
             }

@@ -57,6 +57,11 @@ fn bad_settings_stop_startup_with_one_clear_line() {
         "--database-max-connections",
     );
     fails_naming(&["--webhook-lease-secs", "5"], &[], "--webhook-lease-secs");
+    fails_naming(
+        &["--webhook-retention-hours", "0"],
+        &[],
+        "--webhook-retention-hours",
+    );
     // A Redis Cluster is named as such: the flag needs nodes, and a list needs the flag.
     let pg = ["--database-url", "postgres://db/chat"];
     let secret = ["--jwt-secret", "a-secret-of-at-least-thirty-two-bytes"];

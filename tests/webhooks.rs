@@ -863,3 +863,51 @@ async fn an_idle_delivery_worker_polls_gently() {
         "{during} claims in 2 s of idling"
     );
 }
+
+/// Delivered events and their attempts are pruned once older than
+/// `--webhook-retention-hours`; newer ones stay listed.
+#[tokio::test]
+async fn delivered_events_are_pruned_after_the_retention_period() {
+    let (mut c, dir) = config();
+    c.webhook_retention_hours = 1;
+    let data = dir.path().to_path_buf();
+    let s = Server::start(c.clone()).await;
+    let root = s.user("root").await;
+    let receiver = Receiver::start(0).await;
+    let hook = register(&root, &receiver.url, &["message.created"]).await;
+    let id = hook["id"].as_str().unwrap().to_string();
+    let room = root.create_room("general", "public").await;
+    root.post_message(&room, "old news").await;
+    assert_eq!(attempts(&root, &id, 1).await.len(), 1);
+    s.shutdown().await.unwrap();
+
+    // Two hours pass for what was delivered.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("confab.db").display()))
+        .await
+        .unwrap();
+    for q in [
+        "UPDATE webhook_events SET created_at = created_at - 7200000, next_attempt_at = next_attempt_at - 7200000",
+        "UPDATE webhook_deliveries SET at = at - 7200000",
+    ] {
+        sqlx::query(q).execute(&db).await.unwrap();
+    }
+    db.close().await;
+
+    let mut again = c;
+    again.data_dir = data;
+    let s = Server::start_with(again, Some(dir)).await;
+    let root = s.login("root").await;
+    let path = format!("/api/v1/admin/webhooks/{id}/deliveries");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (_, d) = root.api.get(&path).await;
+            d["deliveries"].as_array().is_some_and(|a| a.is_empty())
+        })
+        .await,
+        "the old attempt is pruned"
+    );
+    root.post_message(&room, "fresh").await;
+    let d = attempts(&root, &id, 1).await;
+    assert_eq!(d.len(), 1, "the new attempt stays: {d:?}");
+    assert_eq!(receiver.got().len(), 2, "nothing delivered twice");
+}

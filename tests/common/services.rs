@@ -229,24 +229,7 @@ impl Redis {
         } else {
             self.port
         };
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (is it installed?)");
-        wait_for_port(port, "redis-server", &mut child);
+        let child = redis_node(self.dir.path(), port, &[]);
         self.port = port;
         self.url = format!("redis://127.0.0.1:{port}");
         self.child = Some(child);
@@ -386,6 +369,7 @@ pub struct RedisSentinel {
     _dir: tempfile::TempDir,
 }
 
+/// A redis-server on `port` without persistence, started and listening.
 fn redis_node(dir: &Path, port: u16, extra: &[&str]) -> Child {
     let mut child = Command::new("redis-server")
         .args([
