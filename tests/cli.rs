@@ -198,22 +198,51 @@ async fn pods_that_do_not_migrate_refuse_an_old_schema_and_accept_a_newer_one() 
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // It serves without migrating, within its pool: 40 readiness checks at once (each a
+    // store query) open no more than --database-max-connections to PostgreSQL.
+    db.close().await;
     let port = free_port();
-    let mut child = serve(port).stderr(Stdio::null()).spawn().unwrap();
-    let health = format!("http://127.0.0.1:{port}/healthz");
-    let mut up = false;
-    for _ in 0..200 {
-        if let Ok(r) = reqwest::get(&health).await
-            && r.status().is_success()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut child = serve(port)
+        .args(["--database-max-connections", "3"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = answers_health(port).await;
+    let checks = (0..40).map(|_| reqwest::get(format!("http://127.0.0.1:{port}/readyz")));
+    let ready = futures::future::join_all(checks).await;
+    let mut probe = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url)
+        .await
+        .unwrap();
+    let (open,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut probe)
+    .await
+    .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(up, "a migrated database serves without migrating");
+    assert!(
+        ready
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+    );
+    assert!(
+        (1..=3).contains(&open),
+        "{open} connections with --database-max-connections 3"
+    );
+}
+
+/// Whether the binary on `port` answers /healthz within 20 s.
+async fn answers_health(port: u16) -> bool {
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    common::eventually(Duration::from_secs(20), || async {
+        reqwest::get(&health)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -718,15 +747,7 @@ async fn a_login_storm_costs_bounded_memory_and_the_refused_are_told_when_to_ret
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..200 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the server starts");
+    assert!(answers_health(port).await, "the server starts");
     let login = |i: usize| {
         let (http, base) = (http.clone(), base.clone());
         async move {
