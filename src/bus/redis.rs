@@ -406,6 +406,48 @@ async fn publisher(
 }
 
 impl RedisBus {
+    /// Sets `field` of each hash `key` to a new expiry time and renews the hash's TTL: the
+    /// records of presence and of connections. One server gets pipelines of 512 entries, a
+    /// round trip each; a cluster routes every key by its slot, 64 at a time.
+    async fn renew(&self, entries: Vec<(String, String)>) -> redis::RedisResult<()> {
+        let expires = crate::now_ms() + PRESENCE_TTL_MS;
+        let one = |pipe: &mut redis::Pipeline, key: &str, field: &str| {
+            pipe.hset(key, field, expires)
+                .ignore()
+                .pexpire(key, PRESENCE_TTL_MS)
+                .ignore();
+        };
+        let con = self.commands();
+        match &con {
+            Conn::Single(_) => {
+                let mut result = Ok(());
+                for chunk in entries.chunks(512) {
+                    let mut pipe = redis::pipe();
+                    for (key, field) in chunk {
+                        one(&mut pipe, key, field);
+                    }
+                    if let Err(e) = pipe.query_async::<()>(&mut con.clone()).await {
+                        result = Err(e);
+                    }
+                }
+                result
+            }
+            Conn::Cluster(_) => {
+                use futures::StreamExt;
+                futures::stream::iter(entries)
+                    .map(|(key, field)| {
+                        let mut con = con.clone();
+                        let mut pipe = redis::pipe();
+                        one(&mut pipe, &key, &field);
+                        async move { pipe.query_async::<()>(&mut con).await }
+                    })
+                    .buffer_unordered(64)
+                    .fold(Ok(()), |acc, r| async move { acc.and(r) })
+                    .await
+            }
+        }
+    }
+
     fn observe(&self, command: &str, started: Instant) {
         self.metrics
             .redis_command
@@ -476,14 +518,7 @@ impl Bus for RedisBus {
         let field = format!("{}/{}", self.pod, user);
         let key = presence_key(room);
         let done: redis::RedisResult<()> = if online {
-            let expires = crate::now_ms() + PRESENCE_TTL_MS;
-            redis::pipe()
-                .hset(&key, field, expires)
-                .ignore()
-                .pexpire(&key, PRESENCE_TTL_MS)
-                .ignore()
-                .query_async(&mut con)
-                .await
+            self.renew(vec![(key, field)]).await
         } else {
             con.hdel(&key, field).await
         };
@@ -497,13 +532,7 @@ impl Bus for RedisBus {
         let key = connected_key(user);
         let field = self.pod.to_string();
         let done: redis::RedisResult<()> = if connected {
-            redis::pipe()
-                .hset(&key, field, crate::now_ms() + PRESENCE_TTL_MS)
-                .ignore()
-                .pexpire(&key, PRESENCE_TTL_MS)
-                .ignore()
-                .query_async(&mut con)
-                .await
+            self.renew(vec![(key, field)]).await
         } else {
             con.hdel(&key, field).await
         };
@@ -514,10 +543,8 @@ impl Bus for RedisBus {
 
     async fn refresh(&self, connected: &[UserId], presence: &[(RoomId, Vec<UserId>)]) {
         let started = Instant::now();
-        let expires = crate::now_ms() + PRESENCE_TTL_MS;
         let me = self.pod.to_string();
-        // (key, field) pairs: `{pod}` in each user's connected hash, `{pod}/{user}` in each
-        // room's presence hash.
+        // `{pod}` in each user's connected hash, `{pod}/{user}` in each room's presence hash.
         let mut entries: Vec<(String, String)> = connected
             .iter()
             .map(|u| (connected_key(*u), me.clone()))
@@ -526,47 +553,10 @@ impl Bus for RedisBus {
             let key = presence_key(*room);
             entries.extend(users.iter().map(|u| (key.clone(), format!("{me}/{u}"))));
         }
-        let con = self.commands();
-        let failed = match &con {
-            // One server: pipelines of 512 keys, a round trip each.
-            Conn::Single(_) => {
-                let mut failed = false;
-                for chunk in entries.chunks(512) {
-                    let mut pipe = redis::pipe();
-                    for (key, field) in chunk {
-                        pipe.hset(key, field, expires)
-                            .ignore()
-                            .pexpire(key, PRESENCE_TTL_MS)
-                            .ignore();
-                    }
-                    failed |= pipe.query_async::<()>(&mut con.clone()).await.is_err();
-                }
-                failed
-            }
-            // A cluster routes every key by its slot: many at once instead of one by one.
-            Conn::Cluster(_) => {
-                use futures::StreamExt;
-                futures::stream::iter(entries)
-                    .map(|(key, field)| {
-                        let mut con = con.clone();
-                        async move {
-                            redis::pipe()
-                                .hset(&key, field, expires)
-                                .ignore()
-                                .pexpire(&key, PRESENCE_TTL_MS)
-                                .ignore()
-                                .query_async::<()>(&mut con)
-                                .await
-                        }
-                    })
-                    .buffer_unordered(64)
-                    .fold(false, |failed, r| async move { failed || r.is_err() })
-                    .await
-            }
-        };
+        let done = self.renew(entries).await;
         self.observe("presence_refresh", started);
-        if failed {
-            tracing::warn!("presence refresh failed in part; entries expire unless renewed");
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "presence refresh failed in part; entries expire unless renewed");
         }
     }
 
