@@ -18,6 +18,7 @@ use crate::ids::{AttachmentId, MessageId, RoomId, UserId};
 use crate::model::{Attachment, Message, Room};
 use crate::moderation::SendRules;
 use crate::policy::Policy;
+use crate::protocol::Encode as _;
 use crate::protocol::{ReceiptKind, ServerFrame};
 use crate::state::AppState;
 use crate::store::{
@@ -252,7 +253,8 @@ pub async fn edit_message(
         .edit_message(room, seq, body, crate::now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("no such message"))?;
-    let frame = ServerFrame::MessageEdited(&Message::from(&edited)).encode();
+    let frame =
+        ServerFrame::MessageEdited(std::borrow::Cow::Borrowed(&Message::from(&edited))).encode();
     state.hub.publish_event(room, frame, None);
     Ok(edited)
 }
@@ -315,7 +317,7 @@ pub async fn react(
                 room,
                 seq,
                 user: user.id,
-                emoji,
+                emoji: std::borrow::Cow::Borrowed(emoji),
                 active,
                 rev: m.rev,
             }
@@ -350,7 +352,9 @@ pub async fn pin(
     let at = pinned.then(crate::now_ms);
     match state.store.pin(room, seq, at).await? {
         Change::Made(m) => {
-            let frame = ServerFrame::MessageUpdated(&Message::from(&*m)).encode();
+            let frame =
+                ServerFrame::MessageUpdated(std::borrow::Cow::Borrowed(&Message::from(&*m)))
+                    .encode();
             state.hub.publish_event(room, frame, None);
             Ok(())
         }
@@ -411,6 +415,6 @@ pub async fn add_member(
 /// Tells subscribers that a room changed, and every pod's sockets to re-read its rules.
 pub fn room_updated(state: &AppState, r: &RoomRecord) {
     state.hub.control(ControlEvent::RoomChanged { room: r.id });
-    let frame = ServerFrame::RoomUpdated(&Room::from(r)).encode();
+    let frame = ServerFrame::RoomUpdated(std::borrow::Cow::Borrowed(&Room::from(r))).encode();
     state.hub.publish_event(r.id, frame, None);
 }

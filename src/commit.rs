@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::error::ApiError;
 use crate::hub::{Hub, Outbound, Outbox};
 use crate::model::{Message, rfc3339};
+use crate::protocol::Encode as _;
 use crate::protocol::ServerFrame;
 use crate::store::{CommitOutcome, MessageRecord, NewMessage, Store};
 use crate::telemetry::Metrics;
@@ -44,7 +45,7 @@ pub struct GroupCommit {
 /// The `ack` frame for a committed message.
 fn ack_frame(m: &MessageRecord) -> axum::extract::ws::Utf8Bytes {
     ServerFrame::Ack {
-        client_id: m.client_id.as_deref(),
+        client_id: m.client_id.as_deref().map(std::borrow::Cow::Borrowed),
         id: m.id,
         seq: m.seq,
         room: m.room_id,
@@ -139,7 +140,7 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
                         let _ = tx.send(Err(err));
                     }
                     Reply::Socket(out) => {
-                        out.push(Outbound::direct(ServerFrame::error(
+                        out.push(Outbound::direct(crate::protocol::error_frame(
                             &err,
                             p.message.client_id.as_deref(),
                         )));
@@ -168,7 +169,7 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
                         metrics.acks.inc();
                         ack_frame(m)
                     }
-                    CommitOutcome::Rejected(why) => ServerFrame::error(
+                    CommitOutcome::Rejected(why) => crate::protocol::error_frame(
                         &ApiError::Forbidden(why.clone()),
                         p.message.client_id.as_deref(),
                     ),
@@ -185,7 +186,8 @@ async fn write_batch(store: &dyn Store, hub: &Arc<Hub>, metrics: &Metrics, batch
     }
     // A reply's root, with its new summary and the reply's rev, after the reply itself.
     for root in &committed.roots {
-        let frame = ServerFrame::MessageUpdated(&Message::from(root)).encode();
+        let frame =
+            ServerFrame::MessageUpdated(std::borrow::Cow::Borrowed(&Message::from(root))).encode();
         hub.publish_event(root.room_id, frame, None);
     }
 }

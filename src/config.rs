@@ -22,6 +22,8 @@ pub enum Command {
     Migrate,
     /// Print the ChatRoom and ChatPolicy CRDs as YAML.
     Crd,
+    /// Print the AsyncAPI 3 document of the WebSocket protocol (JSON).
+    Asyncapi,
     /// A real round trip through a running confab (register, room, two sockets, a message),
     /// for `helm test` and end-to-end checks. Exits non-zero if anything fails.
     Selftest {

@@ -22,6 +22,7 @@
 //! - [`server`]: wiring it all together, startup and graceful shutdown.
 
 pub mod app;
+pub mod asyncapi;
 pub mod auth;
 pub mod bus;
 pub mod chat;

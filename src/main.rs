@@ -29,11 +29,17 @@ async fn main() -> std::process::ExitCode {
         print!("{}", confab::operator::resources::crds_yaml());
         return std::process::ExitCode::SUCCESS;
     }
+    if let Some(Command::Asyncapi) = cli.command {
+        print!("{}", confab::asyncapi::document_text());
+        return std::process::ExitCode::SUCCESS;
+    }
     let _traces = confab::telemetry::init_logging(cli.config.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => confab::server::serve(cli.config).await,
         Command::Migrate => confab::server::migrate(&cli.config).await,
-        Command::Crd | Command::Selftest { .. } => unreachable!("handled above"),
+        Command::Crd | Command::Asyncapi | Command::Selftest { .. } => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,11 +1,13 @@
-//! The JSON shapes of PROTOCOL.md, built from store records. Nothing here does I/O.
+//! The JSON shapes of the protocol (defined in the protocol crate), built from store records.
+//! Nothing here does I/O.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::ids::{AttachmentId, MessageId, RoomId, UserId};
 use crate::store::{AttachmentRecord, MemberRecord, MessageRecord, RoomRecord, UserRecord};
-pub use crate::store::{ReactionCount, Role, RoomKind};
+pub use confab_protocol::model::{
+    Attachment, Message, ReactionCount, Role, Room, RoomKind, ThreadSummary, User,
+};
 
 /// RFC 3339 UTC with milliseconds, as every time in the protocol.
 pub fn rfc3339(ms: i64) -> String {
@@ -14,60 +16,17 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
-pub struct User {
-    pub id: UserId,
-    pub username: String,
-    pub display_name: String,
-    pub is_admin: bool,
-    pub created_at: String,
-    /// The account was created by a token of the team's OpenID provider (it has no password).
-    pub external: bool,
-    /// The account is a bot (it signs in with API keys).
-    pub bot: bool,
-}
-
-impl User {
-    pub fn from_record(u: &UserRecord, is_admin: bool) -> Self {
-        User {
-            id: u.id,
-            username: u.username.clone(),
-            display_name: u.display_name.clone(),
-            is_admin,
-            created_at: rfc3339(u.created_at),
-            external: u.external,
-            bot: u.bot,
-        }
+/// A user as the API shows it.
+pub fn user(u: &UserRecord, is_admin: bool) -> User {
+    User {
+        id: u.id,
+        username: u.username.clone(),
+        display_name: u.display_name.clone(),
+        is_admin,
+        created_at: rfc3339(u.created_at),
+        external: u.external,
+        bot: u.bot,
     }
-}
-
-#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
-pub struct Room {
-    pub id: RoomId,
-    pub name: String,
-    pub kind: RoomKind,
-    pub topic: String,
-    pub created_at: String,
-    pub created_by: UserId,
-    pub member_count: i64,
-    pub last_seq: i64,
-    pub archived: bool,
-    pub managed_by: Option<String>,
-    /// Seconds members wait between messages (0: off). An addition to PROTOCOL.md's Room.
-    pub slow_mode_seconds: i64,
-    /// Only owners and moderators may post. An addition to PROTOCOL.md's Room.
-    pub read_only: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<Role>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_read_seq: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unread: Option<i64>,
-    /// For a member's listing: unread messages by others that mention them or `@room`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mentions: Option<i64>,
-    /// The room's change counter.
-    pub rev: i64,
 }
 
 impl From<&RoomRecord> for Room {
@@ -94,65 +53,14 @@ impl From<&RoomRecord> for Room {
     }
 }
 
-impl Room {
-    /// A room as its member sees it: with role and read marker.
-    pub fn for_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
-        let mut room = Room::from(r);
-        if let Some(m) = member {
-            room.role = Some(m.role);
-            room.last_read_seq = Some(m.last_read_seq);
-        }
-        room
+/// A room as its member sees it: with role and read marker.
+pub fn room_for_member(r: &RoomRecord, member: Option<MemberRecord>) -> Room {
+    let mut room = Room::from(r);
+    if let Some(m) = member {
+        room.role = Some(m.role);
+        room.last_read_seq = Some(m.last_read_seq);
     }
-}
-
-#[derive(Serialize, serde::Deserialize, Clone, Debug, utoipa::ToSchema)]
-pub struct Attachment {
-    pub id: AttachmentId,
-    pub room: RoomId,
-    pub filename: String,
-    pub content_type: String,
-    pub size: i64,
-    pub url: String,
-}
-
-#[derive(Serialize, Clone, Debug, utoipa::ToSchema)]
-pub struct Message {
-    pub id: MessageId,
-    pub room: RoomId,
-    pub seq: i64,
-    pub user: UserId,
-    pub username: String,
-    pub body: String,
-    pub created_at: String,
-    pub edited_at: Option<String>,
-    pub deleted: bool,
-    pub client_id: Option<String>,
-    pub reply_to: Option<i64>,
-    pub attachments: Vec<Attachment>,
-    /// The room's `rev` at this message's last change.
-    pub rev: i64,
-    /// In order of each emoji's first use; `[]` when none.
-    pub reactions: Vec<ReactionCount>,
-    /// The root's seq, for a reply in a thread.
-    pub thread: Option<i64>,
-    /// On a thread's root (null on others and on roots without replies).
-    pub thread_summary: Option<ThreadSummary>,
-    /// Members mentioned by `@username`, in order of first appearance.
-    pub mentions: Vec<UserId>,
-    /// Whether the body mentions `@room`.
-    pub mentions_room: bool,
-    pub pinned: bool,
-}
-
-/// A thread root's replies at a glance.
-#[derive(Serialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
-pub struct ThreadSummary {
-    pub reply_count: i64,
-    pub last_reply_seq: i64,
-    pub last_reply_at: String,
-    /// Up to 10 repliers, in order of their first reply.
-    pub participants: Vec<UserId>,
+    room
 }
 
 impl From<&MessageRecord> for Message {

@@ -62,7 +62,7 @@ impl AppState {
     }
 
     pub fn user_json(&self, u: &UserRecord) -> User {
-        User::from_record(u, self.is_admin(u))
+        crate::model::user(u, self.is_admin(u))
     }
 
     /// Checks a credential and loads its user: a bot's API key, a token of the OpenID

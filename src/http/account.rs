@@ -17,6 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::hub::ControlEvent;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::model::{Message, Room};
+use crate::protocol::Encode as _;
 use crate::protocol::ServerFrame;
 use crate::store::{MessageRecord, StoreResult};
 

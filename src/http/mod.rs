@@ -206,4 +206,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(attachments::router())
         .merge(web::router())
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route("/api/v1/asyncapi.json", get(asyncapi_json))
+}
+
+/// The AsyncAPI document of the WebSocket protocol (built once).
+async fn asyncapi_json() -> impl axum::response::IntoResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOC.get_or_init(crate::asyncapi::document_text).clone(),
+    )
 }

@@ -166,7 +166,7 @@ pub async fn get_room(
     ApiPath(id): ApiPath<RoomId>,
 ) -> ApiResult<Json<Room>> {
     let (r, member) = state.readable_room(id, caller.user.id).await?;
-    Ok(Json(Room::for_member(&r, member)))
+    Ok(Json(crate::model::room_for_member(&r, member)))
 }
 
 fn can_moderate(caller: &Caller, member: Option<&MemberRecord>) -> bool {
@@ -260,7 +260,7 @@ pub async fn join(
         .await?
         .ok_or_else(|| ApiError::not_found("no such room"))?;
     let m = state.store.member(id, caller.user.id).await?;
-    Ok(Json(Room::for_member(&r, m)))
+    Ok(Json(crate::model::room_for_member(&r, m)))
 }
 
 #[utoipa::path(post, path = "/api/v1/rooms/{id}/leave", tag = "rooms",
@@ -392,7 +392,7 @@ pub async fn direct(
             state.hub.member_added(r.id, user);
         }
     }
-    let room = Room::for_member(&r, state.store.member(r.id, caller.user.id).await?);
+    let room = crate::model::room_for_member(&r, state.store.member(r.id, caller.user.id).await?);
     let status = if created {
         StatusCode::CREATED
     } else {

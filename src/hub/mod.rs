@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::bus::{Bus, Envelope, Kind, PodStats};
 use crate::ids::{PodId, RoomId, UserId};
 use crate::model::Message;
+use crate::protocol::Encode as _;
 use crate::protocol::{NotificationReason, PresenceStatus, ServerFrame};
 use crate::store::{MessageRecord, Store};
 use crate::telemetry::Metrics;
@@ -108,7 +109,7 @@ pub struct Hub {
 
 /// The `message` event of a committed message.
 fn message_frame(m: &MessageRecord) -> Utf8Bytes {
-    ServerFrame::Message(&Message::from(m)).encode()
+    ServerFrame::Message(std::borrow::Cow::Borrowed(&Message::from(m))).encode()
 }
 
 fn from_bytes(b: Bytes) -> Option<Utf8Bytes> {
@@ -490,7 +491,7 @@ impl Hub {
             let frame = ServerFrame::Notification {
                 reason,
                 room: m.room_id,
-                message: &message,
+                message: std::borrow::Cow::Borrowed(&message),
             }
             .encode();
             self.control(ControlEvent::Notify {
@@ -688,7 +689,9 @@ impl Hub {
                     || m.thread_summary.is_some()
             };
             for m in changed.iter().filter(touched) {
-                let frame = ServerFrame::MessageUpdated(&Message::from(m)).encode();
+                let frame =
+                    ServerFrame::MessageUpdated(std::borrow::Cow::Borrowed(&Message::from(m)))
+                        .encode();
                 self.broadcast(room, &frame, None);
             }
         }

@@ -75,81 +75,8 @@ pub(crate) fn conflict(e: sqlx::Error, what: &str) -> StoreError {
 }
 
 /// A column value the code does not know (a row written by a newer release, or by hand).
-#[derive(Debug, thiserror::Error)]
-#[error("unknown {what} {value:?} in the database")]
-pub struct UnknownValue {
-    what: &'static str,
-    value: String,
-}
-
-/// Declares a closed set of values kept as lowercase text in a column and in JSON.
-macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident ($what:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[serde(rename_all = "lowercase")]
-        pub enum $name {
-            $($(#[$vmeta])* $variant),+
-        }
-
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-
-            pub fn parse(text: &str) -> Option<Self> {
-                match text {
-                    $($text => Some($name::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = UnknownValue;
-            fn try_from(value: String) -> Result<Self, UnknownValue> {
-                $name::parse(&value).ok_or(UnknownValue { what: $what, value })
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-text_enum! {
-    /// Who may find and read a room.
-    RoomKind ("room kind") {
-        /// Listed to everyone; anyone may read and join.
-        Public = "public",
-        /// Seen only by its members.
-        Private = "private",
-        /// The conversation of two people.
-        Direct = "direct",
-    }
-}
-
-text_enum! {
-    /// A member's standing in a room.
-    Role ("role") {
-        Owner = "owner",
-        Moderator = "moderator",
-        Member = "member",
-    }
-}
-
-impl Role {
-    /// Owners and moderators moderate (delete others' messages, mute, post in read-only rooms).
-    pub fn moderates(self) -> bool {
-        matches!(self, Role::Owner | Role::Moderator)
-    }
-}
+pub use confab_protocol::UnknownValue;
+pub use confab_protocol::{ReactionCount, Role, RoomKind};
 
 #[derive(sqlx::FromRow, Clone, Debug)]
 pub struct UserRecord {
@@ -411,15 +338,6 @@ pub const MAX_EMOJI_PER_MESSAGE: i64 = 20;
 pub const MAX_REACTION_USERS: usize = 50;
 /// Pinned messages per room.
 pub const MAX_PINS: i64 = 50;
-
-/// One emoji's reactions on a message, as `Message.reactions` shows them.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
-pub struct ReactionCount {
-    pub emoji: String,
-    pub count: i64,
-    /// The first users to react with it, in the order they did.
-    pub users: Vec<UserId>,
-}
 
 /// What became of a change to an existing message (a reaction, a pin).
 #[derive(Clone, Debug, PartialEq)]
@@ -972,7 +890,7 @@ mod tests {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
         let e = Role::try_from("admin".to_string()).unwrap_err();
-        assert_eq!(e.to_string(), "unknown role \"admin\" in the database");
+        assert_eq!(e.to_string(), "unknown role \"admin\"");
         assert!(Role::Moderator.moderates() && !Role::Member.moderates());
     }
 }

@@ -17,7 +17,7 @@ use super::{MAX_FRAME_BYTES, READ_BUFFER, Socket, send_close};
 use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::Close;
-use crate::protocol::{self, ClientFrame, ServerFrame};
+use crate::protocol::{self, ClientFrame};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -147,10 +147,10 @@ pub(super) async fn authenticate<S: Socket>(state: &AppState, sink: &mut S) -> O
                 let reply = match protocol::parse(&text) {
                     Ok(ClientFrame::Auth { token }) => match state.authenticate(&token).await {
                         Ok(identity) => return Some(identity),
-                        Err(e) => ServerFrame::error(&e, None),
+                        Err(e) => crate::protocol::error_frame(&e, None),
                     },
-                    Ok(_) => ServerFrame::error(&ApiError::unauthorized("send an auth frame first"), None),
-                    Err((msg, r)) => ServerFrame::error(&ApiError::BadRequest(msg), r.as_deref()),
+                    Ok(_) => crate::protocol::error_frame(&ApiError::unauthorized("send an auth frame first"), None),
+                    Err((msg, r)) => crate::protocol::error_frame(&ApiError::BadRequest(msg), r.as_deref()),
                 };
                 if sink.send(WsMessage::Text(reply)).await.is_err() {
                     return None;

@@ -21,8 +21,9 @@ use crate::commit::Reply;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::{Close, ControlEvent, Inbox, Next, Outbound, Outbox};
 use crate::ids::{RoomId, UserId};
-use crate::model::{Message, Room};
+use crate::model::Message;
 use crate::moderation::SendRules;
+use crate::protocol::Encode as _;
 use crate::protocol::{self, ClientFrame, ServerFrame};
 use crate::state::AppState;
 use crate::store::{Marker, UserRecord};
@@ -279,7 +280,7 @@ impl Connection {
                         Some(Ok(WsMessage::Text(t))) => t,
                         Some(Ok(WsMessage::Binary(_))) => {
                             let e = ApiError::bad_request("binary frames are not supported; send JSON text");
-                            if sink.send(WsMessage::Text(ServerFrame::error(&e, None))).await.is_err() {
+                            if sink.send(WsMessage::Text(crate::protocol::error_frame(&e, None))).await.is_err() {
                                 return Ended::gone("client_gone");
                             }
                             continue;
@@ -493,7 +494,12 @@ impl Connection {
             ControlEvent::MemberAdded { room, .. } => {
                 self.rules.remove(&room);
                 let (record, member) = self.state.readable_room(room, self.user.id).await.ok()?;
-                Some(ServerFrame::RoomJoined(&Room::for_member(&record, member)).encode())
+                Some(
+                    ServerFrame::RoomJoined(std::borrow::Cow::Borrowed(
+                        &crate::model::room_for_member(&record, member),
+                    ))
+                    .encode(),
+                )
             }
             ControlEvent::RoomChanged { room } => {
                 // Settings changed (read-only, slow mode, archived): read them again when needed.
@@ -542,14 +548,14 @@ impl Connection {
                     Ok(f) => f.reference(),
                     Err((_, r)) => r.clone(),
                 };
-                let text = ServerFrame::error(&e, reference.as_deref());
+                let text = crate::protocol::error_frame(&e, reference.as_deref());
                 return self.reply(sink, text).await;
             }
         }
         let parsed = match parsed {
             Ok(f) => f,
             Err((msg, r)) => {
-                let text = ServerFrame::error(&ApiError::BadRequest(msg), r.as_deref());
+                let text = crate::protocol::error_frame(&ApiError::BadRequest(msg), r.as_deref());
                 return self.reply(sink, text).await;
             }
         };
@@ -620,7 +626,7 @@ impl Connection {
             Ok(Some(text)) => self.reply(sink, text).await,
             Ok(None) => Ok(None),
             Err(e) => {
-                let text = ServerFrame::error(&e, reference.as_deref());
+                let text = crate::protocol::error_frame(&e, reference.as_deref());
                 self.reply(sink, text).await
             }
         }
@@ -732,14 +738,16 @@ impl Connection {
                 .await
                 .map_err(ApiError::from)?;
             for m in rows.iter().filter(|m| m.seq <= cursor) {
-                let text = ServerFrame::Message(&Message::from(m)).encode();
+                let text =
+                    ServerFrame::Message(std::borrow::Cow::Borrowed(&Message::from(m))).encode();
                 sink.feed(WsMessage::Text(text))
                     .await
                     .map_err(|_| SubscribeError::Socket)?;
             }
         }
         for m in &updates {
-            let text = ServerFrame::MessageUpdated(&Message::from(m)).encode();
+            let text =
+                ServerFrame::MessageUpdated(std::borrow::Cow::Borrowed(&Message::from(m))).encode();
             sink.feed(WsMessage::Text(text))
                 .await
                 .map_err(|_| SubscribeError::Socket)?;
