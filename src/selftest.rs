@@ -1,18 +1,16 @@
 //! `confab selftest`: proves a deployment works the way a client would: registers a throwaway
 //! user, creates a private room, subscribes one socket (optionally on another pod), sends on a
-//! second socket, and waits for the ack and the delivery. The room is archived afterwards.
+//! second socket, and waits for the ack and the delivery, through the Rust client library
+//! (`confab-client`) as an app would. The room is archived afterwards.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures::{SinkExt, StreamExt};
+use confab_client::protocol::{RoomId, ServerFrame};
+use confab_client::{Client, Event, Events, Options, Outgoing};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn post(
     http: &reqwest::Client,
@@ -33,39 +31,12 @@ async fn post(
     Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn socket(base: &str, token: &str) -> anyhow::Result<Socket> {
-    let ws_url = format!(
-        "{}/ws?token={token}",
-        base.trim_end_matches('/').replacen("http", "ws", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+/// A connection through the client library, as an app would open one.
+async fn client(base: &str, token: &str) -> anyhow::Result<(Client, Events)> {
+    tokio::time::timeout(WAIT, Client::connect(Options::new(base).token(token)))
         .await
-        .with_context(|| format!("WebSocket to {base}"))?;
-    expect(&mut ws, "hello").await?;
-    Ok(ws)
-}
-
-async fn expect(ws: &mut Socket, kind: &str) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .with_context(|| format!("no {kind} frame within {WAIT:?}"))?;
-        match frame {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t)?;
-                match v["type"].as_str() {
-                    Some(k) if k == kind => return Ok(v),
-                    Some("error") => bail!("server error while waiting for {kind}: {v}"),
-                    _ => {}
-                }
-            }
-            Some(Ok(Message::Close(c))) => bail!("socket closed while waiting for {kind}: {c:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => bail!("socket failed while waiting for {kind}: {e}"),
-            None => bail!("socket ended while waiting for {kind}"),
-        }
-    }
+        .with_context(|| format!("no hello from {base} within {WAIT:?}"))?
+        .with_context(|| format!("WebSocket to {base}"))
 }
 
 /// Runs the round trip; returns a one-line report.
@@ -104,30 +75,45 @@ pub async fn run(url: &str, peer_url: Option<&str>) -> anyhow::Result<String> {
     .await?;
     let room_id = room["id"].as_str().context("room without id")?.to_string();
 
-    let mut receiver = socket(peer_url.unwrap_or(base), &token).await?;
-    receiver
-        .send(Message::Text(
-            json!({"type": "subscribe", "room": room_id})
-                .to_string()
-                .into(),
-        ))
-        .await?;
-    expect(&mut receiver, "subscribed").await?;
-    let mut sender = socket(base, &token).await?;
+    let room: RoomId = room_id.parse().context("room id is not a UUID")?;
+
+    let (receiver, mut events) = client(peer_url.unwrap_or(base), &token).await?;
+    tokio::time::timeout(WAIT, receiver.subscribe(room))
+        .await
+        .context("no subscribed reply")??;
+    let (sender, _sender_events) = client(base, &token).await?;
     let started = Instant::now();
-    sender
-        .send(Message::Text(
-            json!({"type": "message", "room": room_id, "body": "selftest", "client_id": tag})
-                .to_string()
-                .into(),
-        ))
-        .await?;
-    let ack = expect(&mut sender, "ack").await?;
-    let got = expect(&mut receiver, "message").await?;
+    let message = Outgoing {
+        client_id: Some(tag.to_string()),
+        ..Outgoing::new("selftest")
+    };
+    let ack = tokio::time::timeout(WAIT, sender.send_with(room, message))
+        .await
+        .context("no ack")??;
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(Event::Frame(ServerFrame::Message(m))) => return Some(m.into_owned()),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("the message was not delivered within {WAIT:?}"))?
+    .context("the receiving socket ended")?;
     let elapsed = started.elapsed();
-    if got["id"] != ack["id"] || got["seq"] != ack["seq"] {
-        bail!("delivered {got} does not match acked {ack}");
+    if got.id != ack.id || got.seq != ack.seq {
+        bail!(
+            "delivered seq {} ({}) does not match acked seq {} ({})",
+            got.seq,
+            got.id,
+            ack.seq,
+            ack.id
+        );
     }
+    sender.close();
+    receiver.close();
     let _ = http
         .delete(format!("{base}/api/v1/rooms/{room_id}"))
         .bearer_auth(&token)
@@ -135,7 +121,7 @@ pub async fn run(url: &str, peer_url: Option<&str>) -> anyhow::Result<String> {
         .await;
     Ok(format!(
         "selftest ok: message seq {} acked and delivered in {} ms{}",
-        ack["seq"],
+        ack.seq,
         elapsed.as_millis(),
         if peer_url.is_some() {
             " across pods"

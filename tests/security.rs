@@ -153,7 +153,7 @@ async fn expired_jwt_is_refused_over_rest_and_websocket() {
         .await
         .err()
         .expect("refused");
-    assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401));
+    assert!(matches!(err, confab_client::Error::Handshake(401)));
 }
 
 #[tokio::test]
@@ -865,7 +865,7 @@ async fn too_many_sockets_per_user_are_refused() {
     let _a = alice.connect().await;
     let _b = alice.connect().await;
     match Ws::connect(s.addr, Some(&alice.token)).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        Err(confab_client::Error::Handshake(status)) => assert_eq!(status, 429),
         other => panic!("a third socket was let in: {:?}", other.map(|_| ())),
     }
 }

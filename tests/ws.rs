@@ -51,14 +51,14 @@ async fn a_bad_token_is_refused_before_the_upgrade() {
         .err()
         .expect("refused");
     match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        confab_client::Error::Handshake(status) => assert_eq!(status, 401),
         other => panic!("expected HTTP 401, got {other:?}"),
     }
     let err = Ws::connect_url(&format!("ws://{}/ws?token=bad", s.addr))
         .await
         .err()
         .expect("refused");
-    assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401));
+    assert!(matches!(err, confab_client::Error::Handshake(401)));
 }
 
 #[tokio::test]
@@ -358,7 +358,7 @@ async fn error_frames_keep_the_socket_open() {
     b.send(json!({"type": "subscribe", "room": "not-a-uuid"}))
         .await;
     assert_eq!(b.expect("error").await["code"], "bad_request");
-    b.inner
+    b.inner()
         .send(Message::Binary(vec![1, 2, 3].into()))
         .await
         .unwrap();
@@ -780,7 +780,7 @@ async fn commits_for_a_burst(s: &Server, n: usize) -> u64 {
     let room = alice.create_room("general", "public").await;
     let mut a = alice.connect().await;
     for i in 0..n {
-        a.inner
+        a.inner()
             .feed(Message::Text(
                 json!({"type": "message", "room": room, "body": "x", "client_id": format!("c{i}")})
                     .to_string()
@@ -789,7 +789,7 @@ async fn commits_for_a_burst(s: &Server, n: usize) -> u64 {
             .await
             .unwrap();
     }
-    a.inner.flush().await.unwrap();
+    a.inner().flush().await.unwrap();
     for _ in 0..n {
         a.expect_skipping("ack").await;
     }
@@ -819,7 +819,7 @@ async fn a_client_that_closes_gets_the_servers_close_frame_back() {
     let s = Server::embedded().await;
     let alice = s.user("alice").await;
     let mut a = alice.connect().await;
-    a.inner
+    a.inner()
         .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
             code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
             reason: "bye".into(),

@@ -1,14 +1,12 @@
-//! A WebSocket test client over a real socket.
+//! A WebSocket test client over a real socket: the Rust client's typed socket
+//! (`confab_client::raw::Socket`) with the JSON-level helpers tests need (any frame, bad ones
+//! included, and expectations about what comes back).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use confab_client::raw::Socket;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -17,7 +15,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 const INCIDENTAL: &[&str] = &["presence", "typing", "receipt", "room_joined"];
 
 pub struct Ws {
-    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub socket: Socket,
 }
 
 #[derive(Debug, PartialEq)]
@@ -27,54 +25,53 @@ pub enum Closed {
     Dropped,
 }
 
+fn closed(code: Option<u16>) -> Closed {
+    code.map_or(Closed::Dropped, Closed::Code)
+}
+
 impl Ws {
     /// Connects to `/ws`, with the token in the Authorization header when given.
     pub async fn connect(
         addr: SocketAddr,
         token: Option<&str>,
-    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let mut req = format!("ws://{addr}/ws").into_client_request()?;
-        if let Some(t) = token {
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        let (inner, _) = tokio_tungstenite::connect_async(req).await?;
-        Ok(Ws { inner })
+    ) -> Result<Ws, confab_client::Error> {
+        Ok(Ws {
+            socket: Socket::connect(&format!("http://{addr}"), token).await?,
+        })
     }
 
     /// Connects with a raw URL (for `?token=`).
-    pub async fn connect_url(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let (inner, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Ws { inner })
+    pub async fn connect_url(url: &str) -> Result<Ws, confab_client::Error> {
+        Ok(Ws {
+            socket: Socket::connect_url(url).await?,
+        })
+    }
+
+    /// The WebSocket stream itself, for raw frames.
+    pub fn inner(
+        &mut self,
+    ) -> &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    > {
+        self.socket.inner_mut()
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.inner
-            .send(Message::Text(v.to_string().into()))
+        self.socket
+            .send_text(v.to_string())
             .await
             .expect("send frame");
     }
 
     pub async fn send_text(&mut self, t: &str) {
-        self.inner
-            .send(Message::Text(t.to_string().into()))
-            .await
-            .expect("send frame");
+        self.socket.send_text(t).await.expect("send frame");
     }
 
     /// The next text frame as JSON, or None on close/timeout.
     pub async fn next(&mut self, within: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.inner.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
-                }
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
-                    return None;
-                }
-                Ok(Some(Ok(_))) => continue,
-            }
+        match tokio::time::timeout(within, self.socket.recv_text()).await {
+            Ok(Ok(t)) => Some(serde_json::from_str(&t).expect("server frames are JSON")),
+            Ok(Err(_)) | Err(_) => None,
         }
     }
 
@@ -146,17 +143,9 @@ impl Ws {
         let deadline = tokio::time::Instant::now() + within;
         let mut frames = Vec::new();
         loop {
-            match tokio::time::timeout_at(deadline, self.inner.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    frames.push(serde_json::from_str(&t).expect("server frames are JSON"));
-                }
-                Ok(Some(Ok(Message::Close(Some(f))))) => {
-                    return (frames, Closed::Code(f.code.into()));
-                }
-                Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => {
-                    return (frames, Closed::Dropped);
-                }
-                Ok(Some(Ok(_))) => continue,
+            match tokio::time::timeout_at(deadline, self.socket.recv_text()).await {
+                Ok(Ok(t)) => frames.push(serde_json::from_str(&t).expect("server frames are JSON")),
+                Ok(Err((code, _))) => return (frames, closed(code)),
                 Err(_) => panic!("the server did not close the socket within {within:?}"),
             }
         }
@@ -166,15 +155,9 @@ impl Ws {
     pub async fn expect_close_reason(&mut self, within: Duration) -> (Closed, String) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, self.inner.next()).await {
-                Ok(Some(Ok(Message::Close(Some(f))))) => {
-                    return (Closed::Code(f.code.into()), f.reason.to_string());
-                }
-                Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => {
-                    return (Closed::Dropped, String::new());
-                }
-                Ok(Some(Ok(_))) => continue,
+            match tokio::time::timeout_at(deadline, self.socket.recv_text()).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((code, reason))) => return (closed(code), reason),
                 Err(_) => panic!("the server did not close the socket within {within:?}"),
             }
         }
