@@ -22,7 +22,7 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
-    /// A request body that is not JSON (415; not one of PROTOCOL.md's codes, which are about
+    /// A request body that is not JSON (415; not one of the protocol's original codes, which are about
     /// what a JSON request says).
     #[error("{0}")]
     UnsupportedMediaType(String),

@@ -1,4 +1,4 @@
-//! The REST surface of PROTOCOL.md over real HTTP, in the embedded shape.
+//! The REST surface of docs/protocol.md over real HTTP, in the embedded shape.
 
 mod common;
 

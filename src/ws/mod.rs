@@ -57,7 +57,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/ws", get(handshake::upgrade))
 }
 
-/// The largest frame a client may send (PROTOCOL.md); larger closes with 1009.
+/// The largest frame a client may send (docs/protocol.md); larger closes with 1009.
 pub const MAX_FRAME_BYTES: usize = 65_536;
 /// A typing indicator without a refresh turns itself off after this long.
 pub const TYPING_TTL: Duration = Duration::from_secs(6);

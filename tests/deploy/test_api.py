@@ -59,7 +59,7 @@ def test_schemathesis_finds_nothing_that_contradicts_the_document(tmp_path):
              "run", f"{base}/api/v1/openapi.json",
              "--checks", "all",
              # The stateful phase links operations by inference and reads archive-on-DELETE and
-             # per-user client_id idempotency (PROTOCOL.md) as failures; the stateless phases
+             # per-user client_id idempotency (docs/protocol.md) as failures; the stateless phases
              # cover every operation.
              "--phases", "examples,coverage,fuzzing",
              "--max-time", os.environ.get("CONFAB_SCHEMATHESIS_SECONDS", "100"),
