@@ -1,6 +1,9 @@
-// confab's browser client library: the session (tokens, refresh, REST calls) and the live
-// connection (WebSocket with reconnects that resume every room with `since`). The chat page and
-// the admin panel both use it; nothing here touches the page.
+// The pages' session (tokens in localStorage, refresh shared across tabs, sign-in with the
+// OpenID provider, REST calls) and their live connection, which is the protocol client
+// (confab-client.js) adapted to the page. The chat page and the admin panel both use it; nothing
+// here touches the page.
+
+import { Confab } from "./confab-client.js";
 
 const STORAGE_KEY = "confab.session";
 // A sign-in with the OpenID provider under way (PKCE verifier, state, nonce), for this tab only.
@@ -255,41 +258,27 @@ export class Session {
   }
 }
 
-/** Reconnect delays: full jitter over an exponential ceiling, as docs/protocol.md advises. */
-export function backoff(attempt) {
-  const ceiling = Math.min(30_000, 500 * 2 ** attempt);
-  return Math.random() * ceiling;
-}
-
-/** The `retry_after_ms=N` hint a draining server puts in its 1001 close reason. */
-export function drainHint(reason) {
-  const m = /retry_after_ms=(\d+)/.exec(reason || "");
-  return m ? Number(m[1]) : null;
-}
-
 /**
- * The live connection. Keeps, per room, the highest seq handed on (`cursor`), resubscribes every
- * room with `since` after a reconnect, and resends unacknowledged messages with the same
- * `client_id`, so the page sees every message once and in order across drops.
+ * The live connection, on the protocol client (`confab-client.js`, the same file as the npm
+ * package): it resumes every room with `since`/`since_rev` after a reconnect, pages what the
+ * server could not replay, resends unacknowledged messages with the same `client_id`, honours a
+ * draining pod's hint and renews the token. This class only adapts it to the page.
  *
- * Events for the page: "state" ({state, detail}), "frame" (every server frame), "ack".
+ * Events for the page: "state" ({state, detail}), "frame" (server frames; messages once each,
+ * in order per room), "ack".
  */
 export class Connection extends EventTarget {
   constructor(session) {
     super();
     this.session = session;
-    this.ws = null;
     this.state = "idle";
-    this.attempt = 0;
-    this.rooms = new Map(); // room id -> cursor (highest seq handed to the page)
-    this.pending = new Map(); // client_id -> message frame awaiting its ack
-    this.stopped = false;
-    this.openedAt = 0;
-    session.onChange((data) => {
-      if (data && this.ws && this.ws.readyState === WebSocket.OPEN) {
-        this.send({ type: "auth", token: data.access_token });
-      }
-    });
+    this.chat = null;
+    this.followed = new Map(); // room id -> the cursor the page asked to follow from
+    // The page reads `rooms.has(id)` (followed?) and `rooms.get(id)` (the last seq handed on).
+    this.rooms = {
+      has: (id) => this.followed.has(id),
+      get: (id) => (!this.followed.has(id) ? undefined : this.chat ? this.chat.room(id).seq ?? undefined : this.followed.get(id)),
+    };
   }
 
   setState(state, detail = "") {
@@ -297,131 +286,81 @@ export class Connection extends EventTarget {
     this.dispatchEvent(new CustomEvent("state", { detail: { state, detail } }));
   }
 
+  /** A token for the socket: the session's, renewed first when it is about to expire. */
+  async token() {
+    const data = this.session.data;
+    if (!data) throw new ApiError(401, "unauthorized", "not logged in");
+    if (data.expires_at && data.expires_at - Date.now() < 30_000) {
+      try {
+        await this.session.refresh();
+      } catch (e) {
+        if (e.status === 401 || e.status === 403) this.stop("signed-out", "Your session ended; log in again.");
+        throw e;
+      }
+    }
+    return this.session.token;
+  }
+
   start() {
-    this.stopped = false;
-    this.connect();
+    if (this.chat) return;
+    const chat = new Confab({ url: location.origin, getToken: () => this.token() });
+    this.chat = chat;
+    chat.on("state", (state, detail) => {
+      if (state === "connecting" || state === "online" || state === "reconnecting") this.setState(state, detail);
+      else if (state === "banned") this.setState("banned", "You have been banned and disconnected.");
+      else if (state === "unauthorized") this.setState("signed-out", "Your session ended; log in again.");
+    });
+    chat.on("frame", (f) => {
+      // Messages come through each room (deduplicated, gaps paged); the rest as received.
+      if (f.type !== "message") this.dispatchEvent(new CustomEvent("frame", { detail: f }));
+    });
+    chat.on("close", (c) => console.info(`confab: socket closed (${c.code}${c.reason ? `: ${c.reason}` : ""})`));
+    chat.connect().catch(() => {});
+    for (const [id, cursor] of this.followed) this.subscribe(id, cursor);
   }
 
   stop(state = "stopped", detail = "") {
-    this.stopped = true;
-    clearTimeout(this.retryTimer);
-    if (this.ws) this.ws.close(1000);
+    if (this.chat) this.chat.close();
+    this.chat = null;
     this.setState(state, detail);
   }
 
-  connect() {
-    clearTimeout(this.retryTimer);
-    this.setState("connecting");
-    const url = new URL("/ws", location.href);
-    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(url);
-    this.ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: this.session.token }));
-    ws.onmessage = (ev) => this.receive(JSON.parse(ev.data));
-    ws.onclose = (ev) => this.closed(ev);
-  }
-
-  receive(f) {
-    if (f.type === "hello") {
-      this.openedAt = Date.now();
-      this.setState("online");
-      for (const [room, cursor] of this.rooms) this.send({ type: "subscribe", room, since: cursor });
-      for (const frame of this.pending.values()) this.send(frame);
-    } else if (f.type === "ack") {
-      this.pending.delete(f.client_id);
-      this.dispatchEvent(new CustomEvent("ack", { detail: f }));
-    } else if (f.type === "message") {
-      const cursor = this.rooms.get(f.room);
-      if (cursor === undefined) return;
-      if (f.seq <= cursor) return; // already handed on (a replay overlapping live delivery)
-      if (f.seq > cursor + 1) { // never expected; close the gap from history before going on
-        this.fill(f.room, cursor);
-        return;
-      }
-      this.rooms.set(f.room, f.seq);
-    } else if (f.type === "subscribed" && f.recovered === false) {
-      // More was missed than the server replays: page the gap from history.
-      this.fill(f.room, this.rooms.get(f.room) ?? 0);
-    } else if (f.type === "error" && f.code === "rate_limited" && f.ref && this.pending.has(f.ref)) {
-      const frame = this.pending.get(f.ref);
-      setTimeout(() => { if (this.pending.has(f.ref)) this.send(frame); }, f.retry_after_ms || 1000);
-    } else if (f.type === "error" && f.ref && this.pending.has(f.ref)) {
-      this.pending.delete(f.ref);
-    }
-    this.dispatchEvent(new CustomEvent("frame", { detail: f }));
-  }
-
-  /** Pages history after `cursor` and hands it on as message frames, in order. */
-  async fill(room, cursor) {
-    if (this.filling) return this.filling.then(() => this.fill(room, this.rooms.get(room) ?? cursor));
-    this.filling = (async () => {
-      let after = cursor;
-      for (;;) {
-        const page = await this.session.call("GET", `/api/v1/rooms/${room}/messages?after=${after}&limit=200`);
-        for (const m of page.messages) {
-          if (m.seq <= (this.rooms.get(room) ?? 0)) continue;
-          this.rooms.set(room, m.seq);
-          this.dispatchEvent(new CustomEvent("frame", { detail: { ...m, type: "message" } }));
-          after = m.seq;
-        }
-        if (!page.has_more) break;
-      }
-    })().catch(() => {}).finally(() => { this.filling = null; });
-    return this.filling;
-  }
-
-  closed(ev) {
-    this.ws = null;
-    if (this.stopped) return;
-    console.info(`confab: socket closed (${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`);
-    if (ev.code === 4003) return this.stop("banned", "You have been banned and disconnected.");
-    let wait;
-    if (ev.code === 4001) {
-      wait = 0;
-      this.session.refresh().then(() => this.schedule(0), () => this.stop("signed-out", "Your session ended; log in again."));
-      this.setState("reconnecting", "renewing the session");
-      return;
-    }
-    if (Date.now() - this.openedAt > 60_000) this.attempt = 0;
-    const hint = ev.code === 1001 ? drainHint(ev.reason) : null;
-    wait = hint ?? backoff(this.attempt);
-    this.attempt += 1;
-    this.schedule(wait);
-  }
-
-  schedule(wait) {
-    this.retryUntil = Date.now() + wait;
-    this.setState("reconnecting", `in ${Math.ceil(wait / 1000)} s`);
-    this.retryTimer = setTimeout(() => this.connect(), wait);
-  }
-
+  /** Sends a frame that needs no answer (typing, receipts, reactions, edits, deletes). */
   send(frame) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify(frame));
-      return true;
+    return this.chat ? this.chat.sendFrame(frame) : false;
+  }
+
+  subscribe(id, cursor) {
+    const room = this.chat.room(id);
+    if (!room.followedByPage) {
+      room.followedByPage = true;
+      room.on("message", (m) => {
+        if (this.followed.has(id)) this.dispatchEvent(new CustomEvent("frame", { detail: m }));
+      });
     }
-    return false;
+    room.subscribe(cursor === undefined ? {} : { since: cursor }).catch(() => {});
   }
 
   /** Follows a room from `cursor` on (messages after it are replayed, then live ones). */
-  follow(room, cursor) {
-    this.rooms.set(room, cursor);
-    this.send({ type: "subscribe", room, since: cursor });
+  follow(id, cursor) {
+    this.followed.set(id, cursor);
+    if (this.chat) this.subscribe(id, cursor);
   }
 
-  unfollow(room) {
-    this.rooms.delete(room);
-    this.send({ type: "unsubscribe", room });
+  unfollow(id) {
+    this.followed.delete(id);
+    if (this.chat) this.chat.room(id).unsubscribe();
   }
 
-  /** Sends a message; it is resent with the same client_id after a reconnect until acked. */
+  /** Sends a message; resent with the same client_id after reconnects until acked. */
   post(room, body, attachments = [], thread = null) {
-    const client_id = crypto.randomUUID();
-    const frame = { type: "message", room, body, client_id };
-    if (attachments.length) frame.attachments = attachments;
-    if (thread) frame.thread = thread;
-    this.pending.set(client_id, frame);
-    this.send(frame);
-    return client_id;
+    const clientId = crypto.randomUUID();
+    const opts = { clientId, attachments };
+    if (thread) opts.thread = thread;
+    this.chat.room(room).send(body, opts).then(
+      (ack) => this.dispatchEvent(new CustomEvent("ack", { detail: ack })),
+      () => {}, // refused for good: the error frame reached the page already
+    );
+    return clientId;
   }
 }

@@ -58,6 +58,11 @@ const ASSETS: &[Asset] = &[
     asset!("app.js"),
     asset!("admin.js"),
     asset!("icon.svg"),
+    // The protocol client the pages use: the same file as the `confab-client` package.
+    Asset {
+        name: "confab-client.js",
+        body: include_str!("../../clients/js/src/index.js"),
+    },
 ];
 
 /// Each asset's ETag (from its content), computed once: the files never change in a binary.

@@ -8,7 +8,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -203,6 +203,11 @@ test("pages are served from the binary with their own strict CSP", async () => {
     assert.equal(again.status, 304, `${path} revalidates`);
   }
   assert.equal((await fetch(`${base()}/assets/nope.js`)).status, 404);
+  // The page's live connection is the protocol client itself, the file the npm package ships.
+  const served = await (await fetch(`${base()}/assets/confab-client.js`)).text();
+  const shipped = readFileSync(join(ROOT, "clients", "js", "src", "index.js"), "utf8");
+  assert.equal(served, shipped);
+  assert.match(await (await fetch(`${base()}/assets/api.js`)).text(), /from "\.\/confab-client\.js"/);
 });
 
 test("two people chat in a room and a DM, with typing, presence, read ticks, edits, search and images", async () => {
