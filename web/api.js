@@ -233,7 +233,13 @@ export class Session {
       headers["Content-Type"] = "application/json";
     }
     if (!opts.anonymous && this.token) headers.Authorization = `Bearer ${this.token}`;
-    const res = await fetch(path, { method, headers, body: payload });
+    let res;
+    try {
+      res = await fetch(path, { method, headers, body: payload });
+    } catch (_) {
+      // The browser's own words ("Failed to fetch", "NetworkError…") say nothing to a person.
+      throw new ApiError(0, "offline", "The server cannot be reached right now. Check your connection; confab keeps trying.");
+    }
     if (res.status === 401 && !opts.anonymous && !opts.retried && this.data) {
       await this.refresh();
       return this.call(method, path, body, { ...opts, retried: true });

@@ -116,6 +116,8 @@ let connectedBefore = false;
 
 conn.addEventListener("state", (ev) => {
   const { state, detail } = ev.detail;
+  // While not connected, who is online is not known: the member list stops showing it.
+  document.body.dataset.conn = state;
   const el = $("conn");
   el.dataset.state = state;
   el.textContent = STATE_TEXT[state] + (detail ? `: ${detail}` : "");
@@ -289,7 +291,9 @@ async function openRoom(id) {
   document.title = `${roomLabel(r)} · confab`;
   const v = view(id);
   $("messages").replaceChildren(...[...v.msgs.keys()].sort((a, b) => a - b).map((s) => node(v, v.msgs.get(s))));
+  regroup();
   renderPending(v);
+  renderDrafts();
   renderTyping();
   renderRooms();
   renderMembers();
@@ -363,10 +367,18 @@ function addMessage(roomId, m, { history = false } = {}) {
   const li = node(v, m);
   const list = $("messages");
   // Keep the list in seq order: find the first rendered message with a higher seq.
-  const after = [...list.children].find((c) => Number(c.dataset.seq) > m.seq);
+  const after = [...list.children].find((c) => c.classList.contains("message") && Number(c.dataset.seq) > m.seq);
   if (!li.isConnected || li.nextSibling !== after) list.insertBefore(li, after || null);
+  scheduleRegroup();
   if (stick && !history) scrollToBottom();
   return isNew;
+}
+
+let regroupQueued = false;
+function scheduleRegroup() {
+  if (regroupQueued) return;
+  regroupQueued = true;
+  queueMicrotask(() => { regroupQueued = false; regroup(); });
 }
 
 /** The <li> of a message, made or brought up to date. */
@@ -393,7 +405,7 @@ function node(v, m) {
   const summary = m.thread_summary;
   li.replaceChildren(...[
     h("div", { class: "meta" },
-      h("span", { class: "author" }, displayName(m.user, m.username)),
+      h("span", { class: "author", dataset: { user: m.user } }, displayName(m.user, m.username)),
       h("time", { datetime: m.created_at, title: m.created_at }, time(m.created_at)),
       m.edited_at && !m.deleted ? h("span", { class: "edited" }, "(edited)") : null,
       m.pinned ? h("span", { class: "tag pin" }, "📌 pinned") : null,
@@ -409,11 +421,50 @@ function node(v, m) {
   return li;
 }
 
-/** The body with the caller's own mentions and @room marked. */
+/** The body with the caller's own mentions and @room marked, and web addresses as links. */
 function highlight(text) {
   const me = `@${session.user.username}`;
-  return text.split(/(@[a-z0-9_.-]+)/).map((part) =>
-    part === me || part === "@room" ? h("mark", { class: "mention" }, part) : part);
+  return text.split(/(https?:\/\/[^\s<>"']+)/).flatMap((part, i) => {
+    if (i % 2 === 1) {
+      // Only http(s), opened apart from this page; a trailing full stop or bracket is prose.
+      const [, url, rest] = /^(.*?)([.,;:!?)\]]*)$/.exec(part);
+      return [h("a", { href: url, target: "_blank", rel: "noopener noreferrer nofollow" }, url), rest];
+    }
+    return part.split(/(@[a-z0-9_.-]+)/).map((bit) =>
+      bit === me || bit === "@room" ? h("mark", { class: "mention" }, bit) : bit);
+  }).filter((x) => x !== "");
+}
+
+/** The day a message was sent, as a separator says it. */
+function dayLabel(iso) {
+  const d = new Date(iso);
+  const today = new Date();
+  const yesterday = new Date(today.getTime() - 86_400_000);
+  if (d.toDateString() === today.toDateString()) return "Today";
+  if (d.toDateString() === yesterday.toDateString()) return "Yesterday";
+  return d.toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+}
+
+/** Day separators, and consecutive messages of one author within 5 minutes drawn as a group. */
+function regroup() {
+  const list = $("messages");
+  list.querySelectorAll("li.day").forEach((li) => li.remove());
+  const v = views.get(current);
+  if (!v) return;
+  let prev = null;
+  for (const li of [...list.querySelectorAll("li.message:not(.pending)")]) {
+    const m = v.msgs.get(Number(li.dataset.seq));
+    if (!m) continue;
+    const day = new Date(m.created_at).toDateString();
+    if (!prev || new Date(prev.created_at).toDateString() !== day) {
+      list.insertBefore(h("li", { class: "day", role: "separator" }, h("span", {}, dayLabel(m.created_at))), li);
+    }
+    const grouped = !!prev && prev.user === m.user && !prev.deleted && !m.deleted && !m.thread
+      && new Date(m.created_at) - new Date(prev.created_at) < 5 * 60_000
+      && new Date(prev.created_at).toDateString() === day;
+    li.classList.toggle("grouped", grouped);
+    prev = m;
+  }
 }
 
 function canModerate(roomId) {
@@ -562,6 +613,10 @@ function startEdit(v, m) {
       done();
     },
   }, input, h("button", { type: "submit" }, "Save"), h("button", { type: "button", onclick: done }, "Cancel"));
+  input.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); form.requestSubmit(); }
+    if (ev.key === "Escape") { ev.preventDefault(); done(); }
+  });
   li.querySelector(".body").replaceWith(form);
   input.focus();
 }
@@ -586,7 +641,15 @@ function renderPending(v) {
 let typingSent = 0;
 let typingStop = null;
 
+/** The message box grows with its lines, up to a third of the screen (then it scrolls). */
+function fitComposer() {
+  const input = $("composer-input");
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight + 2, Math.round(window.innerHeight / 3))}px`;
+}
+
 $("composer-input").addEventListener("input", () => {
+  fitComposer();
   if (!current) return;
   const room = current;
   if (Date.now() - typingSent > 3000) {
@@ -607,13 +670,31 @@ $("composer-input").addEventListener("keydown", (ev) => {
   }
 });
 
+/** Files uploaded for the next message: [{room, attachment}], shown above the box until sent. */
+let drafts = [];
+
+function renderDrafts() {
+  const shown = drafts.filter((d) => d.room === current);
+  $("drafts").hidden = shown.length === 0;
+  $("drafts").replaceChildren(...shown.map((d) => h("li", { class: "draft" },
+    h("span", {}, `📎 ${d.attachment.filename} (${size(d.attachment.size)})`),
+    h("button", {
+      type: "button", class: "link", "aria-label": `Remove ${d.attachment.filename}`,
+      onclick: () => { drafts = drafts.filter((x) => x !== d); renderDrafts(); },
+    }, "Remove"))));
+}
+
 $("composer").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const input = $("composer-input");
-  const body = input.value.trim();
+  const files = drafts.filter((d) => d.room === current);
+  const body = input.value.trim() || files.map((d) => d.attachment.filename).join(", ");
   if (!body || !current) return;
-  send(current, body, []);
+  send(current, body, files.map((d) => d.attachment.id));
+  drafts = drafts.filter((d) => d.room !== current);
+  renderDrafts();
   input.value = "";
+  fitComposer();
   clearTimeout(typingStop);
   typingSent = 0;
 });
@@ -633,10 +714,11 @@ $("attach").addEventListener("change", async (ev) => {
   try {
     $("composer-note").textContent = `Uploading ${file.name}…`;
     const a = await session.call("POST", `/api/v1/rooms/${room}/attachments?filename=${encodeURIComponent(file.name)}`, file);
-    const text = $("composer-input").value.trim();
-    $("composer-input").value = "";
-    send(room, text || file.name, [a.id]);
+    // Held with the draft: the person adds a caption (or not) and sends when ready.
+    drafts.push({ room, attachment: a });
+    renderDrafts();
     $("composer-note").textContent = "";
+    $("composer-input").focus();
   } catch (e) {
     $("composer-note").textContent = `${file.name}: ${e.message}`;
   }
@@ -681,7 +763,12 @@ async function loadMembers(id) {
   const { members } = await session.call("GET", `/api/v1/rooms/${id}/members`);
   const v = view(id);
   for (const m of members) {
-    names.set(m.user.id, m.user.display_name || m.user.username);
+    const name = m.user.display_name || m.user.username;
+    if (names.get(m.user.id) !== name) {
+      names.set(m.user.id, name);
+      // Messages drawn before the members were known show the username: put the name in.
+      for (const el of document.querySelectorAll(`.author[data-user="${m.user.id}"]`)) el.textContent = name;
+    }
     const old = v.members.get(m.user.id);
     v.members.set(m.user.id, {
       user: m.user,
@@ -879,7 +966,7 @@ $("search-form").addEventListener("submit", async (ev) => {
       return h("li", {},
         h("a", { href: `#/room/${m.room}` },
           h("span", { class: "where" }, r ? roomLabel(r) : "a room"), " · ",
-          h("span", { class: "author" }, m.username), " · ",
+          h("span", { class: "author" }, displayName(m.user, m.username)), " · ",
           h("time", { datetime: m.created_at }, new Date(m.created_at).toLocaleString())),
         h("p", { class: "body" }, m.body));
     }));

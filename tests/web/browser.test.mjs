@@ -251,7 +251,8 @@ test("two people chat in a room and a DM, with typing, presence, read ticks, edi
   // Edit and delete reach the other page.
   await messageItem(alice, "hi bob, welcome").getByRole("button", { name: /^Edit/ }).click();
   await alice.getByRole("textbox", { name: "Edit message" }).fill("hi bob, welcome aboard");
-  await alice.getByRole("button", { name: "Save" }).click();
+  // Enter saves the edit (Shift+Enter would be a new line), as in the message box.
+  await alice.getByRole("textbox", { name: "Edit message" }).press("Enter");
   await messageItem(bob, "hi bob, welcome aboard").locator(".edited").waitFor();
   await alice.locator("#composer-input").fill("oops, wrong room");
   await alice.locator("#composer-input").press("Enter");
@@ -260,13 +261,24 @@ test("two people chat in a room and a DM, with typing, presence, read ticks, edi
   await bob.locator('#messages li[data-seq="3"]', { hasText: "This message was deleted." }).waitFor();
 
   // An image: uploaded by Alice, previewed on Bob's page.
+  // Attaching holds the file beside the draft; nothing is sent until Send.
+  await alice.locator("#composer-input").fill("the smallest picture");
   await alice.locator("#attach").setInputFiles({ name: "dot.png", mimeType: "image/png", buffer: PNG });
+  await alice.locator("#drafts li", { hasText: "dot.png" }).waitFor();
+  await bob.waitForTimeout(300);
+  assert.equal(await messageItem(bob, "the smallest picture").count(), 0, "not sent before Send");
+  assert.equal(await alice.locator("#composer-input").inputValue(), "the smallest picture", "the draft is kept");
+  await alice.getByRole("button", { name: "Send", exact: true }).click();
+  await alice.locator("#drafts").waitFor({ state: "hidden" });
   const preview = bob.locator('#messages img.preview[alt="dot.png"]');
   await preview.waitFor();
-  await bob.waitForFunction(() => {
-    const img = document.querySelector('#messages img.preview[alt="dot.png"]');
-    return img && img.complete && img.naturalWidth === 2;
-  });
+  assert.equal(await messageItem(bob, "the smallest picture").locator("img.preview").count(), 1, "the draft is its caption");
+  for (const page of [alice, bob]) {
+    await page.waitForFunction(() => {
+      const img = document.querySelector('#messages img.preview[alt="dot.png"]');
+      return img && img.complete && img.naturalWidth === 2;
+    });
+  }
   await shot(alice, "chat-room");
 
   // A DM: Alice starts it by username; Bob, looking at #general, gets an unread badge.
@@ -414,6 +426,93 @@ test("a page renews its token before it expires, and its socket stays open", asy
   await messageItem(pages.bob, "still here").waitFor();
 });
 
+test("a new person's first minutes: names, links, groups, days, the message box and the actions", async () => {
+  // Before signing in only the sign-in card shows, not an empty chat under it.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const visitor = await context.newPage();
+  await visitor.goto(base());
+  await visitor.locator("#auth-form").waitFor();
+  assert.equal(await visitor.locator("#chat").isVisible(), false, "the chat layout is hidden under the sign-in card");
+  await context.close();
+
+  const erin = await person("erin", "Erin Example");
+  const finn = await person("finn", "Finn Friendly");
+  await erin.getByText("Create a room").click();
+  const create = erin.locator("#create-form");
+  await create.getByLabel("Name").fill("firstdays");
+  await create.getByRole("button", { name: "Create", exact: true }).click();
+  await erin.locator("#room-title", { hasText: "#firstdays" }).waitFor();
+  await finn.reload();
+  await connected(finn);
+  await finn.getByRole("button", { name: "Join #firstdays" }).click();
+  await finn.locator("#room-title", { hasText: "#firstdays" }).waitFor();
+
+  // The message box grows with Shift+Enter lines, and Enter sends.
+  const box = finn.locator("#composer-input");
+  const oneLine = await box.evaluate((e) => e.clientHeight);
+  await box.fill("line one");
+  for (const line of ["line two", "line three", "line four"]) {
+    await box.press("Shift+Enter");
+    await box.pressSequentially(line);
+  }
+  const fourLines = await box.evaluate((e) => e.clientHeight);
+  assert.ok(fourLines > oneLine * 2, `the box grew with its lines (${oneLine}px -> ${fourLines}px)`);
+  await box.press("Enter");
+  await messageItem(erin, "line four").waitFor();
+  assert.ok((await box.evaluate((e) => e.clientHeight)) < fourLines, "and shrinks back once sent");
+
+  // Consecutive messages by one person are grouped; a day separator starts the day.
+  await box.fill("and a link: https://example.com/docs?page=2, and javascript:alert(1)");
+  await box.press("Enter");
+  const linked = messageItem(erin, "and a link");
+  await linked.waitFor();
+  const link = linked.locator("a");
+  assert.equal(await link.count(), 1, "only the http(s) address becomes a link");
+  assert.equal(await link.getAttribute("href"), "https://example.com/docs?page=2");
+  assert.match(await link.getAttribute("rel"), /noopener/);
+  assert.equal(await link.getAttribute("target"), "_blank");
+  assert.equal(await erin.locator("#messages li.day", { hasText: "Today" }).count(), 1, "one separator for today");
+  assert.equal(await linked.evaluate((li) => li.classList.contains("grouped")), true, "a second message in a row is grouped");
+  assert.equal(await messageItem(erin, "line four").evaluate((li) => li.classList.contains("grouped")), false);
+
+  // Names are display names, also after a reload (history is drawn before the member list).
+  await erin.reload();
+  await connected(erin);
+  await openRoom(erin, "#firstdays");
+  await messageItem(erin, "line four").locator(".author", { hasText: "Finn Friendly" }).waitFor();
+  assert.equal(await erin.locator("#messages .author", { hasText: /^finn$/ }).count(), 0, "no username where a name belongs");
+
+  // Others' messages take the width they need, like one's own, not the whole column.
+  const widths = await erin.$$eval("#messages li.message", (lis) => lis.map((li) => li.getBoundingClientRect().width));
+  const column = await erin.$eval("#messages", (ol) => ol.getBoundingClientRect().width);
+  assert.ok(widths.every((w) => w < column * 0.9), `messages narrower than the column: ${widths} of ${column}`);
+
+  // Edit and Delete show on hover and on keyboard focus only.
+  await finn.mouse.move(0, 0);
+  const own = messageItem(finn, "line four");
+  const actions = own.locator(".actions");
+  assert.equal(await actions.evaluate((e) => getComputedStyle(e).opacity), "0", "hidden at rest");
+  await own.hover();
+  await finn.waitForFunction(() => getComputedStyle(document.querySelector("#messages li.message:not(.grouped) .actions")).opacity === "1");
+  await finn.mouse.move(0, 0);
+  await own.getByRole("button", { name: /^Edit/ }).focus();
+  await finn.waitForFunction(() => getComputedStyle(document.activeElement.closest(".actions")).opacity === "1");
+  // In the edit box, Shift+Enter is a new line and Enter saves.
+  await own.getByRole("button", { name: /^Edit/ }).press("Enter");
+  const edit = finn.getByRole("textbox", { name: "Edit message" });
+  await edit.press("End");
+  await edit.press("Shift+Enter");
+  await edit.pressSequentially("line five");
+  assert.match(await edit.inputValue(), /line four\nline five$/);
+  await edit.press("Enter");
+  await messageItem(erin, "line five").locator(".edited").waitFor();
+  await shot(erin, "first-minutes");
+  for (const name of ["erin", "finn"]) {
+    await pages[name].context().close();
+    delete pages[name];
+  }
+});
+
 test("the page recovers from a server restart without losing or repeating a message", async () => {
   const alice = pages.alice;
   const bob = pages.bob;
@@ -426,6 +525,14 @@ test("the page recovers from a server restart without losing or repeating a mess
   await stopServer("SIGTERM");
   await alice.locator("#conn[data-state=reconnecting]").waitFor();
   await bob.locator("#conn[data-state=reconnecting]").waitFor();
+  // Nobody is shown online while the page cannot know it.
+  const dots = await bob.$$eval("#member-list .member.online .dot", (els) => els.map((e) => getComputedStyle(e).backgroundColor));
+  assert.ok(dots.length > 0 && dots.every((c) => c === "rgba(0, 0, 0, 0)"), `no green dot while reconnecting: ${dots}`);
+  // A request while the server is down says so in words, not the browser's "Failed to fetch".
+  await bob.locator("#search-input").fill("anything");
+  await bob.locator("#search-input").press("Enter");
+  await bob.locator("#toast", { hasText: "cannot be reached" }).waitFor();
+  assert.doesNotMatch(await bob.locator("body").innerText(), /Failed to fetch|NetworkError/);
   await shot(bob, "reconnecting");
   // Written while the server is down: held by the page and sent once it is back.
   await alice.locator("#composer-input").fill("sent while offline");
