@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use confab_client::protocol::ClientFrame;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpSocket;
@@ -109,7 +110,9 @@ enum Scenario {
     },
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+/// The client library's socket (a typed handshake and frames); the load loops use its stream
+/// directly, so that the generator measures the server and not its own parsing.
+type Socket = confab_client::raw::Socket;
 
 struct Target {
     http: reqwest::Client,
@@ -168,7 +171,7 @@ impl Target {
         let stream = sock.connect(self.ws).await?;
         stream.set_nodelay(true)?;
         let url = format!("ws://{}/ws?token={token}", self.ws);
-        let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+        let mut ws = Socket::from_stream(&url, stream).await?;
         expect(&mut ws, "hello").await?;
         Ok(ws)
     }
@@ -176,8 +179,8 @@ impl Target {
 
 async fn expect(ws: &mut Socket, kind: &str) -> anyhow::Result<Value> {
     loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => {
+        match tokio::time::timeout(Duration::from_secs(30), ws.recv_text()).await {
+            Ok(Ok(t)) => {
                 let v: Value = serde_json::from_str(&t)?;
                 if v["type"] == kind {
                     return Ok(v);
@@ -186,18 +189,18 @@ async fn expect(ws: &mut Socket, kind: &str) -> anyhow::Result<Value> {
                     bail!("error while waiting for {kind}: {v}");
                 }
             }
-            Ok(Some(Ok(_))) => {}
-            other => bail!("no {kind}: {other:?}"),
+            Ok(Err(closed)) => bail!("no {kind}: the socket closed {closed:?}"),
+            Err(_) => bail!("no {kind} within 30 s"),
         }
     }
 }
 
 async fn subscribe(ws: &mut Socket, room: &str) -> anyhow::Result<()> {
-    ws.send(Message::Text(
-        json!({"type": "subscribe", "room": room})
-            .to_string()
-            .into(),
-    ))
+    ws.send(&ClientFrame::Subscribe {
+        room: room.parse().context("a room id")?,
+        since: None,
+        since_rev: None,
+    })
     .await?;
     expect(ws, "subscribed").await?;
     Ok(())
@@ -436,7 +439,7 @@ async fn idle(
     let mut readers = Vec::new();
     for mut ws in sockets {
         readers.push(tokio::spawn(async move {
-            while let Some(Ok(_)) = ws.next().await {}
+            while let Some(Ok(_)) = ws.inner_mut().next().await {}
         }));
     }
     tokio::time::sleep(Duration::from_secs(settle)).await;
@@ -558,10 +561,11 @@ async fn fanout(
             }));
         }
         for b in batch {
-            let mut ws = b.await??;
+            let mut socket = b.await??;
             let (received, latencies, mut stopped) =
                 (received.clone(), latencies.clone(), stopped.clone());
             receivers.push(tokio::spawn(async move {
+                let ws = socket.inner_mut();
                 let mut local = Vec::new();
                 loop {
                     let msg = tokio::select! {
@@ -591,7 +595,8 @@ async fn fanout(
     for s in 0..senders {
         let (t, token, room, sent) = (t.clone(), token.clone(), room.clone(), sent.clone());
         writers.push(tokio::spawn(async move {
-            let mut ws = t.socket(&token).await?;
+            let mut socket = t.socket(&token).await?;
+            let ws = socket.inner_mut();
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
             let deadline = Instant::now() + Duration::from_secs(seconds);
             let mut i = 0u64;
@@ -659,7 +664,8 @@ async fn ingest(
             latencies.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut ws = t.socket(&token).await?;
+            let mut socket = t.socket(&token).await?;
+            let ws = socket.inner_mut();
             let deadline = Instant::now() + Duration::from_secs(seconds);
             let mut in_flight = std::collections::HashMap::new();
             let mut i = 0u64;

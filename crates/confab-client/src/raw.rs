@@ -74,6 +74,15 @@ impl Socket {
         Ok(Socket { inner })
     }
 
+    /// Opens a socket over a TCP connection the caller made (bound to a chosen source address,
+    /// say), at a full `ws://` URL.
+    pub async fn from_stream(url: &str, stream: TcpStream) -> Result<Socket, Error> {
+        let (inner, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .map_err(Error::from_handshake)?;
+        Ok(Socket { inner })
+    }
+
     /// Sends a frame.
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), Error> {
         self.send_text(frame.to_json()).await
