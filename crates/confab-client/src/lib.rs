@@ -419,6 +419,16 @@ fn expiry(token: &str) -> Option<Duration> {
     Some(Duration::from_secs(exp.saturating_sub(now)))
 }
 
+/// How long until the token should be renewed: at half its lifetime, at most a minute before it
+/// expires. `None` when it will not be: no token function, or not a JWT (an API key).
+fn renewal_due(token: Option<&str>, can_renew: bool) -> Option<Duration> {
+    if !can_renew {
+        return None;
+    }
+    let left = expiry(token?)?;
+    Some(left.saturating_sub((left / 2).min(Duration::from_secs(60))))
+}
+
 impl Rest {
     fn current(&self) -> Option<String> {
         self.token.lock().expect("token lock").clone()
@@ -682,16 +692,11 @@ impl Actor {
             self.online(socket).await;
         }
         loop {
-            let refresh = self
-                .rest
-                .current()
-                .as_deref()
-                .and_then(expiry)
-                .filter(|_| self.rest.get_token.is_some())
-                .map(|left| {
-                    Instant::now() + left.saturating_sub((left / 2).min(Duration::from_secs(60)))
-                })
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let refresh = renewal_due(
+                self.rest.current().as_deref(),
+                self.rest.get_token.is_some(),
+            )
+            .map(|wait| Instant::now() + wait);
             tokio::select! {
                 c = self.commands.recv() => match c {
                     None | Some(Command::Close) => return Outcome::Stop,
@@ -702,7 +707,9 @@ impl Actor {
                     Incoming::Unknown(_) => {}
                     Incoming::Closed { code, reason } => return Outcome::Closed { code, reason },
                 },
-                _ = tokio::time::sleep_until(refresh) => {
+                // Armed only for a JWT with a token function: a static token or an API key is
+                // never dropped for a renewal that cannot happen.
+                _ = tokio::time::sleep_until(refresh.unwrap_or_else(Instant::now)), if refresh.is_some() => {
                     match self.rest.renew().await {
                         Ok(token) => Self::send(socket, &ClientFrame::Auth { token }).await,
                         Err(e) => {
@@ -1034,5 +1041,48 @@ impl Actor {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(exp_in_secs: u64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims =
+            URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"u","exp":{}}}"#, now + exp_in_secs));
+        format!("eyJhbGciOiJIUzI1NiJ9.{claims}.c2lnbmF0dXJl")
+    }
+
+    #[test]
+    fn a_token_is_renewed_only_when_it_can_and_must_be() {
+        // A JWT with a token function: at half its lifetime, at most a minute before expiry.
+        let half = renewal_due(Some(&jwt(60)), true).unwrap();
+        assert!(
+            half > Duration::from_secs(25) && half <= Duration::from_secs(30),
+            "{half:?}"
+        );
+        let long = renewal_due(Some(&jwt(900)), true).unwrap();
+        assert!(
+            long > Duration::from_secs(835) && long <= Duration::from_secs(840),
+            "{long:?}"
+        );
+        // Without a token function, or for an API key, never: the token must stay in place.
+        assert_eq!(renewal_due(Some(&jwt(60)), false), None);
+        assert_eq!(renewal_due(Some("cfk_not-a-jwt"), true), None);
+        assert_eq!(renewal_due(None, true), None);
+    }
+
+    #[test]
+    fn a_drain_hint_is_read_from_the_close_reason() {
+        assert_eq!(
+            drain_hint("server draining, reconnect with since; retry_after_ms=1234"),
+            Some(Duration::from_millis(1234))
+        );
+        assert_eq!(drain_hint("going away"), None);
     }
 }
