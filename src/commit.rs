@@ -40,6 +40,7 @@ pub struct Pending {
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Pending>,
+    max_batch: usize,
 }
 
 /// The `ack` frame for a committed message.
@@ -107,7 +108,13 @@ impl GroupCommit {
             Some(rt) => tokio::task::spawn_blocking(move || rt.block_on(writer)),
             None => tokio::spawn(writer),
         };
-        (GroupCommit { tx }, task)
+        (GroupCommit { tx, max_batch }, task)
+    }
+
+    /// More than a whole batch is waiting: the writer is behind, and background writers (the
+    /// webhook worker) give it the store.
+    pub fn behind(&self) -> bool {
+        self.tx.max_capacity() - self.tx.capacity() > self.max_batch
     }
 
     /// Queues a message for the next batch. Fails only when the writer is shutting down.

@@ -210,10 +210,22 @@ pub struct Worker {
 }
 
 /// Events one pod attempts at once, over all webhooks.
-const IN_FLIGHT: usize = 256;
+const IN_FLIGHT: usize = 512;
 /// A webhook with this many events held here gets no more until some finish, so one slow
 /// receiver never fills the pod's attempts (nor outlives the claims' lease).
-const HELD_PER_WEBHOOK: usize = 16 * PER_WEBHOOK;
+const HELD_PER_WEBHOOK: usize = 32 * PER_WEBHOOK;
+/// The worker writes to the store at most this often while events are flowing: each write
+/// records what finished since the last one and claims the next events, in one transaction.
+/// (One transaction per claim and another per batch of answers, as before, cost SQLite's
+/// single writer a commit each and cut ingest to a third: docs/BENCHMARKS.md, "Webhooks".)
+const ROUND: Duration = Duration::from_millis(50);
+/// While the message writer is behind (more than a batch queued), the worker writes at most
+/// this often and claims at most [`PRESSED_CLAIM`] events: committing messages comes first,
+/// deliveries catch up when it is over.
+const PRESSED_ROUND: Duration = Duration::from_millis(500);
+const PRESSED_CLAIM: usize = 4 * PER_WEBHOOK;
+/// With nothing in flight, how often the worker asks for due events.
+const IDLE_POLL: Duration = Duration::from_millis(200);
 
 impl Worker {
     pub fn new(state: AppState) -> anyhow::Result<Arc<Worker>> {
@@ -234,15 +246,18 @@ impl Worker {
         }))
     }
 
-    /// Runs until the process ends: claims due events while it has room, attempts each in its
-    /// own task, and records finished attempts in batches (one transaction each).
+    /// Runs until the process ends: in rounds, records the attempts that finished and claims
+    /// due events while it has room (one transaction), and attempts each in its own task.
     pub async fn run(self: Arc<Self>) {
-        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<FinishedAttempt>(4 * IN_FLIGHT);
-        tokio::spawn(record(self.state.clone(), done_rx));
-        let mut in_flight = tokio::task::JoinSet::new();
+        let mut in_flight: tokio::task::JoinSet<Option<FinishedAttempt>> =
+            tokio::task::JoinSet::new();
+        let mut finished: Vec<FinishedAttempt> = Vec::new();
         let mut last_prune = 0;
+        let mut last_round = tokio::time::Instant::now() - PRESSED_ROUND;
         loop {
-            while in_flight.try_join_next().is_some() {}
+            while let Some(done) = in_flight.try_join_next() {
+                finished.extend(done.ok().flatten());
+            }
             let now = crate::now_ms();
             if now - last_prune > 600_000
                 && self.state.leader.load(std::sync::atomic::Ordering::Relaxed)
@@ -255,38 +270,62 @@ impl Worker {
                     tracing::warn!(error = %e, "pruning webhook events failed");
                 }
             }
+            let pressed = self.state.writer.behind();
+            let (round, most) = if pressed {
+                (PRESSED_ROUND, PRESSED_CLAIM)
+            } else {
+                (ROUND, IN_FLIGHT)
+            };
+            let room = most.saturating_sub(in_flight.len());
+            let next_round = last_round + round;
+            let time = tokio::time::Instant::now() >= next_round;
+            // A round is due when its time has come and there is something to record or room
+            // to claim into; a full batch of answers does not wait for the time.
+            let go = (time && (!finished.is_empty() || room > 0)) || finished.len() >= 500;
+            if !go {
+                let wait = if in_flight.is_empty() {
+                    tokio::time::sleep(IDLE_POLL.min(next_round - tokio::time::Instant::now()))
+                        .await;
+                    continue;
+                } else {
+                    next_round.max(tokio::time::Instant::now() + Duration::from_millis(1))
+                };
+                if let Ok(Some(done)) = tokio::time::timeout_at(wait, in_flight.join_next()).await {
+                    finished.extend(done.ok().flatten());
+                }
+                continue;
+            }
+            last_round = tokio::time::Instant::now();
             let lease_ms = (self.state.config.webhook_lease_secs * 1000) as i64;
             // The last moment an attempt of these claims may start: it must end (at most
             // ATTEMPT_TIMEOUT, and the answer's read as long again) before the lease does.
             let start_by = now + lease_ms - 2 * ATTEMPT_TIMEOUT.as_millis() as i64 - 1000;
-            let room = IN_FLIGHT.saturating_sub(in_flight.len());
-            let due = if room == 0 {
-                Vec::new()
-            } else {
-                let busy = self.busy();
-                match self
-                    .state
-                    .store
-                    .claim_webhook_events(now, lease_ms, room as i64, &busy)
-                    .await
-                {
-                    Ok(due) => due,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming webhook events failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
+            let busy = self.busy();
+            let due = match self
+                .state
+                .store
+                .claim_webhook_events(&finished, now, lease_ms, room as i64, &busy)
+                .await
+            {
+                Ok(due) => {
+                    finished.clear();
+                    due
+                }
+                Err(e) => {
+                    // The answers are recorded with the next round; if they never are, their
+                    // leases run out and the events are attempted again: at least once.
+                    tracing::warn!(error = %e, "claiming webhook events failed");
+                    if finished.len() > 4 * IN_FLIGHT {
+                        finished.clear();
                     }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
             };
             if due.is_empty() {
-                // Nothing due, or no room: wait for an attempt to end or a moment to pass. (An
-                // empty JoinSet's join_next() is ready at once: without the sleep the idle
-                // worker would ask the database for due events in a tight loop.)
                 if in_flight.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                } else {
-                    let _ = tokio::time::timeout(Duration::from_millis(200), in_flight.join_next())
-                        .await;
+                    // An idle worker asks for due events a few times a second, not in a loop.
+                    last_round = tokio::time::Instant::now() + IDLE_POLL - round;
                 }
                 continue;
             }
@@ -302,7 +341,7 @@ impl Worker {
                     continue; // removed after the claim: its events went with it
                 };
                 let slot = self.hold(hook.id);
-                let (this, done) = (self.clone(), done_tx.clone());
+                let this = self.clone();
                 in_flight.spawn(async move {
                     let finished = {
                         let _permit = slot.acquire().await.expect("never closed");
@@ -315,9 +354,7 @@ impl Worker {
                         }
                     };
                     this.release(hook.id);
-                    if let Some(finished) = finished {
-                        let _ = done.send(finished).await;
-                    }
+                    finished
                 });
             }
         }
@@ -464,18 +501,6 @@ impl Worker {
             status: Some(status),
             error,
         }
-    }
-}
-
-/// Records finished attempts: whatever has arrived, up to 500 at a time, in one transaction.
-async fn record(state: AppState, mut done: tokio::sync::mpsc::Receiver<FinishedAttempt>) {
-    let mut batch = Vec::new();
-    while done.recv_many(&mut batch, 500).await > 0 {
-        if let Err(e) = state.store.finish_webhook_attempts(&batch).await {
-            // Their leases run out and the events are attempted again: at least once.
-            tracing::warn!(error = %e, "recording webhook attempts failed");
-        }
-        batch.clear();
     }
 }
 

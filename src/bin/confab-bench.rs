@@ -107,6 +107,18 @@ enum Scenario {
         window: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Register a webhook for `message.created` at this URL before the run (needs
+        /// `--admin`), then wait until every message of the run has been delivered to it and
+        /// report the delivery rate and how long the backlog took to drain.
+        #[arg(long, requires = "admin")]
+        webhook: Option<String>,
+        /// Where the server's metrics are served (its `--metrics-listen`), to count deliveries.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        metrics_url: String,
+        /// An administrator's username (one of the server's `--admins`); registered with the
+        /// bench's password if it does not exist yet.
+        #[arg(long)]
+        admin: Option<String>,
     },
 }
 
@@ -157,6 +169,57 @@ impl Target {
             )
             .await?;
         Ok(t["access_token"].as_str().context("no token")?.to_string())
+    }
+
+    /// Signs in `admin` (registering it first if needed) and registers a webhook for
+    /// `message.created` at `url`; returns the webhook's id and the admin's token.
+    async fn webhook(&self, admin: &str, url: &str) -> anyhow::Result<(String, String)> {
+        let creds = json!({"username": admin, "password": "bench-password"});
+        let _ = self
+            .post("/api/v1/auth/register", None, creds.clone())
+            .await;
+        let token = self.post("/api/v1/auth/login", None, creds).await?["access_token"]
+            .as_str()
+            .context("no token")?
+            .to_string();
+        let hook = self
+            .post(
+                "/api/v1/admin/webhooks",
+                Some(&token),
+                json!({"url": url, "events": ["message.created"]}),
+            )
+            .await?;
+        Ok((
+            hook["id"].as_str().context("webhook id")?.to_string(),
+            token,
+        ))
+    }
+
+    async fn remove_webhook(&self, (id, token): &(String, String)) -> anyhow::Result<()> {
+        self.http
+            .delete(format!("{}/api/v1/admin/webhooks/{id}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// The server's count of delivered webhook events, from its metrics.
+    async fn delivered(&self, metrics_url: &str) -> anyhow::Result<u64> {
+        let text = self
+            .http
+            .get(format!("{metrics_url}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with("confab_webhook_deliveries_total{outcome=\"delivered\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64)
     }
 
     async fn socket(&self, token: &str) -> anyhow::Result<Socket> {
@@ -368,7 +431,25 @@ async fn main() -> anyhow::Result<()> {
             senders,
             window,
             seconds,
-        } => ingest(&target, *senders, *window, *seconds).await?,
+            webhook,
+            admin,
+            metrics_url,
+        } => {
+            let hook = match (webhook, admin) {
+                (Some(url), Some(admin)) => Some(target.webhook(admin, url).await?),
+                _ => None,
+            };
+            let delivered_before = match hook {
+                Some(_) => target.delivered(metrics_url).await?,
+                None => 0,
+            };
+            let mut r = ingest(&target, *senders, *window, *seconds).await?;
+            if let Some(id) = hook {
+                drain(&target, metrics_url, &mut r, delivered_before).await?;
+                target.remove_webhook(&id).await?;
+            }
+            r
+        }
         Scenario::Logins { count } => logins(&cli, &target, *count).await?,
     };
     let wall = started.elapsed().as_secs_f64();
@@ -642,6 +723,37 @@ async fn fanout(
     }))
 }
 
+/// After an ingest run with a webhook: how many events were delivered during the run, and how
+/// long the rest took (every acked message is one `message.created` event).
+async fn drain(
+    t: &Arc<Target>,
+    metrics_url: &str,
+    r: &mut Value,
+    before: u64,
+) -> anyhow::Result<()> {
+    let acked = r["acked_messages"].as_u64().unwrap_or(0);
+    let run = r["seconds"].as_f64().unwrap_or(1.0);
+    let during = t.delivered(metrics_url).await?.saturating_sub(before);
+    let started = Instant::now();
+    let (mut delivered, mut progress) = (during, Instant::now());
+    while delivered < acked {
+        if progress.elapsed() > Duration::from_secs(30) {
+            bail!("webhook deliveries stalled: {delivered} of {acked} delivered");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = t.delivered(metrics_url).await?.saturating_sub(before);
+        if now > delivered {
+            (delivered, progress) = (now, Instant::now());
+        }
+    }
+    let drain = started.elapsed().as_secs_f64();
+    r["webhook_delivered_during_run"] = json!(during);
+    r["webhook_delivered_per_second_during_run"] = json!((during as f64 / run).round());
+    r["webhook_drain_seconds_after_run"] = json!((drain * 10.0).round() / 10.0);
+    r["webhook_delivered_per_second_overall"] = json!((acked as f64 / (run + drain)).round());
+    Ok(())
+}
+
 async fn ingest(
     t: &Arc<Target>,
     senders: usize,
@@ -716,6 +828,7 @@ async fn ingest(
         "senders": senders,
         "window": window,
         "acked_messages": acked,
+        "seconds": (elapsed * 100.0).round() / 100.0,
         "committed_per_second": (acked as f64 / elapsed).round(),
         "ack_latency_ms_p50": percentile(&lat, 50.0),
         "ack_latency_ms_p99": percentile(&lat, 99.0),

@@ -699,18 +699,18 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook(&self, id: WebhookId) -> StoreResult<Option<WebhookRecord>>;
     /// Removes a webhook and its undelivered events. False when there was none.
     async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool>;
-    /// Claims up to `limit` due events for one attempt each, leaving out the webhooks in
-    /// `busy`: nobody else claims them until `now + lease_ms` (PostgreSQL: `FOR UPDATE SKIP
-    /// LOCKED`, so pods never take the same one).
+    /// Records `finished` attempts (moving their events on) and claims up to `limit` due events
+    /// for one attempt each, leaving out the webhooks in `busy`, all in one transaction: nobody
+    /// else claims them until `now + lease_ms` (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so pods
+    /// never take the same one).
     async fn claim_webhook_events(
         &self,
+        finished: &[FinishedAttempt],
         now: i64,
         lease_ms: i64,
         limit: i64,
         busy: &[WebhookId],
     ) -> StoreResult<Vec<DueEvent>>;
-    /// Records attempts and moves their events on, all in one transaction.
-    async fn finish_webhook_attempts(&self, attempts: &[FinishedAttempt]) -> StoreResult<()>;
     /// The latest attempts of a webhook, newest first.
     async fn webhook_deliveries(
         &self,
