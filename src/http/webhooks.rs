@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::hub::ControlEvent;
 use crate::ids::WebhookId;
 use crate::model::rfc3339;
 use crate::store::WebhookRecord;
@@ -93,13 +92,6 @@ pub async fn validate(
     Ok(())
 }
 
-/// Tells every pod (this one first, before answering) that the set of webhooks changed.
-pub async fn changed(state: &AppState) -> ApiResult<()> {
-    state.store.reload_webhooks().await?;
-    state.hub.control(ControlEvent::WebhooksChanged);
-    Ok(())
-}
-
 #[utoipa::path(post, operation_id = "create_webhook", path = "/api/v1/admin/webhooks", tag = "admin", request_body = NewWebhook,
     responses((status = 201, body = Webhook, description = "the secret is shown only here"),
         (status = 400, description = "a malformed or private URL, an unknown event, a bad secret"),
@@ -123,7 +115,7 @@ pub async fn create(
         created_at: crate::now_ms(),
     };
     state.store.create_webhook(&record).await?;
-    changed(&state).await?;
+    state.hub.webhooks_changed().await?;
     tracing::info!(webhook = %record.id, by = %caller.user.id, "webhook created");
     Ok((StatusCode::CREATED, Json(Webhook::from(&record, true))))
 }
@@ -154,7 +146,7 @@ pub async fn remove(
     if !state.store.delete_webhook(id).await? {
         return Err(ApiError::not_found("no such webhook"));
     }
-    changed(&state).await?;
+    state.hub.webhooks_changed().await?;
     tracing::info!(webhook = %id, by = %caller.user.id, "webhook removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -704,6 +704,18 @@ impl Hub {
     /// Applies a control event on this pod and sends it to the others.
     pub fn control(&self, event: ControlEvent) {
         self.apply_control(&event);
+        self.forward_control(&event);
+    }
+
+    /// The webhooks changed on this pod: its routes are read again before this returns (so the
+    /// change applies from the next commit on), and every other pod is told to read them.
+    pub async fn webhooks_changed(&self) -> crate::store::StoreResult<()> {
+        self.store.reload_webhooks().await?;
+        self.forward_control(&ControlEvent::WebhooksChanged);
+        Ok(())
+    }
+
+    fn forward_control(&self, event: &ControlEvent) {
         let nobody = RoomId(uuid::Uuid::nil());
         self.forward(Kind::Control, nobody, 0, None, crate::now_ms(), || {
             Bytes::from(serde_json::to_vec(&event).expect("control serializes"))

@@ -274,7 +274,7 @@ pub async fn apply_webhook(
             hook.id
         }
     };
-    webhooks_changed(state).await?;
+    state.hub.webhooks_changed().await?;
     Ok(id)
 }
 
@@ -284,15 +284,8 @@ pub async fn remove_webhook(state: &AppState, key: &str) -> Result<(), Reconcile
     for h in state.store.webhooks().await? {
         if h.managed_by.as_deref() == Some(owner.as_str()) {
             state.store.delete_webhook(h.id).await?;
-            webhooks_changed(state).await?;
+            state.hub.webhooks_changed().await?;
         }
     }
-    Ok(())
-}
-
-/// Every pod (this one first) reloads which events its outbox records.
-async fn webhooks_changed(state: &AppState) -> Result<(), ReconcileError> {
-    state.store.reload_webhooks().await?;
-    state.hub.control(crate::hub::ControlEvent::WebhooksChanged);
     Ok(())
 }
