@@ -911,3 +911,56 @@ async fn delivered_events_are_pruned_after_the_retention_period() {
     assert_eq!(d.len(), 1, "the new attempt stays: {d:?}");
     assert_eq!(receiver.got().len(), 2, "nothing delivered twice");
 }
+
+/// Messages committed together in several rooms (one batch, so one range per room in the
+/// outbox) each become one `message.created` event, with every seq of every room, once;
+/// on both databases.
+#[tokio::test]
+async fn messages_sent_at_once_in_many_rooms_each_arrive_once() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (embedded, _dir) = config();
+    let mut cluster = common::unlimited(common::cluster(&pg, &redis));
+    cluster.admins = vec!["root".into()];
+    cluster.webhook_allow_private = true;
+    for c in [common::unlimited(embedded), cluster] {
+        let s = Server::start(c).await;
+        let root = s.user("root").await;
+        let receiver = Receiver::start(0).await;
+        register(&root, &receiver.url, &["message.created"]).await;
+        let mut rooms = Vec::new();
+        for r in 0..4 {
+            rooms.push(root.create_room(&format!("room-{r}"), "public").await);
+        }
+        let sends = (0..60).map(|i| {
+            let (root, room) = (&root, rooms[i % 4].clone());
+            async move { root.post_message(&room, &format!("m{i}")).await }
+        });
+        futures::future::join_all(sends).await;
+        assert!(
+            eventually(Duration::from_secs(15), || async {
+                receiver.got().len() >= 60
+            })
+            .await,
+            "got {}",
+            receiver.got().len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got = receiver.got();
+        let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!((got.len(), ids.len()), (60, 60), "each message once");
+        for room in &rooms {
+            let mut seqs: Vec<i64> = got
+                .iter()
+                .map(|r| r.json())
+                .filter(|v| v["type"] == "message.created" && v["data"]["room"] == *room)
+                .map(|v| v["data"]["seq"].as_i64().unwrap())
+                .collect();
+            seqs.sort();
+            let first = seqs[0];
+            assert_eq!(seqs, (first..first + 15).collect::<Vec<_>>(), "room {room}");
+        }
+    }
+}

@@ -107,6 +107,30 @@ fn dm_key(a: UserId, b: UserId) -> String {
     format!("{lo}:{hi}")
 }
 
+/// A webhook event's JSON: its type, when it happened, and its data.
+fn event_body<D: serde::Serialize>(event: &str, timestamp: &str, data: D) -> String {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a, D> {
+        r#type: &'a str,
+        timestamp: &'a str,
+        data: D,
+    }
+    serde_json::to_string(&Envelope {
+        r#type: event,
+        timestamp,
+        data,
+    })
+    .expect("an event serializes")
+}
+
+/// A new event's `webhook-id`: `evt_` and a UUIDv7 drawn from the thread's generator (one
+/// system call per event showed in the commit's profile).
+fn event_id(now_ms: i64) -> String {
+    let id = uuid::Builder::from_unix_timestamp_millis(now_ms as u64, &rand::random::<[u8; 10]>())
+        .into_uuid();
+    format!("evt_{}", id.simple())
+}
+
 fn is_retryable(e: &StoreError) -> bool {
     match e {
         StoreError::Other(sqlx::Error::Database(db)) => {
@@ -413,12 +437,32 @@ macro_rules! sql_store {
                         pinned_at: None,
                     }));
                 }
-                // 7. The outbox: `message.created` for every webhook that wants it.
-                if self.hooks.wants("message.created") {
-                    let events = records
+                // 7. The outbox: for every webhook that wants `message.created`, one row per
+                // room naming the seqs this batch added there (consecutive); the worker makes
+                // the events from them after the commit.
+                let hooks = self.hooks.subscribers("message.created");
+                if !hooks.is_empty() {
+                    let mut ranges: BTreeMap<RoomId, (i64, i64)> = BTreeMap::new();
+                    for (_, r) in &records {
+                        let e = ranges.entry(r.room_id).or_insert((r.seq, r.seq));
+                        e.0 = e.0.min(r.seq);
+                        e.1 = e.1.max(r.seq);
+                    }
+                    let rows: Vec<(WebhookId, RoomId, i64, i64)> = hooks
                         .iter()
-                        .map(|(_, r)| ("message.created", crate::model::Message::from(r)));
-                    Self::enqueue(&mut tx, &self.hooks, events).await?;
+                        .flat_map(|h| ranges.iter().map(move |(r, (a, b))| (*h, *r, *a, *b)))
+                        .collect();
+                    let now = crate::now_ms();
+                    for chunk in rows.chunks(1000) {
+                        let mut q = QueryBuilder::<$db>::new(
+                            "INSERT INTO webhook_message_ranges \
+                             (webhook_id, room_id, first_seq, last_seq, created_at) ",
+                        );
+                        q.push_values(chunk, |mut b, (h, r, a, z)| {
+                            b.push_bind(*h).push_bind(*r).push_bind(*a).push_bind(*z).push_bind(now);
+                        });
+                        q.build().execute(&mut *tx).await?;
+                    }
                 }
                 tx.commit().await?;
                 for (i, r) in records {
@@ -522,54 +566,98 @@ macro_rules! sql_store {
                 // Member events build their small data anyway; nothing is written unless wanted.
                 let now = crate::now_ms();
                 let timestamp = crate::model::rfc3339(now);
-                let mut rows: Vec<(String, WebhookId, &'static str, std::sync::Arc<str>)> = Vec::new();
+                let mut rows = Vec::new();
                 for (event, data) in events {
                     let hooks = routes.subscribers(event);
                     if hooks.is_empty() {
                         continue;
                     }
-                    #[derive(serde::Serialize)]
-                    struct Envelope<'a, D> {
-                        r#type: &'a str,
-                        timestamp: &'a str,
-                        data: D,
-                    }
-                    let body: std::sync::Arc<str> = serde_json::to_string(&Envelope {
-                        r#type: event,
-                        timestamp: &timestamp,
-                        data,
-                    })
-                    .expect("an event serializes")
-                    .into();
+                    let body = event_body(event, &timestamp, data);
                     for hook in hooks {
-                        // A UUIDv7 from the thread's generator (one system call per event
-                        // showed in the commit's profile).
-                        let id = uuid::Builder::from_unix_timestamp_millis(
-                            now as u64,
-                            &rand::random::<[u8; 10]>(),
-                        )
-                        .into_uuid();
-                        rows.push((format!("evt_{}", id.simple()), hook, event, body.clone()));
+                        rows.push((event_id(now), hook, event, body.clone(), now));
                     }
                 }
+                Self::insert_events(tx, rows).await
+            }
+
+            /// Inserts due events: (webhook-id, webhook, type, body, created_at).
+            async fn insert_events(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                mut rows: Vec<(String, WebhookId, &'static str, String, i64)>,
+            ) -> Result<(), sqlx::Error> {
+                let now = crate::now_ms();
                 while !rows.is_empty() {
                     let chunk: Vec<_> = rows.drain(..rows.len().min(500)).collect();
                     let mut q = QueryBuilder::<$db>::new(
                         "INSERT INTO webhook_events (id, webhook_id, event, body, created_at, state, \
                          attempts, next_attempt_at) ",
                     );
-                    q.push_values(chunk, |mut b, (id, hook, event, body)| {
+                    q.push_values(chunk, |mut b, (id, hook, event, body, created_at)| {
                         b.push_bind(id)
                             .push_bind(hook)
                             .push_bind(event)
-                            .push_bind(body.to_string())
-                            .push_bind(now)
+                            .push_bind(body)
+                            .push_bind(created_at)
                             .push_bind("due")
                             .push_bind(0_i64)
                             .push_bind(now);
                     });
                     q.build().execute(&mut **tx).await?;
                 }
+                Ok(())
+            }
+
+            /// Turns the oldest `message.created` ranges the commits recorded into one due event
+            /// per message (as the message is now), about `budget` messages' worth, and removes
+            /// them; inside the worker's claim transaction (PostgreSQL: ranges another pod is
+            /// turning are skipped).
+            async fn expand_message_ranges(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                budget: i64,
+            ) -> Result<(), sqlx::Error> {
+                let ranges: Vec<(i64, WebhookId, RoomId, i64, i64, i64)> = sqlx::query_as(concat!(
+                    "SELECT id, webhook_id, room_id, first_seq, last_seq, created_at \
+                     FROM webhook_message_ranges ORDER BY id LIMIT 64 ",
+                    $claim_lock
+                ))
+                .fetch_all(&mut **tx)
+                .await?;
+                let (mut taken, mut rows, mut done) = (0, Vec::new(), Vec::new());
+                for (id, hook, room, first, last, created_at) in ranges {
+                    if taken >= budget {
+                        break;
+                    }
+                    let messages: Vec<MessageRecord> = sqlx::query_as(concat!(
+                        "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
+                         WHERE m.room_id = $1 AND m.seq >= $2 AND m.seq <= $3 ORDER BY m.seq"
+                    ))
+                    .bind(room)
+                    .bind(first)
+                    .bind(last)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    for m in &messages {
+                        let body = event_body(
+                            "message.created",
+                            &crate::model::rfc3339(m.created_at),
+                            crate::model::Message::from(m),
+                        );
+                        rows.push((event_id(created_at), hook, "message.created", body, created_at));
+                    }
+                    taken += last - first + 1;
+                    done.push(id);
+                }
+                if done.is_empty() {
+                    return Ok(());
+                }
+                Self::insert_events(tx, rows).await?;
+                let mut q = QueryBuilder::<$db>::new("DELETE FROM webhook_message_ranges WHERE id IN (");
+                let mut ids = q.separated(", ");
+                for id in done {
+                    ids.push_bind(id);
+                }
+                q.push(")");
+                q.build().execute(&mut **tx).await?;
                 Ok(())
             }
 
@@ -918,6 +1006,7 @@ macro_rules! sql_store {
                 async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool> {
                     let mut tx = self.begin_write().await?;
                     for sql in [
+                        "DELETE FROM webhook_message_ranges WHERE webhook_id = $1",
                         "DELETE FROM webhook_events WHERE webhook_id = $1",
                         "DELETE FROM webhook_deliveries WHERE webhook_id = $1",
                     ] {
@@ -946,6 +1035,7 @@ macro_rules! sql_store {
                         tx.commit().await?;
                         return Ok(Vec::new());
                     }
+                    Self::expand_message_ranges(&mut tx, limit).await?;
                     let mut q = QueryBuilder::<$db>::new(
                         "UPDATE webhook_events SET attempts = attempts + 1, locked_until = ",
                     );
@@ -1005,11 +1095,23 @@ macro_rules! sql_store {
                 }
 
                 async fn webhook_backlog(&self) -> StoreResult<(i64, Option<i64>)> {
-                    Ok(sqlx::query_as(
+                    let (due, oldest): (i64, Option<i64>) = sqlx::query_as(
                         "SELECT COUNT(*), MIN(created_at) FROM webhook_events WHERE state = 'due'",
                     )
                     .fetch_one(&self.pool)
-                    .await?)
+                    .await?;
+                    // Messages whose `message.created` events are not made yet are due too.
+                    let (waiting, first): (Option<i64>, Option<i64>) = sqlx::query_as(
+                        "SELECT CAST(SUM(last_seq - first_seq + 1) AS BIGINT), MIN(created_at) \
+                         FROM webhook_message_ranges",
+                    )
+                    .fetch_one(&self.pool)
+                    .await?;
+                    let oldest = match (oldest, first) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    Ok((due + waiting.unwrap_or(0), oldest))
                 }
 
                 async fn prune_webhooks(&self, before: i64) -> StoreResult<u64> {
