@@ -964,3 +964,41 @@ async fn messages_sent_at_once_in_many_rooms_each_arrive_once() {
         }
     }
 }
+
+/// Events a receiver keeps refusing are counted in the queue depth and the oldest due age
+/// (what the backlog alert watches), on both databases.
+#[tokio::test]
+async fn undelivered_events_show_in_the_backlog_gauges() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let (embedded, _dir) = config();
+    let mut cluster = common::unlimited(common::cluster(&pg, &redis));
+    cluster.admins = vec!["root".into()];
+    cluster.webhook_allow_private = true;
+    for c in [common::unlimited(embedded), cluster] {
+        let s = Server::start(c).await;
+        let root = s.user("root").await;
+        let receiver = Receiver::start(usize::MAX).await;
+        register(&root, &receiver.url, &["message.created"]).await;
+        let room = root.create_room("general", "public").await;
+        for i in 0..5 {
+            root.post_message(&room, &format!("m{i}")).await;
+        }
+        let gauges = || async {
+            let text = s.metrics().await;
+            (
+                common::metric(&text, "confab_webhook_queue_depth").unwrap_or(0.0),
+                common::metric(&text, "confab_webhook_oldest_due_age_seconds").unwrap_or(0.0),
+            )
+        };
+        assert!(
+            eventually(Duration::from_secs(15), || async {
+                let (depth, age) = gauges().await;
+                depth == 5.0 && age > 0.0
+            })
+            .await,
+            "gauges: {:?}",
+            gauges().await
+        );
+    }
+}
