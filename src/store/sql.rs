@@ -153,9 +153,6 @@ macro_rules! sql_store {
         search_rooms_of: $search_rooms_of:expr $(,)?
     ) => {
         impl $store {
-            /// A write transaction. SQLite needs `BEGIN IMMEDIATE`: a deferred transaction that
-            /// reads and then writes fails with SQLITE_BUSY_SNAPSHOT when another writer got in
-            /// between, which no busy timeout can wait out.
             /// Waits for this process's turn to write (SQLite; PostgreSQL has no gate).
             async fn gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
                 match &self.gate {
@@ -164,6 +161,9 @@ macro_rules! sql_store {
                 }
             }
 
+            /// A write transaction. SQLite needs `BEGIN IMMEDIATE`: a deferred transaction that
+            /// reads and then writes fails with SQLITE_BUSY_SNAPSHOT when another writer got in
+            /// between, which no busy timeout can wait out.
             async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
                 self.pool.begin_with($begin_write).await
             }
