@@ -127,6 +127,14 @@ fn config() -> (confab::config::Config, tempfile::TempDir) {
     (c, dir)
 }
 
+/// A pod of a cluster on `pg` and `redis`, with `root` an admin and private receivers allowed.
+fn cluster_config(pg: &Postgres, redis: &Redis) -> confab::config::Config {
+    let mut c = common::unlimited(common::cluster(pg, redis));
+    c.admins = vec!["root".into()];
+    c.webhook_allow_private = true;
+    c
+}
+
 async fn register(root: &User, url: &str, events: &[&str]) -> Value {
     let (st, hook) = root
         .api
@@ -464,12 +472,7 @@ fn uuid_nil() -> &'static str {
 async fn two_pods_deliver_each_event_once() {
     let pg = Postgres::start();
     let redis = Redis::start();
-    let config = || {
-        let mut c = common::unlimited(common::cluster(&pg, &redis));
-        c.admins = vec!["root".into()];
-        c.webhook_allow_private = true;
-        c
-    };
+    let config = || cluster_config(&pg, &redis);
     let a = Server::start(config()).await;
     let b = Server::start(config()).await;
     let root = a.user("root").await;
@@ -504,12 +507,7 @@ async fn two_pods_deliver_each_event_once() {
 async fn people_with_no_socket_anywhere_get_notification_events() {
     let pg = Postgres::start();
     let redis = Redis::start();
-    let config = || {
-        let mut c = common::unlimited(common::cluster(&pg, &redis));
-        c.admins = vec!["root".into()];
-        c.webhook_allow_private = true;
-        c
-    };
+    let config = || cluster_config(&pg, &redis);
     let a = Server::start(config()).await;
     let b = Server::start(config()).await;
     let root = a.user("root").await;
@@ -920,10 +918,7 @@ async fn messages_sent_at_once_in_many_rooms_each_arrive_once() {
     let pg = Postgres::start();
     let redis = Redis::start();
     let (embedded, _dir) = config();
-    let mut cluster = common::unlimited(common::cluster(&pg, &redis));
-    cluster.admins = vec!["root".into()];
-    cluster.webhook_allow_private = true;
-    for c in [common::unlimited(embedded), cluster] {
+    for c in [common::unlimited(embedded), cluster_config(&pg, &redis)] {
         let s = Server::start(c).await;
         let root = s.user("root").await;
         let receiver = Receiver::start(0).await;
@@ -972,10 +967,7 @@ async fn undelivered_events_show_in_the_backlog_gauges() {
     let pg = Postgres::start();
     let redis = Redis::start();
     let (embedded, _dir) = config();
-    let mut cluster = common::unlimited(common::cluster(&pg, &redis));
-    cluster.admins = vec!["root".into()];
-    cluster.webhook_allow_private = true;
-    for c in [common::unlimited(embedded), cluster] {
+    for c in [common::unlimited(embedded), cluster_config(&pg, &redis)] {
         let s = Server::start(c).await;
         let root = s.user("root").await;
         let receiver = Receiver::start(usize::MAX).await;
