@@ -91,6 +91,23 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
 
+    /// Waits until `n` requests arrived, and a moment more for any extra; asserts they are `n`
+    /// distinct events (no webhook-id twice) and returns them.
+    async fn exactly_once(&self, n: usize) -> Vec<Received> {
+        assert!(
+            eventually(Duration::from_secs(15), || async { self.got().len() >= n }).await,
+            "got {} of {n}",
+            self.got().len()
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let got = self.got();
+        let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!((got.len(), ids.len()), (n, n), "each event once");
+        got
+    }
+
     /// Waits until a request of event `kind` whose data satisfies `f` arrived.
     async fn wait_for(&self, kind: &str, f: impl Fn(&Value) -> bool) -> Received {
         let mut found = None;
@@ -487,20 +504,7 @@ async fn two_pods_deliver_each_event_once() {
         let who = if i % 2 == 0 { &root } else { &bob };
         who.post_message(&room, &format!("m{i}")).await;
     }
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            receiver.got().len() >= 40
-        })
-        .await,
-        "got {}",
-        receiver.got().len()
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let got = receiver.got();
-    let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!((got.len(), ids.len()), (40, 40), "each event once");
+    receiver.exactly_once(40).await;
 }
 
 #[tokio::test]
@@ -932,20 +936,7 @@ async fn messages_sent_at_once_in_many_rooms_each_arrive_once() {
             async move { root.post_message(&room, &format!("m{i}")).await }
         });
         futures::future::join_all(sends).await;
-        assert!(
-            eventually(Duration::from_secs(15), || async {
-                receiver.got().len() >= 60
-            })
-            .await,
-            "got {}",
-            receiver.got().len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let got = receiver.got();
-        let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
-        ids.sort();
-        ids.dedup();
-        assert_eq!((got.len(), ids.len()), (60, 60), "each message once");
+        let got = receiver.exactly_once(60).await;
         for room in &rooms {
             let mut seqs: Vec<i64> = got
                 .iter()
