@@ -283,15 +283,18 @@ impl Worker {
             // to claim into; a full batch of answers does not wait for the time.
             let go = (time && (!finished.is_empty() || room > 0)) || finished.len() >= 500;
             if !go {
-                let wait = if in_flight.is_empty() {
+                if in_flight.is_empty() {
                     tokio::time::sleep(IDLE_POLL.min(next_round - tokio::time::Instant::now()))
                         .await;
-                    continue;
                 } else {
-                    next_round.max(tokio::time::Instant::now() + Duration::from_millis(1))
-                };
-                if let Ok(Some(done)) = tokio::time::timeout_at(wait, in_flight.join_next()).await {
-                    finished.extend(done.ok().flatten());
+                    // Until the round is due, or sooner when an attempt ends.
+                    let wait =
+                        next_round.max(tokio::time::Instant::now() + Duration::from_millis(1));
+                    if let Ok(Some(done)) =
+                        tokio::time::timeout_at(wait, in_flight.join_next()).await
+                    {
+                        finished.extend(done.ok().flatten());
+                    }
                 }
                 continue;
             }
