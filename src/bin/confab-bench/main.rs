@@ -4,7 +4,8 @@
 //! Scenarios: `idle` (server memory per open, subscribed connection), `fanout` (deliveries per
 //! second and end-to-end latency in a large room), `ingest` (durably committed messages per
 //! second with acks), `cross-pod` (the fanout with senders on one server and receivers on
-//! another, so every delivery crosses the bus). Client sockets are spread over several loopback addresses (--bind) to pass
+//! another, so every delivery crosses the bus), `logins` (a sign-in storm), `storm` (a pod
+//! with many sockets killed; every socket resumes on the others). Client sockets are spread over several loopback addresses (--bind) to pass
 //! the per-address port limit; run several processes for more than one process's open files.
 //! The bench reports its own CPU so that a saturated load generator is not taken for a slow
 //! server.
@@ -21,6 +22,8 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
+
+mod storm;
 
 #[derive(Parser)]
 #[command(name = "confab-bench", about = "Load confab through its real protocol")]
@@ -98,6 +101,43 @@ enum Scenario {
     Logins {
         #[arg(long, default_value_t = 300)]
         count: usize,
+    },
+    /// A reconnect storm: SOCKETS sockets on the server at --url, each subscribed to
+    /// ROOMS_PER_SOCKET of ROOMS shared rooms, messages flowing through the first
+    /// --resume-url; the first server (--victim-pid) is killed and every socket reconnects to
+    /// the resuming servers (round robin) and resumes each room with `since` and `since_rev`.
+    Storm {
+        #[arg(long, default_value_t = 15000)]
+        sockets: usize,
+        /// Distinct users the sockets belong to (round robin; start the servers with a high
+        /// --max-connections-per-user).
+        #[arg(long, default_value_t = 300)]
+        users: usize,
+        #[arg(long, default_value_t = 200)]
+        rooms: usize,
+        #[arg(long, default_value_t = 20)]
+        rooms_per_socket: usize,
+        /// Messages a second, round robin over the rooms, from the storm's start to its end.
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
+        /// Seconds of traffic before the kill.
+        #[arg(long, default_value_t = 3)]
+        settle: u64,
+        /// The process id of the server at --url, killed with SIGKILL.
+        #[arg(long)]
+        victim_pid: u32,
+        /// Servers the sockets come back to (comma-separated base URLs).
+        #[arg(long, value_delimiter = ',', required = true)]
+        resume_url: Vec<String>,
+        /// The resuming servers' process ids, for their CPU during the resume.
+        #[arg(long, value_delimiter = ',')]
+        resume_pid: Vec<u32>,
+        /// The PostgreSQL the servers share, to count its transactions during the storm.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// The Redis the servers share, to count its commands during the storm.
+        #[arg(long)]
+        redis_url: Option<String>,
     },
     /// Many senders, each with a window of unacknowledged messages; acks mean durable commits.
     Ingest {
@@ -451,6 +491,37 @@ async fn main() -> anyhow::Result<()> {
             r
         }
         Scenario::Logins { count } => logins(&cli, &target, *count).await?,
+        Scenario::Storm {
+            sockets,
+            users,
+            rooms,
+            rooms_per_socket,
+            rate,
+            settle,
+            victim_pid,
+            resume_url,
+            resume_pid,
+            database_url,
+            redis_url,
+        } => {
+            let mut resume = Vec::new();
+            for url in resume_url {
+                resume.push(connect_target(url, &cli.bind).await?);
+            }
+            let s = storm::Storm {
+                sockets: *sockets,
+                users: *users,
+                rooms: *rooms,
+                rooms_per_socket: *rooms_per_socket,
+                rate: *rate,
+                settle: *settle,
+                victim_pid: *victim_pid,
+                database_url: database_url.clone(),
+                redis_url: redis_url.clone(),
+                resume_pids: resume_pid.clone(),
+            };
+            storm::run(&target, &resume, s).await?
+        }
     };
     let wall = started.elapsed().as_secs_f64();
     for (key, clock) in &clocks {

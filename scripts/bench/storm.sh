@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The reconnect storm (docs/BENCHMARKS.md, "A reconnect storm"): three release servers (A, B,
+# C) sharing a throwaway PostgreSQL and Redis; the bench opens SOCKETS sockets on A, each
+# subscribed to 20 shared rooms, sends messages through B, kills A and measures how fast every
+# socket resumes on B and C and catches up. Prints one JSON line per run.
+#
+#   scripts/bench/storm.sh [sockets] [runs]
+#
+# Needs `cargo build --release --bins`, redis-server and PostgreSQL 15's binaries (run as root:
+# PostgreSQL runs as the postgres user). Nothing is pinned: the servers, the databases and the
+# bench share the machine's cores, as pods on one node would. Everything lives in a temporary
+# directory removed at the end.
+set -euo pipefail
+sockets=${1:-15000}
+runs=${2:-1}
+bin=${CARGO_TARGET_DIR:-target}/release
+pgbin=/usr/lib/postgresql/15/bin
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    redis-cli -p 16379 shutdown nosave >/dev/null 2>&1 || true
+    [ -d "$work/pg" ] && su postgres -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1 || true
+    sleep 0.5
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n 20000
+
+mkdir "$work/pg" && chown postgres "$work/pg"
+su postgres -c "$pgbin/initdb -D $work/pg --auth=trust -U postgres" >/dev/null
+su postgres -c "$pgbin/pg_ctl -D $work/pg -o '-p 15432 -k $work/pg -c max_connections=200' -l $work/pg/log start -w" >/dev/null
+redis-server --port 16379 --save '' --appendonly no --daemonize yes --logfile "$work/redis.log"
+
+LIMITS="--http-rate 100000 --http-burst 100000 --auth-rate-per-minute 100000 --auth-burst 100000 \
+  --max-connections-per-user 100000 --messages-per-second 100000 --message-burst 100000 \
+  --ws-frames-per-second 100000 --ws-frames-burst 100000"
+export CONFAB_JWT_SECRET=storm-bench-secret-storm-bench-secret
+
+server() { # server NAME PORT DB -> pid in $server_pid
+    # shellcheck disable=SC2086
+    "$bin/confab" --listen "127.0.0.1:$2" --database-url "postgres://postgres@127.0.0.1:15432/$3" \
+        --redis-url redis://127.0.0.1:16379 --metrics-listen "127.0.0.1:$(($2 + 1000))" $LIMITS ${STORM_SERVER_ARGS:-} \
+        > "$work/server-$1.log" 2>&1 &
+    server_pid=$!
+    pids+=("$server_pid")
+    for _ in $(seq 200); do
+        curl -sf "http://127.0.0.1:$2/healthz" >/dev/null && return
+        sleep 0.1
+    done
+    echo "server $1 did not start" >&2
+    cat "$work/server-$1.log" >&2
+    exit 1
+}
+
+for n in $(seq "$runs"); do
+    su postgres -c "$pgbin/createdb -h 127.0.0.1 -p 15432 -U postgres storm$n"
+    redis-cli -p 16379 flushall >/dev/null
+    server a 18101 "storm$n"; a=$server_pid
+    server b 18102 "storm$n"; b=$server_pid
+    server c 18103 "storm$n"; c=$server_pid
+    echo -n "{\"run\":$n,\"result\":"
+    "$bin/confab-bench" --url http://127.0.0.1:18101 --bind 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --json \
+        storm --sockets "$sockets" --victim-pid "$a" \
+        --resume-url http://127.0.0.1:18102,http://127.0.0.1:18103 --resume-pid "$b,$c" \
+        --database-url "postgres://postgres@127.0.0.1:15432/storm$n" --redis-url redis://127.0.0.1:16379 \
+        | tr -d '\n '
+    echo "}"
+    if [ -n "${STORM_KEEP:-}" ]; then
+        cp "$work"/server-*.log "$STORM_KEEP"/
+        curl -s http://127.0.0.1:19102/metrics > "$STORM_KEEP/metrics-b.txt"
+    fi
+    kill "$b" "$c"
+    wait "$b" "$c" 2>/dev/null || true
+done
