@@ -37,6 +37,7 @@ pub mod moderation;
 pub mod operator;
 pub mod policy;
 pub mod protocol;
+pub mod resume;
 pub mod selftest;
 pub mod server;
 pub mod state;

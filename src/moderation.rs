@@ -25,6 +25,11 @@ pub struct SendRules {
 
 impl SendRules {
     pub fn new(room: &RoomRecord, member: &MemberRecord) -> Self {
+        Self::of(&crate::store::RoomGate::from(room), member)
+    }
+
+    /// The rules from what a subscribe reads of the room.
+    pub fn of(room: &crate::store::RoomGate, member: &MemberRecord) -> Self {
         SendRules {
             role: member.role,
             archived: room.archived,

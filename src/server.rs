@@ -188,9 +188,11 @@ pub(crate) async fn build(
         config.password_hash_queue,
         Some(metrics.rate_limited.with_label_values(&["password_hash"])),
     ));
+    let resumes = Arc::new(crate::resume::Resumes::new(store.clone()));
     let state = AppState {
         config: Arc::new(config),
         store,
+        resumes,
         bus,
         hub,
         writer,

@@ -27,6 +27,8 @@ use crate::telemetry::Metrics;
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// The store reads of `subscribe`, batched across this pod's sockets.
+    pub resumes: Arc<crate::resume::Resumes>,
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     pub writer: GroupCommit,

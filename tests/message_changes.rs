@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, User, Ws};
+use common::{Postgres, Redis, Server, User, Ws};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -478,4 +478,97 @@ async fn pins_are_for_moderators_and_listed_newest_first() {
     let mut w: Ws = carol.connect().await;
     w.send(json!({"type": "ping"})).await;
     w.expect("pong").await;
+}
+
+/// Many sockets resume one room at once, each from its own place: the pod reads their
+/// replays and changes in shared batches, and each socket still gets exactly the messages
+/// after its `since` in order, then exactly the changes to the messages it had, in rev order.
+async fn sockets_resuming_together_each_get_exactly_what_they_missed(s: &Server) {
+    let (alice, bob, room) = two_in_a_room(s).await;
+    for i in 1..=30 {
+        alice.post_message(&room, &format!("m{i}")).await;
+    }
+    // Revs 31-33: edits of 5, 12 and 20; rev 34: message 31.
+    for seq in [5, 12, 20] {
+        let (st, _) = alice
+            .api
+            .patch(
+                &format!("/api/v1/rooms/{room}/messages/{seq}"),
+                json!({"body": format!("m{seq}!")}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    alice.post_message(&room, "m31").await;
+
+    let mut sockets = Vec::new();
+    for _ in 0..40 {
+        sockets.push(bob.connect().await);
+    }
+    let resumes = sockets.into_iter().enumerate().map(|(i, mut ws)| {
+        let room = room.clone();
+        async move {
+            // The socket had messages 1..=since, when the room's rev was `since`.
+            let since = (i % 31) as i64;
+            ws.send(json!({"type": "subscribe", "room": room, "since": since, "since_rev": since}))
+                .await;
+            let sub = ws.expect("subscribed").await;
+            let mut got = Vec::new();
+            loop {
+                let Some(v) = ws.next(Duration::from_millis(500)).await else {
+                    break;
+                };
+                if v["type"] == "message" || v["type"] == "message_updated" {
+                    got.push((
+                        v["type"].as_str().unwrap().to_string(),
+                        v["seq"].as_i64().unwrap(),
+                        v["body"].as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+            (since, sub, got)
+        }
+    });
+    for (since, sub, got) in futures::future::join_all(resumes).await {
+        assert_eq!(
+            (&sub["recovered"], &sub["last_seq"], &sub["rev"]),
+            (&json!(true), &json!(31), &json!(34)),
+            "since {since}"
+        );
+        let body = |seq: i64| {
+            if [5, 12, 20].contains(&seq) {
+                format!("m{seq}!")
+            } else {
+                format!("m{seq}")
+            }
+        };
+        let mut want: Vec<(String, i64, String)> = (since + 1..=31)
+            .map(|seq| ("message".to_string(), seq, body(seq)))
+            .collect();
+        want.extend(
+            [5, 12, 20]
+                .into_iter()
+                .filter(|&seq| seq <= since)
+                .map(|seq| ("message_updated".to_string(), seq, body(seq))),
+        );
+        assert_eq!(got, want, "since {since}");
+    }
+}
+
+#[tokio::test]
+async fn sockets_resuming_together_each_get_exactly_what_they_missed_embedded() {
+    let (mut config, dir) = common::embedded();
+    config.max_connections_per_user = 40;
+    let s = Server::start_with(config, Some(dir)).await;
+    sockets_resuming_together_each_get_exactly_what_they_missed(&s).await;
+}
+
+#[tokio::test]
+async fn sockets_resuming_together_each_get_exactly_what_they_missed_on_postgres() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let mut config = common::cluster(&pg, &redis);
+    config.max_connections_per_user = 40;
+    let s = Server::start(config).await;
+    sockets_resuming_together_each_get_exactly_what_they_missed(&s).await;
 }

@@ -281,6 +281,41 @@ pub struct MemberRecord {
     pub muted_until: Option<i64>,
 }
 
+/// What a subscribe needs of a room: who may read it, how posting is ruled, and where its
+/// history stands. Read in one query for many subscribes (`Store::room_gates`).
+#[derive(sqlx::FromRow, Clone, Debug)]
+pub struct RoomGate {
+    #[sqlx(try_from = "String")]
+    pub kind: RoomKind,
+    pub last_seq: i64,
+    pub rev: i64,
+    pub archived: bool,
+    pub read_only: bool,
+    pub slow_mode_seconds: i64,
+}
+
+impl From<&RoomRecord> for RoomGate {
+    fn from(r: &RoomRecord) -> Self {
+        RoomGate {
+            kind: r.kind,
+            last_seq: r.last_seq,
+            rev: r.rev,
+            archived: r.archived,
+            read_only: r.read_only,
+            slow_mode_seconds: r.slow_mode_seconds,
+        }
+    }
+}
+
+/// A range of one room's messages asked for in a batch: `after < seq <= upto` for
+/// `Store::messages_between`, `rev > after` and `seq <= upto` for `Store::changes_between`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub room: RoomId,
+    pub after: i64,
+    pub upto: i64,
+}
+
 #[derive(sqlx::FromRow, Clone, Debug)]
 pub struct MemberUser {
     #[sqlx(flatten)]
@@ -608,6 +643,18 @@ pub trait Store: Send + Sync + 'static {
         max_seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<MessageRecord>>;
+    /// For each (room, user): the room's gate and the user's membership, or None for a room
+    /// that does not exist. One query for the whole slice (the reads of many subscribes).
+    async fn room_gates(
+        &self,
+        asks: &[(RoomId, UserId)],
+    ) -> StoreResult<Vec<Option<(RoomGate, Option<MemberRecord>)>>>;
+    /// For each span, the room's messages with `after < seq <= upto` in seq order, in one
+    /// query. Callers bound each span (a resume replays at most a thousand).
+    async fn messages_between(&self, spans: &[Span]) -> StoreResult<Vec<Vec<MessageRecord>>>;
+    /// For each span, the room's messages with `rev > after` and `seq <= upto` in rev order,
+    /// in one query. Callers bound each span by the room's rev (each change adds one to it).
+    async fn changes_between(&self, spans: &[Span]) -> StoreResult<Vec<Vec<MessageRecord>>>;
     /// Up to `limit` replies in the thread of `root` with `seq > after`, ascending.
     async fn thread_replies(
         &self,

@@ -26,7 +26,7 @@ use crate::moderation::SendRules;
 use crate::protocol::Encode as _;
 use crate::protocol::{self, ClientFrame, ServerFrame};
 use crate::state::AppState;
-use crate::store::{Marker, UserRecord};
+use crate::store::{Marker, RoomKind, Span, UserRecord};
 use handshake::{authenticate, token_deadline, too_big};
 use limits::{FrameKind, Limits, Verdict};
 
@@ -657,9 +657,19 @@ impl Connection {
             ))
             .into());
         }
-        let (r, member) = self.state.readable_room(room, self.user.id).await?;
+        let not_found = || ApiError::not_found("no such room");
+        let (r, member) = self
+            .state
+            .resumes
+            .gate(room, self.user.id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(not_found)?;
+        if r.kind != RoomKind::Public && member.is_none() {
+            return Err(not_found().into());
+        }
         if let Some(m) = &member {
-            self.rules.insert(room, SendRules::new(&r, m));
+            self.rules.insert(room, SendRules::of(&r, m));
         }
         // A cursor beyond the room's last seq is not from this room's history (a restore from
         // backup, another installation): it is ignored, and the client is told to resync.
@@ -673,7 +683,7 @@ impl Connection {
                 let s = self
                     .state
                     .hub
-                    .subscribe(room, &self.outbox)
+                    .subscribe(room, &self.outbox, Some((r.last_seq, r.rev)))
                     .await
                     .map_err(ApiError::from)?;
                 // A client resuming from a pod that was ahead of this one already has
@@ -705,12 +715,23 @@ impl Connection {
             && recovered != Some(false)
         {
             let upto = since.map_or(cursor, |since| since.min(cursor));
-            updates = self
-                .state
-                .store
-                .changes(room, since_rev, upto, MAX_REPLAY + 1)
-                .await
-                .map_err(ApiError::from)?;
+            // Each change adds one to the room's rev and touches at most two messages (a
+            // thread reply and its root): within MAX_REPLAY changes the batched read is
+            // bounded; beyond, one limited query tells whether more than MAX_REPLAY changed.
+            updates = if r.rev - since_rev <= MAX_REPLAY {
+                let span = Span {
+                    room,
+                    after: since_rev,
+                    upto,
+                };
+                self.state.resumes.changes(span).await
+            } else {
+                self.state
+                    .store
+                    .changes(room, since_rev, upto, MAX_REPLAY + 1)
+                    .await
+            }
+            .map_err(ApiError::from)?;
             if updates.len() as i64 > MAX_REPLAY {
                 updates.clear();
                 recovered = Some(false);
@@ -731,10 +752,15 @@ impl Connection {
             .await
             .map_err(|_| SubscribeError::Socket)?;
         if let Some(since) = replay {
+            let span = Span {
+                room,
+                after: since,
+                upto: cursor,
+            };
             let rows = self
                 .state
-                .store
-                .messages_after(room, since, cursor - since)
+                .resumes
+                .messages(span)
                 .await
                 .map_err(ApiError::from)?;
             for m in rows.iter().filter(|m| m.seq <= cursor) {

@@ -119,8 +119,12 @@ pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyho
             async move {
                 let token = t.user("storm").await?;
                 for room in rooms {
-                    t.post(&format!("/api/v1/rooms/{room}/join"), Some(&token), json!({}))
-                        .await?;
+                    t.post(
+                        &format!("/api/v1/rooms/{room}/join"),
+                        Some(&token),
+                        json!({}),
+                    )
+                    .await?;
                 }
                 anyhow::Ok(token)
             }
@@ -186,8 +190,7 @@ pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyho
     let setup_secs = setup.elapsed().as_secs_f64();
 
     // Messages flow through a resuming server from here to the end.
-    let acked: Arc<Vec<AtomicI64>> =
-        Arc::new((0..s.rooms).map(|_| AtomicI64::new(0)).collect());
+    let acked: Arc<Vec<AtomicI64>> = Arc::new((0..s.rooms).map(|_| AtomicI64::new(0)).collect());
     let (stop_tx, stop_rx) = watch::channel(false);
     let sender = tokio::spawn(send(
         resume[0].clone(),
@@ -507,7 +510,10 @@ fn handle(text: &str, c: &Client, shared: &Shared) -> anyhow::Result<bool> {
             let r = seen().context("subscribed to an unknown room")?;
             shared.counters.subscribed.fetch_add(1, Ordering::Relaxed);
             if f.recovered == Some(false) {
-                shared.counters.not_recovered.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .not_recovered
+                    .fetch_add(1, Ordering::Relaxed);
                 r.last.store(f.last_seq.unwrap_or(0), Ordering::SeqCst);
             } else if r.last.load(Ordering::SeqCst) < 0 {
                 r.last.store(f.last_seq.unwrap_or(0), Ordering::SeqCst);
@@ -577,11 +583,10 @@ async fn send(
 }
 
 async fn pg_transactions(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT sum(xact_commit + xact_rollback)::bigint FROM pg_stat_database",
-    )
-    .fetch_one(pool)
-    .await?;
+    let n: i64 =
+        sqlx::query_scalar("SELECT sum(xact_commit + xact_rollback)::bigint FROM pg_stat_database")
+            .fetch_one(pool)
+            .await?;
     Ok(n)
 }
 
@@ -598,7 +603,10 @@ fn postgres_cpu_seconds() -> Option<f64> {
     let mut total = 0.0;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

@@ -1,0 +1,250 @@
+//! The store reads of a `subscribe`, batched across the sockets of a pod.
+//!
+//! When a pod dies, its sockets come back to the others at once and resubscribe to every room
+//! with `since` (and `since_rev`): tens of thousands of subscribes within a second, each of
+//! which used to cost its own queries (the room, the membership, the replay, the changes).
+//! Here each kind of read goes through a [`Batched`] queue: the first ask runs at once, and asks
+//! that arrive while [`IN_FLIGHT`] batches are running wait and leave together, as one query
+//! for up to [`MAX_BATCH`] of them. A quiet pod therefore answers as before, and a storm pays
+//! one query per batch instead of one per subscribe. Replays of the same room for many
+//! sockets are coalesced into one range of rows and cut per socket.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::ids::{RoomId, UserId};
+use crate::store::{MemberRecord, MessageRecord, RoomGate, Span, Store, StoreError, StoreResult};
+
+/// Asks answered by one query at most.
+pub const MAX_BATCH: usize = 256;
+/// Batches of one kind running at once, per pod.
+pub const IN_FLIGHT: usize = 2;
+
+type Ask<Q, R> = (Q, oneshot::Sender<StoreResult<R>>);
+
+/// A queue of reads of one kind, answered in batches.
+pub struct Batched<Q, R> {
+    asks: mpsc::UnboundedSender<Ask<Q, R>>,
+}
+
+impl<Q: Send + 'static, R: Send + 'static> Batched<Q, R> {
+    /// Starts the queue; `run` answers a batch of asks with one result per ask, in order.
+    pub fn new<F, Fut>(run: F) -> Self
+    where
+        F: Fn(Vec<Q>) -> Fut + Send + 'static,
+        Fut: Future<Output = StoreResult<Vec<R>>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Ask<Q, R>>();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+            while let Some(first) = rx.recv().await {
+                // While every slot is busy, more asks queue up behind this one.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let mut asks = vec![first];
+                while asks.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(ask) => asks.push(ask),
+                        Err(_) => break,
+                    }
+                }
+                let (queries, replies): (Vec<Q>, Vec<_>) = asks.into_iter().unzip();
+                let batch = run(queries);
+                tokio::spawn(async move {
+                    match batch.await {
+                        Ok(results) => {
+                            for (reply, result) in replies.into_iter().zip(results) {
+                                let _ = reply.send(Ok(result));
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(shared(&e)));
+                            }
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Batched { asks: tx }
+    }
+
+    /// Asks and waits for the batch that carries the ask.
+    pub async fn load(&self, query: Q) -> StoreResult<R> {
+        let (tx, rx) = oneshot::channel();
+        self.asks.send((query, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// The same failure for every ask of a batch (the store's errors are not `Clone`).
+fn shared(e: &StoreError) -> StoreError {
+    let text = || sqlx::Error::Protocol(e.to_string());
+    match e {
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Unavailable(_) => StoreError::Unavailable(text()),
+        StoreError::Other(_) => StoreError::Other(text()),
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::Protocol(
+        "the store's read queue has stopped".into(),
+    ))
+}
+
+/// A room as a subscribe reads it for one user: the room (None if there is none) and the
+/// user's membership.
+pub type Gate = Option<(RoomGate, Option<MemberRecord>)>;
+
+/// The batched reads of `subscribe`.
+pub struct Resumes {
+    gates: Batched<(RoomId, UserId), Gate>,
+    messages: Batched<Span, Vec<MessageRecord>>,
+    changes: Batched<Span, Vec<MessageRecord>>,
+}
+
+impl Resumes {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let s = store.clone();
+        let gates = Batched::new(move |asks: Vec<(RoomId, UserId)>| {
+            let s = s.clone();
+            async move { s.room_gates(&asks).await }
+        });
+        let s = store.clone();
+        let messages = Batched::new(move |spans: Vec<Span>| {
+            let s = s.clone();
+            async move {
+                let merged = merge_overlapping(&spans);
+                let rows = s.messages_between(&merged).await?;
+                Ok(cut(&spans, &merged, rows, |m, span| {
+                    m.seq > span.after && m.seq <= span.upto
+                }))
+            }
+        });
+        let s = store;
+        let changes = Batched::new(move |spans: Vec<Span>| {
+            let s = s.clone();
+            async move {
+                let widest = widest_per_room(&spans);
+                let rows = s.changes_between(&widest).await?;
+                Ok(cut(&spans, &widest, rows, |m, span| {
+                    m.rev > span.after && m.seq <= span.upto
+                }))
+            }
+        });
+        Resumes {
+            gates,
+            messages,
+            changes,
+        }
+    }
+
+    /// The room and the user's membership in it.
+    pub async fn gate(&self, room: RoomId, user: UserId) -> StoreResult<Gate> {
+        self.gates.load((room, user)).await
+    }
+
+    /// Messages with `after < seq <= upto`, in seq order (bounded by the caller).
+    pub async fn messages(&self, span: Span) -> StoreResult<Vec<MessageRecord>> {
+        self.messages.load(span).await
+    }
+
+    /// Messages with `rev > after` and `seq <= upto`, in rev order; the caller bounds
+    /// `after` by the room's rev.
+    pub async fn changes(&self, span: Span) -> StoreResult<Vec<MessageRecord>> {
+        self.changes.load(span).await
+    }
+}
+
+/// The spans of each room merged where they overlap or touch: rows are read once however
+/// many sockets ask for them, and never more rows than the spans hold together.
+fn merge_overlapping(spans: &[Span]) -> Vec<Span> {
+    let mut sorted: Vec<Span> = spans.to_vec();
+    sorted.sort_by_key(|s| (s.room, s.after));
+    let mut merged: Vec<Span> = Vec::new();
+    for s in sorted {
+        match merged.last_mut() {
+            Some(m) if m.room == s.room && s.after <= m.upto => m.upto = m.upto.max(s.upto),
+            _ => merged.push(s),
+        }
+    }
+    merged
+}
+
+/// One span per room covering every ask of it (changes: the lowest rev, the highest seq).
+fn widest_per_room(spans: &[Span]) -> Vec<Span> {
+    let mut rooms: HashMap<RoomId, Span> = HashMap::new();
+    for s in spans {
+        rooms
+            .entry(s.room)
+            .and_modify(|w| {
+                w.after = w.after.min(s.after);
+                w.upto = w.upto.max(s.upto);
+            })
+            .or_insert(*s);
+    }
+    rooms.into_values().collect()
+}
+
+/// Each asked span's rows, taken from the rows read for the spans that cover it.
+fn cut(
+    asked: &[Span],
+    read: &[Span],
+    rows: Vec<Vec<MessageRecord>>,
+    keep: impl Fn(&MessageRecord, &Span) -> bool,
+) -> Vec<Vec<MessageRecord>> {
+    let mut by_room: HashMap<RoomId, Vec<&MessageRecord>> = HashMap::new();
+    for (span, rows) in read.iter().zip(&rows) {
+        by_room.entry(span.room).or_default().extend(rows);
+    }
+    asked
+        .iter()
+        .map(|span| {
+            by_room
+                .get(&span.room)
+                .map(|rows| {
+                    rows.iter()
+                        .filter(|m| keep(m, span))
+                        .map(|m| (*m).clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(room: RoomId, after: i64, upto: i64) -> Span {
+        Span { room, after, upto }
+    }
+
+    #[test]
+    fn overlapping_spans_of_a_room_are_read_once_and_apart_ones_stay_apart() {
+        let (a, b) = (RoomId::new(), RoomId::new());
+        let merged = merge_overlapping(&[
+            span(a, 10, 20),
+            span(b, 0, 5),
+            span(a, 15, 30),
+            span(a, 100, 120),
+            span(a, 30, 40),
+        ]);
+        let mut of_a: Vec<(i64, i64)> = merged
+            .iter()
+            .filter(|s| s.room == a)
+            .map(|s| (s.after, s.upto))
+            .collect();
+        of_a.sort();
+        assert_eq!(of_a, vec![(10, 40), (100, 120)]);
+        assert!(merged.contains(&span(b, 0, 5)));
+    }
+}
