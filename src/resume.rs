@@ -23,21 +23,63 @@ pub const MAX_BATCH: usize = 256;
 /// Batches of one kind running at once, per pod.
 pub const IN_FLIGHT: usize = 2;
 
-type Ask<Q, R> = (Q, oneshot::Sender<StoreResult<R>>);
+type Ask<Q, R, E> = (Q, oneshot::Sender<Result<R, E>>);
 
-/// A queue of reads of one kind, answered in batches.
-pub struct Batched<Q, R> {
-    asks: mpsc::UnboundedSender<Ask<Q, R>>,
+/// A failure every ask of a failed batch receives.
+pub trait Shared: Send + 'static {
+    /// The same failure again, for the next ask.
+    fn again(&self) -> Self;
+    /// The queue has stopped (the runtime is shutting down).
+    fn stopped() -> Self;
 }
 
-impl<Q: Send + 'static, R: Send + 'static> Batched<Q, R> {
+/// The failure of reads that answer with nothing rather than fail (presence): only a queue
+/// that has stopped gives it.
+#[derive(Debug)]
+pub struct Unanswered;
+
+impl Shared for Unanswered {
+    fn again(&self) -> Self {
+        Unanswered
+    }
+
+    fn stopped() -> Self {
+        Unanswered
+    }
+}
+
+impl Shared for StoreError {
+    /// The store's errors are not `Clone`: the others get its text.
+    fn again(&self) -> Self {
+        let text = || sqlx::Error::Protocol(self.to_string());
+        match self {
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+            StoreError::NotFound => StoreError::NotFound,
+            StoreError::Unavailable(_) => StoreError::Unavailable(text()),
+            StoreError::Other(_) => StoreError::Other(text()),
+        }
+    }
+
+    fn stopped() -> Self {
+        StoreError::Unavailable(sqlx::Error::Protocol(
+            "the store's read queue has stopped".into(),
+        ))
+    }
+}
+
+/// A queue of reads of one kind, answered in batches.
+pub struct Batched<Q, R, E = StoreError> {
+    asks: mpsc::UnboundedSender<Ask<Q, R, E>>,
+}
+
+impl<Q: Send + 'static, R: Send + 'static, E: Shared> Batched<Q, R, E> {
     /// Starts the queue; `run` answers a batch of asks with one result per ask, in order.
     pub fn new<F, Fut>(run: F) -> Self
     where
         F: Fn(Vec<Q>) -> Fut + Send + 'static,
-        Fut: Future<Output = StoreResult<Vec<R>>> + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, E>> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Ask<Q, R>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Ask<Q, R, E>>();
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(IN_FLIGHT));
             while let Some(first) = rx.recv().await {
@@ -63,7 +105,7 @@ impl<Q: Send + 'static, R: Send + 'static> Batched<Q, R> {
                         }
                         Err(e) => {
                             for reply in replies {
-                                let _ = reply.send(Err(shared(&e)));
+                                let _ = reply.send(Err(e.again()));
                             }
                         }
                     }
@@ -75,28 +117,11 @@ impl<Q: Send + 'static, R: Send + 'static> Batched<Q, R> {
     }
 
     /// Asks and waits for the batch that carries the ask.
-    pub async fn load(&self, query: Q) -> StoreResult<R> {
+    pub async fn load(&self, query: Q) -> Result<R, E> {
         let (tx, rx) = oneshot::channel();
-        self.asks.send((query, tx)).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.asks.send((query, tx)).map_err(|_| E::stopped())?;
+        rx.await.map_err(|_| E::stopped())?
     }
-}
-
-/// The same failure for every ask of a batch (the store's errors are not `Clone`).
-fn shared(e: &StoreError) -> StoreError {
-    let text = || sqlx::Error::Protocol(e.to_string());
-    match e {
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::NotFound => StoreError::NotFound,
-        StoreError::Unavailable(_) => StoreError::Unavailable(text()),
-        StoreError::Other(_) => StoreError::Other(text()),
-    }
-}
-
-fn stopped() -> StoreError {
-    StoreError::Unavailable(sqlx::Error::Protocol(
-        "the store's read queue has stopped".into(),
-    ))
 }
 
 /// A room as a subscribe reads it for one user: the room (None if there is none) and the

@@ -125,6 +125,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn presence_set(&self, room: RoomId, user: UserId, online: bool);
     /// Users online in `room` on other pods.
     async fn presence_remote(&self, room: RoomId) -> Vec<UserId>;
+    /// `presence_remote` for many rooms at once (one round trip where the bus allows).
+    async fn presence_remote_many(&self, rooms: &[RoomId]) -> Vec<Vec<UserId>> {
+        let mut out = Vec::with_capacity(rooms.len());
+        for &room in rooms {
+            out.push(self.presence_remote(room).await);
+        }
+        out
+    }
     /// Removes the expired presence entries of `room` (left by a pod that died without
     /// cleaning up) and returns the users who are now online nowhere. Of pods sweeping at the
     /// same time, only the one whose delete took effect returns a user, so one offline event

@@ -57,6 +57,19 @@ fn presence_user(field: &str) -> Option<UserId> {
     field.split_once('/')?.1.parse().ok()
 }
 
+/// The users of a presence hash whose entries have not expired, sorted, each once.
+fn live_users(entries: Vec<(String, i64)>) -> Vec<UserId> {
+    let now = crate::now_ms();
+    let mut users: Vec<UserId> = entries
+        .into_iter()
+        .filter(|(_, expires)| *expires > now)
+        .filter_map(|(field, _)| presence_user(&field))
+        .collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
 /// Commands to one Redis server, or to a Redis Cluster (routed by key slot).
 #[derive(Clone)]
 enum Conn {
@@ -587,16 +600,42 @@ impl Bus for RedisBus {
         let mut con = self.commands();
         let entries: redis::RedisResult<Vec<(String, i64)>> = con.hgetall(presence_key(room)).await;
         self.observe("hgetall", started);
-        let now = crate::now_ms();
-        let mut users: Vec<UserId> = entries
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, expires)| *expires > now)
-            .filter_map(|(field, _)| presence_user(&field))
-            .collect();
-        users.sort();
-        users.dedup();
-        users
+        live_users(entries.unwrap_or_default())
+    }
+
+    async fn presence_remote_many(&self, rooms: &[RoomId]) -> Vec<Vec<UserId>> {
+        let started = Instant::now();
+        let con = self.commands();
+        let entries: Vec<Vec<(String, i64)>> = match &con {
+            Conn::Single(_) => {
+                let mut pipe = redis::pipe();
+                for room in rooms {
+                    pipe.hgetall(presence_key(*room));
+                }
+                pipe.query_async(&mut con.clone())
+                    .await
+                    .unwrap_or_else(|_| vec![Vec::new(); rooms.len()])
+            }
+            // Each room's key lives on its own slot.
+            Conn::Cluster(_) => {
+                use futures::StreamExt;
+                let keys: Vec<String> = rooms.iter().map(|r| presence_key(*r)).collect();
+                futures::stream::iter(keys)
+                    .map(|key| {
+                        let mut con = con.clone();
+                        async move {
+                            con.hgetall::<_, Vec<(String, i64)>>(key)
+                                .await
+                                .unwrap_or_default()
+                        }
+                    })
+                    .buffered(64)
+                    .collect()
+                    .await
+            }
+        };
+        self.observe("hgetall", started);
+        entries.into_iter().map(live_users).collect()
     }
 
     async fn presence_sweep(&self, room: RoomId) -> Vec<UserId> {

@@ -26,6 +26,7 @@ use crate::ids::{PodId, RoomId, UserId};
 use crate::model::Message;
 use crate::protocol::Encode as _;
 use crate::protocol::{NotificationReason, PresenceStatus, ServerFrame};
+use crate::resume::{Batched, Unanswered};
 use crate::store::{MessageRecord, Store};
 use crate::telemetry::Metrics;
 
@@ -105,6 +106,28 @@ pub struct Hub {
     started_ms: i64,
     /// Set while the bus is disconnected: resyncs then do not move `RoomState::revs`.
     bus_down: std::sync::atomic::AtomicBool,
+    /// Who is online in a room on the other pods, read for many subscribes at once.
+    remote_presence: Batched<RoomId, Vec<UserId>, Unanswered>,
+}
+
+/// The queue of remote presence reads: each batch reads every room asked once, in one round
+/// trip, and answers every ask of the room (a reconnect storm asks for the same rooms from
+/// thousands of sockets).
+fn remote_presence(bus: Arc<dyn Bus>) -> Batched<RoomId, Vec<UserId>, Unanswered> {
+    Batched::new(move |asked: Vec<RoomId>| {
+        let bus = bus.clone();
+        async move {
+            let mut rooms = asked.clone();
+            rooms.sort();
+            rooms.dedup();
+            let online = bus.presence_remote_many(&rooms).await;
+            let by_room: HashMap<RoomId, Vec<UserId>> = rooms.into_iter().zip(online).collect();
+            Ok(asked
+                .iter()
+                .map(|r| by_room.get(r).cloned().unwrap_or_default())
+                .collect())
+        }
+    })
 }
 
 /// The `message` event of a committed message.
@@ -117,6 +140,7 @@ fn from_bytes(b: Bytes) -> Option<Utf8Bytes> {
 }
 
 impl Hub {
+    /// Starts the hub (and its presence reads: call within the runtime).
     pub fn new(
         pod: PodId,
         store: Arc<dyn Store>,
@@ -126,13 +150,14 @@ impl Hub {
         Arc::new(Hub {
             pod,
             store,
-            bus,
+            bus: bus.clone(),
             metrics,
             rooms: RwLock::default(),
             users: Mutex::default(),
             keyed: Mutex::default(),
             started_ms: crate::now_ms(),
             bus_down: std::sync::atomic::AtomicBool::new(false),
+            remote_presence: remote_presence(bus),
         })
     }
 
@@ -334,7 +359,12 @@ impl Hub {
             .room(room)
             .map(|s| s.lock().expect("room lock").presence.users().collect())
             .unwrap_or_default();
-        users.extend(self.bus.presence_remote(room).await);
+        users.extend(
+            self.remote_presence
+                .load(room)
+                .await
+                .unwrap_or_default(),
+        );
         users.sort();
         users.dedup();
         users
