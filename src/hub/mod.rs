@@ -359,12 +359,7 @@ impl Hub {
             .room(room)
             .map(|s| s.lock().expect("room lock").presence.users().collect())
             .unwrap_or_default();
-        users.extend(
-            self.remote_presence
-                .load(room)
-                .await
-                .unwrap_or_default(),
-        );
+        users.extend(self.remote_presence.load(room).await.unwrap_or_default());
         users.sort();
         users.dedup();
         users

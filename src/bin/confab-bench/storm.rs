@@ -85,6 +85,8 @@ struct Shared {
     counters: Counters,
     killed: AtomicBool,
     killed_at: std::sync::OnceLock<Instant>,
+    /// Why the first refused reconnect was refused.
+    first_refusal: std::sync::OnceLock<String>,
 }
 
 pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyhow::Result<Value> {
@@ -145,6 +147,7 @@ pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyho
         counters: Counters::default(),
         killed: AtomicBool::new(false),
         killed_at: std::sync::OnceLock::new(),
+        first_refusal: std::sync::OnceLock::new(),
     });
     let clients: Vec<Arc<Client>> = (0..s.sockets)
         .map(|i| {
@@ -341,6 +344,7 @@ pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyho
         "duplicates": k.duplicates.load(Ordering::Relaxed),
         "not_recovered": k.not_recovered.load(Ordering::Relaxed),
         "connects_refused": k.refused.load(Ordering::Relaxed),
+        "first_refusal": shared.first_refusal.get(),
         "closed_after_resume": k.closed_again.load(Ordering::Relaxed),
         "error_frames": k.errors.load(Ordering::Relaxed),
         "postgres_transactions_during_resume": pg_after.zip(pg_before).map(|(a, b)| a - b),
@@ -404,6 +408,8 @@ async fn client(
     drop(ready);
     read(&mut ws, &c, &shared, None).await;
     c.closed_us.store(since_kill(&shared), Ordering::Relaxed);
+    // Its file goes before the new socket's comes: the process holds one per client.
+    drop(ws);
     if !shared.killed.load(Ordering::SeqCst) {
         shared.counters.closed_again.fetch_add(1, Ordering::Relaxed);
     }
@@ -426,7 +432,8 @@ async fn client(
                 read(&mut ws, &c, &shared, Some(expected)).await;
                 shared.counters.closed_again.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
+            Err(e) => {
+                shared.first_refusal.set(format!("{e:#}")).ok();
                 shared.counters.refused.fetch_add(1, Ordering::Relaxed);
             }
         }
