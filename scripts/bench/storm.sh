@@ -58,6 +58,7 @@ for n in $(seq "$runs"); do
     su postgres -c "$pgbin/createdb -h 127.0.0.1 -p 15432 -U postgres storm$n"
     redis-cli -p 16379 flushall >/dev/null
     server a 18101 "storm$n"; a=$server_pid
+    disown "$a" # the bench kills it; no "Killed" line from the shell
     server b 18102 "storm$n"; b=$server_pid
     server c 18103 "storm$n"; c=$server_pid
     echo -n "{\"run\":$n,\"result\":"
