@@ -730,3 +730,64 @@ async fn a_socket_that_stays_keeps_its_user_online_past_the_records_expiry() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }
+
+/// Many subscribes reach pod b at once (a reconnect storm in small): their presence is read in
+/// shared batches, and each `subscribed` still lists exactly who is online in that room on the
+/// other pod.
+#[tokio::test]
+async fn subscribes_at_once_each_list_the_users_online_in_their_room() {
+    let c = two_pods().await;
+    let owner = c.a.user("carol").await;
+    let mut rooms = Vec::new();
+    for k in 0..4 {
+        rooms.push(owner.create_room(&format!("r{k}"), "public").await);
+    }
+    // User k is online on pod a in rooms 0..=k: room k has users k..=3.
+    let mut users = Vec::new();
+    let mut held = Vec::new();
+    for k in 0..4 {
+        let u = c.a.user(&format!("user{k}")).await;
+        let mut ws = u.connect().await;
+        for room in &rooms[..=k] {
+            ws.subscribe(room, None).await;
+        }
+        users.push(u.id.clone());
+        held.push(ws);
+    }
+    c.b.user("bob").await;
+    let bob = c.b.login("bob").await;
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        sockets.push(bob.connect().await);
+    }
+    let answers = sockets.into_iter().map(|mut ws| {
+        let rooms = rooms.clone();
+        async move {
+            for room in &rooms {
+                ws.send(json!({"type": "subscribe", "room": room})).await;
+            }
+            let mut replies = Vec::new();
+            for _ in &rooms {
+                replies.push(ws.expect_skipping("subscribed").await);
+            }
+            replies
+        }
+    });
+    for replies in futures::future::join_all(answers).await {
+        for reply in replies {
+            let k = rooms.iter().position(|r| reply["room"] == *r).unwrap();
+            let mut online: Vec<String> = reply["presence"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u.as_str().unwrap().to_string())
+                .filter(|u| *u != bob.id)
+                .collect();
+            online.sort();
+            let mut want = users[k..].to_vec();
+            want.sort();
+            assert_eq!(online, want, "room r{k}: {reply}");
+        }
+    }
+    drop(held);
+}
