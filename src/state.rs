@@ -52,6 +52,20 @@ pub struct AppState {
     pub started: Instant,
 }
 
+/// The answer for a room that does not exist or that the user may not see.
+pub fn no_such_room() -> ApiError {
+    ApiError::not_found("no such room")
+}
+
+/// A public room is readable by anyone; another only by its members (to others it does not
+/// exist).
+pub fn may_read(kind: RoomKind, member: Option<&MemberRecord>) -> ApiResult<()> {
+    if kind != RoomKind::Public && member.is_none() {
+        return Err(no_such_room());
+    }
+    Ok(())
+}
+
 impl AppState {
     /// A global admin: named in `--admins`, or an admin by its own account (an admin bot, a
     /// member of the provider's admin group).
@@ -146,12 +160,9 @@ impl AppState {
         room: RoomId,
         user: UserId,
     ) -> ApiResult<(RoomRecord, Option<MemberRecord>)> {
-        let not_found = || ApiError::not_found("no such room");
-        let r = self.store.room(room).await?.ok_or_else(not_found)?;
+        let r = self.store.room(room).await?.ok_or_else(no_such_room)?;
         let member = self.store.member(room, user).await?;
-        if r.kind != RoomKind::Public && member.is_none() {
-            return Err(not_found());
-        }
+        may_read(r.kind, member.as_ref())?;
         Ok((r, member))
     }
 

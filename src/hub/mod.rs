@@ -269,8 +269,6 @@ impl Hub {
 
     // ---- subscriptions -----------------------------------------------------------------
 
-    /// Adds a subscriber. `last_seq` is the room's last committed seq, read from the store by
-    /// the caller after the bus joined the room.
     /// Adds a subscriber. `known` is the room's (last_seq, rev) as the caller read it: used
     /// when this pod already follows the room (its order is ahead of or repairs a stale
     /// value); a room new to this pod is joined on the bus and then read again, so that no
@@ -279,19 +277,19 @@ impl Hub {
         self: &Arc<Self>,
         room: RoomId,
         outbox: &Outbox,
-        known: Option<(i64, i64)>,
+        known: (i64, i64),
     ) -> Result<Subscribed, crate::store::StoreError> {
         let fresh = !self.rooms.read().expect("rooms lock").contains_key(&room);
         if fresh {
             self.bus.join_room(room).await;
         }
-        let (last_seq, rev) = match known {
-            Some(known) if !fresh => known,
-            _ => self
-                .store
+        let (last_seq, rev) = if fresh {
+            self.store
                 .room(room)
                 .await?
-                .map_or((0, 0), |r| (r.last_seq, r.rev)),
+                .map_or((0, 0), |r| (r.last_seq, r.rev))
+        } else {
+            known
         };
         let (cursor, came_online, fill) = {
             let mut rooms = self.rooms.write().expect("rooms lock");

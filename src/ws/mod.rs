@@ -26,7 +26,7 @@ use crate::moderation::SendRules;
 use crate::protocol::Encode as _;
 use crate::protocol::{self, ClientFrame, ServerFrame};
 use crate::state::AppState;
-use crate::store::{Marker, RoomKind, Span, UserRecord};
+use crate::store::{Marker, Span, UserRecord};
 use handshake::{authenticate, token_deadline, too_big};
 use limits::{FrameKind, Limits, Verdict};
 
@@ -657,17 +657,11 @@ impl Connection {
             ))
             .into());
         }
-        let not_found = || ApiError::not_found("no such room");
-        let (r, member) = self
-            .state
-            .resumes
-            .gate(room, self.user.id)
-            .await
+        let gate = self.state.resumes.gate(room, self.user.id).await;
+        let (r, member) = gate
             .map_err(ApiError::from)?
-            .ok_or_else(not_found)?;
-        if r.kind != RoomKind::Public && member.is_none() {
-            return Err(not_found().into());
-        }
+            .ok_or_else(crate::state::no_such_room)?;
+        crate::state::may_read(r.kind, member.as_ref())?;
         if let Some(m) = &member {
             self.rules.insert(room, SendRules::of(&r, m));
         }
@@ -683,7 +677,7 @@ impl Connection {
                 let s = self
                     .state
                     .hub
-                    .subscribe(room, &self.outbox, Some((r.last_seq, r.rev)))
+                    .subscribe(room, &self.outbox, (r.last_seq, r.rev))
                     .await
                     .map_err(ApiError::from)?;
                 // A client resuming from a pod that was ahead of this one already has

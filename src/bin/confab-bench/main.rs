@@ -211,6 +211,20 @@ impl Target {
         Ok(t["access_token"].as_str().context("no token")?.to_string())
     }
 
+    /// Registers a fresh user who joins `rooms`; returns its token.
+    async fn member_of(&self, tag: &str, rooms: &[String]) -> anyhow::Result<String> {
+        let token = self.user(tag).await?;
+        for room in rooms {
+            self.post(
+                &format!("/api/v1/rooms/{room}/join"),
+                Some(&token),
+                json!({}),
+            )
+            .await?;
+        }
+        Ok(token)
+    }
+
     /// Signs in `admin` (registering it first if needed) and registers a webhook for
     /// `message.created` at `url`; returns the webhook's id and the admin's token.
     async fn webhook(&self, admin: &str, url: &str) -> anyhow::Result<(String, String)> {
@@ -547,16 +561,7 @@ async fn idle(
     for chunk in (1..users.max(1)).collect::<Vec<_>>().chunks(64) {
         let joined = chunk.iter().map(|_| {
             let (t, room) = (t.clone(), room.clone());
-            async move {
-                let token = t.user("idle").await?;
-                t.post(
-                    &format!("/api/v1/rooms/{room}/join"),
-                    Some(&token),
-                    json!({}),
-                )
-                .await?;
-                anyhow::Ok(token)
-            }
+            async move { t.member_of("idle", &[room]).await }
         });
         for token in futures::future::join_all(joined).await {
             tokens.push(token?);

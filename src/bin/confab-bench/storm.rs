@@ -118,18 +118,7 @@ pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyho
         let made = chunk.iter().map(|&u| {
             let t = resume[0].clone();
             let rooms: Vec<String> = rooms_of(u).iter().map(|&r| room_ids[r].clone()).collect();
-            async move {
-                let token = t.user("storm").await?;
-                for room in rooms {
-                    t.post(
-                        &format!("/api/v1/rooms/{room}/join"),
-                        Some(&token),
-                        json!({}),
-                    )
-                    .await?;
-                }
-                anyhow::Ok(token)
-            }
+            async move { t.member_of("storm", &rooms).await }
         });
         for token in futures::future::join_all(made).await {
             tokens.push(token?);
