@@ -211,6 +211,19 @@ impl Target {
         Ok(t["access_token"].as_str().context("no token")?.to_string())
     }
 
+    /// Creates a public room named `{tag}-{random}`; returns its id.
+    async fn public_room(&self, token: &str, tag: &str) -> anyhow::Result<String> {
+        let name = format!("{tag}-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let room = self
+            .post(
+                "/api/v1/rooms",
+                Some(token),
+                json!({"name": name, "kind": "public"}),
+            )
+            .await?;
+        Ok(room["id"].as_str().context("room id")?.to_string())
+    }
+
     /// Registers a fresh user who joins `rooms`; returns its token.
     async fn member_of(&self, tag: &str, rooms: &[String]) -> anyhow::Result<String> {
         let token = self.user(tag).await?;
@@ -555,8 +568,7 @@ async fn idle(
     users: usize,
 ) -> anyhow::Result<Value> {
     let token = t.user("idle").await?;
-    let room = t.post("/api/v1/rooms", Some(&token), json!({"name": format!("idle-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]), "kind": "public"})).await?;
-    let room = room["id"].as_str().context("room id")?.to_string();
+    let room = t.public_room(&token, "idle").await?;
     let mut tokens = vec![token.clone()];
     for chunk in (1..users.max(1)).collect::<Vec<_>>().chunks(64) {
         let joined = chunk.iter().map(|_| {
@@ -701,8 +713,7 @@ async fn fanout(
     seconds: u64,
 ) -> anyhow::Result<Value> {
     let token = t.user("fanout").await?;
-    let room = t.post("/api/v1/rooms", Some(&token), json!({"name": format!("fanout-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]), "kind": "public"})).await?;
-    let room = room["id"].as_str().context("room id")?.to_string();
+    let room = t.public_room(&token, "fanout").await?;
     let received = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -837,8 +848,7 @@ async fn ingest(
     seconds: u64,
 ) -> anyhow::Result<Value> {
     let token = t.user("ingest").await?;
-    let room = t.post("/api/v1/rooms", Some(&token), json!({"name": format!("ingest-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]), "kind": "public"})).await?;
-    let room = room["id"].as_str().context("room id")?.to_string();
+    let room = t.public_room(&token, "ingest").await?;
     let acked = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let started = Instant::now();

@@ -97,15 +97,7 @@ pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyho
     let admin = resume[0].user("storm").await?;
     let mut room_ids = Vec::with_capacity(s.rooms);
     for i in 0..s.rooms {
-        let tag = &uuid::Uuid::now_v7().simple().to_string()[20..];
-        let r = resume[0]
-            .post(
-                "/api/v1/rooms",
-                Some(&admin),
-                json!({"name": format!("storm-{i}-{tag}"), "kind": "public"}),
-            )
-            .await?;
-        room_ids.push(r["id"].as_str().context("room id")?.to_string());
+        room_ids.push(resume[0].public_room(&admin, &format!("storm-{i}")).await?);
     }
     // User u belongs to rooms_per_socket consecutive rooms starting at u * rooms_per_socket.
     let rooms_of = |u: usize| -> Vec<usize> {
