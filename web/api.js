@@ -6,6 +6,7 @@
 import { Confab } from "./confab-client.js";
 
 const STORAGE_KEY = "confab.session";
+export const BANNED = "You have been banned and disconnected.";
 // A sign-in with the OpenID provider under way (PKCE verifier, state, nonce), for this tab only.
 const SSO_KEY = "confab.sso";
 
@@ -73,12 +74,29 @@ export class Session {
 
   onChange(fn) { this.listeners.add(fn); }
 
-  save(data) {
+  /** Stores the tokens (or forgets them: `ended` then says why, "banned" or "signed-out"). */
+  save(data, ended = "signed-out") {
     this.data = data;
     if (data) localStorage.setItem(STORAGE_KEY, JSON.stringify(data));
     else localStorage.removeItem(STORAGE_KEY);
     this.schedule();
-    for (const fn of this.listeners) fn(data);
+    for (const fn of this.listeners) fn(data, ended);
+  }
+
+  /**
+   * Whether the account is banned, asked with the access token still held. A ban revokes the
+   * refresh tokens, so a refresh refused with 401 may be a ban the socket has not yet been
+   * closed for (4003); the access token keeps working until it expires, and is then answered
+   * 403 for a banned user.
+   */
+  async bannedNow(accessToken) {
+    if (!accessToken) return false;
+    try {
+      const res = await fetch("/api/v1/users/me", { headers: { Authorization: `Bearer ${accessToken}` } });
+      return res.status === 403;
+    } catch (_) {
+      return false;
+    }
   }
 
   async register(username, password, displayName) {
@@ -212,7 +230,13 @@ export class Session {
         this.save({ ...this.withExpiry(tokens), user: this.data.user });
       } catch (e) {
         console.warn(`confab: token refresh failed (${e.status || "network"}: ${e.message})`);
-        if (e.status === 401 || e.status === 403) this.save(null);
+        if (e.status === 401 || e.status === 403) {
+          if (!this.data.sso && await this.bannedNow(this.data.access_token)) {
+            this.save(null, "banned");
+            throw new ApiError(403, "banned", BANNED);
+          }
+          this.save(null);
+        }
         throw e;
       }
     };
@@ -300,7 +324,10 @@ export class Connection extends EventTarget {
       try {
         await this.session.refresh();
       } catch (e) {
-        if (e.status === 401 || e.status === 403) this.stop("signed-out", "Your session ended; log in again.");
+        // The session's listeners may have stopped the connection already.
+        const ended = this.state === "banned" || this.state === "signed-out";
+        if (!ended && e.code === "banned") this.stop("banned", e.message);
+        else if (!ended && (e.status === 401 || e.status === 403)) this.stop("signed-out", "Your session ended; log in again.");
         throw e;
       }
     }
@@ -313,7 +340,7 @@ export class Connection extends EventTarget {
     this.chat = chat;
     chat.on("state", (state, detail) => {
       if (state === "connecting" || state === "online" || state === "reconnecting") this.setState(state, detail);
-      else if (state === "banned") this.setState("banned", "You have been banned and disconnected.");
+      else if (state === "banned") this.setState("banned", BANNED);
       else if (state === "unauthorized") this.setState("signed-out", "Your session ended; log in again.");
     });
     chat.on("frame", (f) => {

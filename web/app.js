@@ -2,7 +2,7 @@
 // (api.js). Each room's messages are kept by seq, contiguous from the oldest loaded to the newest
 // received, so the page can show neither a gap nor a duplicate.
 
-import { Session, Connection, ApiError, providers } from "./api.js";
+import { Session, Connection, ApiError, providers, BANNED } from "./api.js";
 import { $, h, toast } from "./dom.js";
 
 
@@ -1050,5 +1050,9 @@ async function start() {
   route();
 }
 
-session.onChange((data) => { if (!data && conn.state !== "banned") conn.stop("signed-out", "Log in again."); });
+session.onChange((data, ended) => {
+  if (data || conn.state === "banned") return;
+  if (ended === "banned") conn.stop("banned", BANNED);
+  else conn.stop("signed-out", "Log in again.");
+});
 start();

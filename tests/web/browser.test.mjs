@@ -578,11 +578,33 @@ test("an admin bans a user from the panel and the user's page shows it was disco
   await root.locator('#room-rows tr[data-room="announcements"]', { hasText: "chat/announcements" }).waitFor();
   await shot(root, "admin");
 
+  // A ban revokes Bob's refresh tokens and closes his socket with 4003. His page renews its
+  // token every few seconds, so a refresh refused with 401 can come before the close; the page
+  // must still say he was banned, not that he signed out. The close is held back here until
+  // his page has had a refresh refused, which makes that order certain.
+  const bob = pages.bob;
+  let refused;
+  const refreshRefused = new Promise((resolve) => { refused = resolve; });
+  bob.on("response", (res) => {
+    if (res.url().endsWith("/api/v1/auth/refresh") && res.status() === 401) refused();
+  });
+  const closes = [];
+  await bob.routeWebSocket(/\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    server.onClose(async (code, reason) => {
+      if (code === 4003) await refreshRefused;
+      closes.push(code);
+      ws.close({ code, reason });
+    });
+  });
+  await bob.reload();
+  await connected(bob);
+
   root.dialogAnswers = ["spamming", "30"];
   await bobRow.getByRole("button", { name: "Ban" }).click();
   await bobRow.locator(".state", { hasText: "banned" }).waitFor();
-  const bob = pages.bob;
-  await bob.locator("#conn[data-state=banned]", { hasText: "banned" }).waitFor({ timeout: 5_000 });
+  await bob.locator("#conn[data-state=banned]", { hasText: "banned" }).waitFor({ timeout: TOKEN_TTL * 2_000 });
+  assert.deepEqual(closes, [4003], "the socket was closed once, for the ban, after the refused refresh");
   assert.ok(await bob.locator("#composer-input").isDisabled(), "a banned user's composer is disabled");
   await bob.locator("#scroller").evaluate((el) => { el.scrollTop = el.scrollHeight; });
   await shot(bob, "banned");
