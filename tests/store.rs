@@ -84,6 +84,7 @@ store_tests!(
     pins_are_capped_and_listed_newest_first,
     blocks_are_one_way_and_silence_mentions,
     a_deleted_account_is_gone_and_its_erased_messages_are_changes,
+    a_batch_keeps_every_field_of_every_message_in_two_rooms,
 );
 
 async fn user(store: &dyn Store, name: &str) -> UserId {
@@ -1078,4 +1079,62 @@ async fn a_deleted_account_is_gone_and_its_erased_messages_are_changes(s: &dyn S
     // Without erasing, the messages stay.
     s.delete_user(a, false, 11).await.unwrap().unwrap();
     assert_eq!(s.message(r1, 2).await.unwrap().unwrap().body, "a1");
+}
+
+/// PostgreSQL inserts a batch as one array per column: every field of every message must land
+/// in its own column and row, whichever fields each message leaves empty.
+async fn a_batch_keeps_every_field_of_every_message_in_two_rooms(s: &dyn Store) {
+    let a = user(s, "alice").await;
+    let b = user(s, "bob").await;
+    let general = room(s, "general", RoomKind::Public, a).await;
+    let random = room(s, "random", RoomKind::Public, a).await;
+    s.commit_messages(&[msg(general, a, "root", Some("r"))])
+        .await
+        .unwrap();
+    let mut reply = msg(general, b, "a reply with a file", Some("b-1"));
+    reply.reply_to = Some(1);
+    reply.attachments = Some(r#"[{"id":"f"}]"#.into());
+    reply.created_at = 1_000;
+    let mut threaded = msg(general, a, "in the thread, to @room", None);
+    threaded.thread = Some(1);
+    threaded.mentions_room = true;
+    threaded.created_at = 2_000;
+    let mut elsewhere = msg(random, b, "elsewhere", Some("b-2"));
+    elsewhere.created_at = 3_000;
+    let sent = [reply, threaded, elsewhere];
+    let c = s.commit_messages(&sent).await.unwrap();
+    assert_eq!(seqs(&c.outcomes), vec![2, 3, 1]);
+    for (m, (room, seq)) in sent.iter().zip([(general, 2), (general, 3), (random, 1)]) {
+        let stored = s.message(room, seq).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                stored.id,
+                stored.user_id,
+                stored.body.as_str(),
+                stored.created_at,
+                stored.client_id.as_deref(),
+                stored.reply_to,
+                stored.attachments.as_deref(),
+                stored.thread,
+                stored.mentions_room,
+                stored.deleted,
+                stored.edited_at,
+            ),
+            (
+                m.id,
+                m.user_id,
+                m.body.as_str(),
+                m.created_at,
+                m.client_id.as_deref(),
+                m.reply_to,
+                m.attachments.as_deref(),
+                m.thread,
+                m.mentions_room,
+                false,
+                None,
+            ),
+            "{} is stored as sent",
+            m.body
+        );
+    }
 }

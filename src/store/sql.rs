@@ -222,12 +222,123 @@ fn is_retryable(e: &StoreError) -> bool {
     }
 }
 
+/// The new rows of a batch: which messages of the batch, with the seq, rev and mentions each
+/// was given.
+struct NewRows<'a> {
+    batch: &'a [NewMessage],
+    rows: &'a [usize],
+    seqs: &'a [i64],
+    revs: &'a [i64],
+    mentions: &'a [Option<String>],
+}
+
+/// PostgreSQL: the batch as one array per column, `UNNEST`ed into one insert. One statement
+/// text for every batch size, so it is parsed and planned once per connection (a `VALUES`
+/// list of 13 parameters per row was parsed and planned again for each batch). With
+/// `skip_conflicts`, rows whose `(user_id, client_id)` is committed already are skipped;
+/// returns how many rows were inserted.
+async fn insert_messages_unnest(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    new: &NewRows<'_>,
+    skip_conflicts: bool,
+) -> Result<u64, sqlx::Error> {
+    const INSERT: &str = "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
+         client_id, reply_to, attachments, rev, thread, mentions, mentions_room) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], \
+         $6::int8[], $7::text[], $8::int8[], $9::text[], $10::int8[], $11::int8[], $12::text[], \
+         $13::bool[])";
+    const SKIPPING: &str = "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
+         client_id, reply_to, attachments, rev, thread, mentions, mentions_room) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], \
+         $6::int8[], $7::text[], $8::int8[], $9::text[], $10::int8[], $11::int8[], $12::text[], \
+         $13::bool[]) ON CONFLICT (user_id, client_id) DO NOTHING";
+    let ids: Vec<uuid::Uuid> = new.rows.iter().map(|&i| new.batch[i].id.0).collect();
+    let rooms: Vec<uuid::Uuid> = new.rows.iter().map(|&i| new.batch[i].room_id.0).collect();
+    let users: Vec<uuid::Uuid> = new.rows.iter().map(|&i| new.batch[i].user_id.0).collect();
+    let at = |v: &[i64]| -> Vec<i64> { new.rows.iter().map(|&i| v[i]).collect() };
+    let pick = |f: fn(&NewMessage) -> Option<i64>| -> Vec<Option<i64>> {
+        new.rows.iter().map(|&i| f(&new.batch[i])).collect()
+    };
+    let text = |f: fn(&NewMessage) -> Option<&String>| -> Vec<Option<&str>> {
+        new.rows
+            .iter()
+            .map(|&i| f(&new.batch[i]).map(String::as_str))
+            .collect()
+    };
+    let bodies: Vec<&str> = new
+        .rows
+        .iter()
+        .map(|&i| new.batch[i].body.as_str())
+        .collect();
+    let created: Vec<i64> = new.rows.iter().map(|&i| new.batch[i].created_at).collect();
+    let mentions: Vec<Option<&str>> = new
+        .rows
+        .iter()
+        .map(|&i| new.mentions[i].as_deref())
+        .collect();
+    let mentions_room: Vec<bool> = new
+        .rows
+        .iter()
+        .map(|&i| new.batch[i].mentions_room)
+        .collect();
+    Ok(sqlx::query(if skip_conflicts { SKIPPING } else { INSERT })
+        .bind(ids)
+        .bind(rooms)
+        .bind(at(new.seqs))
+        .bind(users)
+        .bind(bodies)
+        .bind(created)
+        .bind(text(|m| m.client_id.as_ref()))
+        .bind(pick(|m| m.reply_to))
+        .bind(text(|m| m.attachments.as_ref()))
+        .bind(at(new.revs))
+        .bind(pick(|m| m.thread))
+        .bind(mentions)
+        .bind(mentions_room)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+}
+
+/// SQLite: one multi-row `VALUES` insert (SQLite has no arrays to bind).
+async fn insert_messages_values(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    new: &NewRows<'_>,
+    skip_conflicts: bool,
+) -> Result<u64, sqlx::Error> {
+    let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
+         client_id, reply_to, attachments, rev, thread, mentions, mentions_room) ",
+    );
+    q.push_values(new.rows, |mut b, &i| {
+        let m = &new.batch[i];
+        b.push_bind(m.id)
+            .push_bind(m.room_id)
+            .push_bind(new.seqs[i])
+            .push_bind(m.user_id)
+            .push_bind(m.body.clone())
+            .push_bind(m.created_at)
+            .push_bind(m.client_id.clone())
+            .push_bind(m.reply_to)
+            .push_bind(m.attachments.clone())
+            .push_bind(new.revs[i])
+            .push_bind(m.thread)
+            .push_bind(new.mentions[i].clone())
+            .push_bind(m.mentions_room);
+    });
+    if skip_conflicts {
+        q.push(" ON CONFLICT (user_id, client_id) DO NOTHING");
+    }
+    Ok(q.build().execute(&mut **tx).await?.rows_affected())
+}
+
 macro_rules! sql_store {
     (
         $store:ident, $db:ty, $backend:literal,
         begin_write: $begin_write:literal,
         statements_on_own_thread: $own_thread:literal,
         claim_lock: $claim_lock:literal,
+        insert_messages: $insert_messages:path,
         search_query: $search_query:path,
         search_room: $search_room:expr,
         search_rooms_of: $search_rooms_of:expr $(,)?
@@ -372,30 +483,8 @@ macro_rules! sql_store {
                 // 5. One multi-row insert, then the senders' read markers.
                 let mut roots = Vec::new();
                 if !rows.is_empty() {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
-                         client_id, reply_to, attachments, rev, thread, mentions, mentions_room) ",
-                    );
-                    q.push_values(&rows, |mut b, &i| {
-                        let m = &batch[i];
-                        b.push_bind(m.id)
-                            .push_bind(m.room_id)
-                            .push_bind(seqs[i])
-                            .push_bind(m.user_id)
-                            .push_bind(m.body.clone())
-                            .push_bind(m.created_at)
-                            .push_bind(m.client_id.clone())
-                            .push_bind(m.reply_to)
-                            .push_bind(m.attachments.clone())
-                            .push_bind(revs[i])
-                            .push_bind(m.thread)
-                            .push_bind(mentions[i].clone())
-                            .push_bind(m.mentions_room);
-                    });
-                    if !look_up {
-                        q.push(" ON CONFLICT (user_id, client_id) DO NOTHING");
-                    }
-                    let inserted = q.build().execute(&mut *tx).await?.rows_affected();
+                    let new = NewRows { batch, rows: &rows, seqs: &seqs, revs: &revs, mentions: &mentions };
+                    let inserted = $insert_messages(&mut tx, &new, !look_up).await?;
                     if inserted < rows.len() as u64 {
                         // Only a client_id committed before conflicts: look those up.
                         tx.rollback().await?;
@@ -2272,6 +2361,7 @@ sql_store!(
     // Its connections are sockets of the runtime that opened them.
     statements_on_own_thread: false,
     claim_lock: "FOR UPDATE SKIP LOCKED",
+    insert_messages: insert_messages_unnest,
     search_query: plain_text,
     search_room: concat!(
         "SELECT ", message_columns!(), " FROM messages m JOIN users u ON u.id = m.user_id \
@@ -2293,6 +2383,7 @@ sql_store!(
     statements_on_own_thread: true,
     // One process writes SQLite: nothing to skip.
     claim_lock: "",
+    insert_messages: insert_messages_values,
     search_query: fts5_words,
     search_room: concat!(
         "SELECT ", message_columns!(), " FROM messages_fts f \
