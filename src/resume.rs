@@ -1,8 +1,9 @@
-//! The store reads of a `subscribe`, batched across the sockets of a pod.
+//! The store reads of a reconnect and its `subscribe`s, batched across the sockets of a pod.
 //!
-//! When a pod dies, its sockets come back to the others at once and resubscribe to every room
-//! with `since` (and `since_rev`): tens of thousands of subscribes within a second, each of
-//! which used to cost its own queries (the room, the membership, the replay, the changes).
+//! When a pod dies, its sockets come back to the others at once, each signing in again and
+//! resubscribing to every room with `since` (and `since_rev`): tens of thousands of sign-ins
+//! and subscribes within a second, each of which used to cost its own queries (the token's
+//! account, the room, the membership, the replay, the changes).
 //! Here each kind of read goes through a [`Batched`] queue: the first ask runs at once, and asks
 //! that arrive while [`IN_FLIGHT`] batches are running wait and leave together, as one query
 //! for up to [`MAX_BATCH`] of them. A quiet pod therefore answers as before, and a storm pays
@@ -16,7 +17,9 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::ids::{RoomId, UserId};
-use crate::store::{MemberRecord, MessageRecord, RoomGate, Span, Store, StoreError, StoreResult};
+use crate::store::{
+    MemberRecord, MessageRecord, RoomGate, Span, Store, StoreError, StoreResult, UserRecord,
+};
 
 /// Asks answered by one query at most.
 pub const MAX_BATCH: usize = 256;
@@ -128,8 +131,9 @@ impl<Q: Send + 'static, R: Send + 'static, E: Shared> Batched<Q, R, E> {
 /// user's membership.
 pub type Gate = Option<(RoomGate, Option<MemberRecord>)>;
 
-/// The batched reads of `subscribe`.
+/// The batched reads of signing in with a token and of `subscribe`.
 pub struct Resumes {
+    accounts: Batched<UserId, Option<UserRecord>>,
     gates: Batched<(RoomId, UserId), Gate>,
     messages: Batched<Span, Vec<MessageRecord>>,
     changes: Batched<Span, Vec<MessageRecord>>,
@@ -137,6 +141,22 @@ pub struct Resumes {
 
 impl Resumes {
     pub fn new(store: Arc<dyn Store>) -> Self {
+        let s = store.clone();
+        let accounts = Batched::new(move |ids: Vec<UserId>| {
+            let s = s.clone();
+            async move {
+                let mut distinct = ids.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                let found: HashMap<UserId, UserRecord> = s
+                    .users_by_ids(&distinct)
+                    .await?
+                    .into_iter()
+                    .map(|u| (u.id, u))
+                    .collect();
+                Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+            }
+        });
         let s = store.clone();
         let gates = Batched::new(move |asks: Vec<(RoomId, UserId)>| {
             let s = s.clone();
@@ -165,10 +185,16 @@ impl Resumes {
             }
         });
         Resumes {
+            accounts,
             gates,
             messages,
             changes,
         }
+    }
+
+    /// The account of a verified token (None if it was deleted).
+    pub async fn account(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        self.accounts.load(id).await
     }
 
     /// The room and the user's membership in it.

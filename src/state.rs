@@ -97,9 +97,10 @@ impl AppState {
             Identity::token(user, claims.exp)
         } else {
             let claims = self.auth.verify_access(token)?;
+            // Batched: a storm of reconnects signs in thousands of sockets at once.
             let user = self
-                .store
-                .user(claims.sub)
+                .resumes
+                .account(claims.sub)
                 .await?
                 .ok_or_else(|| ApiError::unauthorized("the user no longer exists"))?;
             Identity::token(user, claims.exp)

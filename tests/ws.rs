@@ -829,3 +829,52 @@ async fn a_client_that_closes_gets_the_servers_close_frame_back() {
     // The handshake completes: the server answers with a close frame instead of dropping TCP.
     assert_eq!(a.expect_close(WAIT).await, Closed::Code(1000));
 }
+
+/// A reconnect storm in small: many users' sockets sign in at once, so their accounts are read
+/// in shared batches; each socket is still exactly the user its token names, and the token of
+/// an account deleted in the meantime is refused in the same crowd.
+#[tokio::test]
+async fn sockets_signing_in_at_once_are_each_the_user_their_token_names() {
+    let (mut config, dir) = common::embedded();
+    (config.auth_rate_per_minute, config.auth_burst) = (10_000, 10_000);
+    let s = Server::start_with(config, Some(dir)).await;
+    let mut users = Vec::new();
+    for k in 0..24 {
+        users.push(s.user(&format!("crowd{k}")).await);
+    }
+    let gone = s.user("gone").await;
+    let (st, body) = gone
+        .api
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/users/me",
+            Some(json!({"password": "correct horse"})),
+        )
+        .await;
+    assert_eq!(st, reqwest::StatusCode::NO_CONTENT, "{body}");
+
+    let crowd = users.iter().flat_map(|u| [u, u]).map(|u| async move {
+        let mut ws = Ws::connect(s.addr, Some(&u.token)).await.expect("connect");
+        let hello = ws.expect("hello").await;
+        (
+            u.id.clone(),
+            hello["user"]["id"].as_str().unwrap().to_string(),
+            ws,
+        )
+    });
+    let refused = async {
+        match Ws::connect(s.addr, Some(&gone.token)).await {
+            Err(e) => e.to_string(),
+            Ok(mut ws) => format!("{:?}", ws.frames_until_close(WAIT).await),
+        }
+    };
+    let (signed_in, refused) = tokio::join!(futures::future::join_all(crowd), refused);
+    assert_eq!(signed_in.len(), 48);
+    for (expected, got, _) in &signed_in {
+        assert_eq!(got, expected, "a socket is the user its token names");
+    }
+    assert!(
+        refused.contains("401") || refused.contains("4001"),
+        "a deleted account's token is refused: {refused}"
+    );
+}

@@ -568,6 +568,9 @@ pub trait Store: Send + Sync + 'static {
     async fn last_seqs(&self, rooms: &[RoomId]) -> StoreResult<Vec<(RoomId, i64, i64)>>;
     /// Users with these usernames (unknown names are left out).
     async fn users_by_names(&self, names: &[String]) -> StoreResult<Vec<UserRecord>>;
+    /// The accounts with these ids, in no order (unknown and deleted ones are left out). Lists
+    /// are padded to a power of two, so a few prepared statements serve every size.
+    async fn users_by_ids(&self, ids: &[UserId]) -> StoreResult<Vec<UserRecord>>;
     /// Marks messages past their room's retention (or `default_days` for rooms without one)
     /// as deleted; they keep their seq. Returns how many.
     async fn expire_messages(&self, now: i64, default_days: Option<i64>) -> StoreResult<u64>;

@@ -1441,6 +1441,21 @@ macro_rules! sql_store {
                     Ok(q.build_query_as().fetch_all(&self.pool).await?)
                 }
 
+                async fn users_by_ids(&self, ids: &[UserId]) -> StoreResult<Vec<UserRecord>> {
+                    let Some(&first) = ids.first() else {
+                        return Ok(Vec::new());
+                    };
+                    let mut q = QueryBuilder::<$db>::new(
+                        "SELECT * FROM users WHERE deleted_at IS NULL AND id IN (",
+                    );
+                    let mut sep = q.separated(", ");
+                    for i in 0..padded(ids.len()) {
+                        sep.push_bind(ids.get(i).copied().unwrap_or(first));
+                    }
+                    q.push(")");
+                    Ok(q.build_query_as().fetch_all(&self.pool).await?)
+                }
+
                 async fn users_by_names(&self, names: &[String]) -> StoreResult<Vec<UserRecord>> {
                     if names.is_empty() {
                         return Ok(Vec::new());
