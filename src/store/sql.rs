@@ -223,7 +223,7 @@ fn is_retryable(e: &StoreError) -> bool {
 }
 
 /// The new rows of a batch: which messages of the batch, with the seq, rev and mentions each
-/// was given.
+/// was given (those three indexed like the batch).
 struct NewRows<'a> {
     batch: &'a [NewMessage],
     rows: &'a [usize],
@@ -232,74 +232,52 @@ struct NewRows<'a> {
     mentions: &'a [Option<String>],
 }
 
+impl<'a> NewRows<'a> {
+    /// One column of the rows: `f` of each row's batch index and message.
+    fn column<T>(&self, f: impl Fn(usize, &'a NewMessage) -> T) -> Vec<T> {
+        self.rows.iter().map(|&i| f(i, &self.batch[i])).collect()
+    }
+}
+
 /// PostgreSQL: the batch as one array per column, `UNNEST`ed into one insert. One statement
 /// text for every batch size, so it is parsed and planned once per connection (a `VALUES`
 /// list of 13 parameters per row was parsed and planned again for each batch).
 ///
-/// The insert is plain even when it bets that no `client_id` is committed already
-/// (`skip_conflicts`): `ON CONFLICT DO NOTHING` probes the `(user_id, client_id)` index and
-/// takes a speculative-insertion lock for every row, ~15% of PostgreSQL's time in a batch.
-/// A resend makes the plain insert fail on that index instead; that is answered as zero rows
-/// inserted, so the caller rolls back and looks the resends up, as with SQLite's skipped rows.
+/// A `bet` (that no `client_id` of the batch is committed already) is a plain insert too:
+/// `ON CONFLICT DO NOTHING` probes the `(user_id, client_id)` index and takes a
+/// speculative-insertion lock for every row, ~15% of PostgreSQL's time in a batch. A resend
+/// makes the plain insert fail on that index instead, which is answered as zero rows inserted:
+/// the bet is lost, and the caller rolls back and looks the resends up.
 async fn insert_messages_unnest(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     new: &NewRows<'_>,
-    skip_conflicts: bool,
+    bet: bool,
 ) -> Result<u64, sqlx::Error> {
     const INSERT: &str = "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
          client_id, reply_to, attachments, rev, thread, mentions, mentions_room) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[], \
          $6::int8[], $7::text[], $8::int8[], $9::text[], $10::int8[], $11::int8[], $12::text[], \
          $13::bool[])";
-    let ids: Vec<uuid::Uuid> = new.rows.iter().map(|&i| new.batch[i].id.0).collect();
-    let rooms: Vec<uuid::Uuid> = new.rows.iter().map(|&i| new.batch[i].room_id.0).collect();
-    let users: Vec<uuid::Uuid> = new.rows.iter().map(|&i| new.batch[i].user_id.0).collect();
-    let at = |v: &[i64]| -> Vec<i64> { new.rows.iter().map(|&i| v[i]).collect() };
-    let pick = |f: fn(&NewMessage) -> Option<i64>| -> Vec<Option<i64>> {
-        new.rows.iter().map(|&i| f(&new.batch[i])).collect()
-    };
-    let text = |f: fn(&NewMessage) -> Option<&String>| -> Vec<Option<&str>> {
-        new.rows
-            .iter()
-            .map(|&i| f(&new.batch[i]).map(String::as_str))
-            .collect()
-    };
-    let bodies: Vec<&str> = new
-        .rows
-        .iter()
-        .map(|&i| new.batch[i].body.as_str())
-        .collect();
-    let created: Vec<i64> = new.rows.iter().map(|&i| new.batch[i].created_at).collect();
-    let mentions: Vec<Option<&str>> = new
-        .rows
-        .iter()
-        .map(|&i| new.mentions[i].as_deref())
-        .collect();
-    let mentions_room: Vec<bool> = new
-        .rows
-        .iter()
-        .map(|&i| new.batch[i].mentions_room)
-        .collect();
     let inserted = sqlx::query(INSERT)
-        .bind(ids)
-        .bind(rooms)
-        .bind(at(new.seqs))
-        .bind(users)
-        .bind(bodies)
-        .bind(created)
-        .bind(text(|m| m.client_id.as_ref()))
-        .bind(pick(|m| m.reply_to))
-        .bind(text(|m| m.attachments.as_ref()))
-        .bind(at(new.revs))
-        .bind(pick(|m| m.thread))
-        .bind(mentions)
-        .bind(mentions_room)
+        .bind(new.column(|_, m| m.id.0))
+        .bind(new.column(|_, m| m.room_id.0))
+        .bind(new.column(|i, _| new.seqs[i]))
+        .bind(new.column(|_, m| m.user_id.0))
+        .bind(new.column(|_, m| m.body.as_str()))
+        .bind(new.column(|_, m| m.created_at))
+        .bind(new.column(|_, m| m.client_id.as_deref()))
+        .bind(new.column(|_, m| m.reply_to))
+        .bind(new.column(|_, m| m.attachments.as_deref()))
+        .bind(new.column(|i, _| new.revs[i]))
+        .bind(new.column(|_, m| m.thread))
+        .bind(new.column(|i, _| new.mentions[i].as_deref()))
+        .bind(new.column(|_, m| m.mentions_room))
         .execute(&mut **tx)
         .await;
     match inserted {
         Ok(done) => Ok(done.rows_affected()),
         Err(sqlx::Error::Database(e))
-            if skip_conflicts && e.constraint() == Some("messages_user_client_id_key") =>
+            if bet && e.constraint() == Some("messages_user_client_id_key") =>
         {
             Ok(0)
         }
@@ -307,11 +285,12 @@ async fn insert_messages_unnest(
     }
 }
 
-/// SQLite: one multi-row `VALUES` insert (SQLite has no arrays to bind).
+/// SQLite: one multi-row `VALUES` insert (SQLite has no arrays to bind). A `bet` skips the
+/// rows whose `client_id` is committed already, so fewer rows than asked means it was lost.
 async fn insert_messages_values(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     new: &NewRows<'_>,
-    skip_conflicts: bool,
+    bet: bool,
 ) -> Result<u64, sqlx::Error> {
     let mut q = QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO messages (id, room_id, seq, user_id, body, created_at, \
@@ -333,7 +312,7 @@ async fn insert_messages_values(
             .push_bind(new.mentions[i].clone())
             .push_bind(m.mentions_room);
     });
-    if skip_conflicts {
+    if bet {
         q.push(" ON CONFLICT (user_id, client_id) DO NOTHING");
     }
     Ok(q.build().execute(&mut **tx).await?.rows_affected())
@@ -493,7 +472,7 @@ macro_rules! sql_store {
                     let new = NewRows { batch, rows: &rows, seqs: &seqs, revs: &revs, mentions: &mentions };
                     let inserted = $insert_messages(&mut tx, &new, !look_up).await?;
                     if inserted < rows.len() as u64 {
-                        // Only a client_id committed before conflicts: look those up.
+                        // The bet is lost: a client_id was committed before. Look those up.
                         tx.rollback().await?;
                         return Ok(None);
                     }
