@@ -231,7 +231,8 @@ export class Session {
       } catch (e) {
         console.warn(`confab: token refresh failed (${e.status || "network"}: ${e.message})`);
         if (e.status === 401 || e.status === 403) {
-          if (!this.data.sso && await this.bannedNow(this.data.access_token)) {
+          // (Another tab may have signed out meanwhile: then there is nothing to ask with.)
+          if (this.data && !this.data.sso && await this.bannedNow(this.data.access_token)) {
             this.save(null, "banned");
             throw new ApiError(403, "banned", BANNED);
           }

@@ -115,6 +115,15 @@ async function person(username, displayName, viewport = { width: 1280, height: 8
   page.on("console", (m) => consoleLines.push(`${new Date().toISOString()} ${username} ${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => pageErrors.push(`${username}'s page: ${e.message}`));
   page.on("dialog", (d) => d.accept(page.dialogAnswers ? page.dialogAnswers.shift() : undefined));
+  page.renewals = { inFlight: 0, lastDone: 0 };
+  page.on("request", (r) => { if (isRenewal(r)) page.renewals.inFlight += 1; });
+  for (const event of ["requestfinished", "requestfailed"]) {
+    page.on(event, (r) => {
+      if (!isRenewal(r)) return;
+      page.renewals.inFlight -= 1;
+      page.renewals.lastDone = Date.now();
+    });
+  }
   await page.goto(base());
   const form = page.locator("#auth-form");
   await form.getByLabel("Username").fill(username);
@@ -127,6 +136,26 @@ async function person(username, displayName, viewport = { width: 1280, height: 8
 }
 
 const connected = (page) => page.locator("#conn[data-state=online]").waitFor({ timeout: 15_000 });
+
+const isRenewal = (r) => r.url().endsWith("/api/v1/auth/refresh");
+
+/**
+ * Reloads a page between two renewals of its token. A reload while a renewal is in flight
+ * loses the new refresh token with the page: the old one is spent, and presenting it again
+ * revokes the session, as the protocol requires. With this suite's 8-second tokens a page
+ * renews every 6.4 s, so a reload waits, if it must, until just after a renewal (a person's
+ * page with real lifetimes renews for a few milliseconds every 14 minutes).
+ */
+async function reload(page) {
+  const r = page.renewals;
+  const since = () => Date.now() - r.lastDone;
+  if (r.inFlight > 0 || r.lastDone === 0 || since() > (TOKEN_TTL * 1000) / 2) {
+    await page.waitForResponse(isRenewal, { timeout: TOKEN_TTL * 2_000 });
+  }
+  // The renewed tokens are stored when the answer has been read.
+  await page.waitForTimeout(300);
+  await page.reload();
+}
 
 /** The seqs the page shows for the open room, in screen order. */
 const shownSeqs = (page) => page.$$eval("#messages li.message:not(.pending)", (lis) => lis.map((li) => Number(li.dataset.seq)));
@@ -222,7 +251,7 @@ test("two people chat in a room and a DM, with typing, presence, read ticks, edi
   await create.getByRole("button", { name: "Create", exact: true }).click();
   await alice.locator("#room-title", { hasText: "#general" }).waitFor();
   await bob.getByRole("button", { name: "Join #general" }).click({ timeout: 10_000 }).catch(async () => {
-    await bob.reload(); // the list is read when the page connects
+    await reload(bob); // the list is read when the page connects
     await connected(bob);
     await bob.getByRole("button", { name: "Join #general" }).click();
   });
@@ -303,7 +332,7 @@ test("two people chat in a room and a DM, with typing, presence, read ticks, edi
   await shot(bob, "search");
 
   // A reload keeps the session and shows the history, in order.
-  await bob.reload();
+  await reload(bob);
   await connected(bob);
   await openRoom(bob, "#general");
   await assertContiguous(bob, 1, 4);
@@ -316,7 +345,7 @@ test("two people chat in a room and a DM, with typing, presence, read ticks, edi
     await rest("POST", `/api/v1/rooms/${general.id}/messages`, token, { body: `filler ${i}`, client_id: `filler-${i}` });
   }
   await messageItem(bob, "filler 120").waitFor();
-  await bob.reload();
+  await reload(bob);
   await connected(bob);
   await openRoom(bob, "#general");
   await messageItem(bob, "filler 120").waitFor();
@@ -359,7 +388,7 @@ test("two people react, pin, reply in a thread and mention each other", async ()
   await dora.locator("#create-form").getByLabel("Name").fill("crew");
   await dora.locator("#create-form").getByRole("button", { name: "Create", exact: true }).click();
   await dora.locator("#room-title", { hasText: "#crew" }).waitFor();
-  await eric.reload();
+  await reload(eric);
   await connected(eric);
   await eric.getByRole("button", { name: "Join #crew" }).click();
   await eric.locator("#room-title", { hasText: "#crew" }).waitFor();
@@ -442,7 +471,7 @@ test("a new person's first minutes: names, links, groups, days, the message box 
   await create.getByLabel("Name").fill("firstdays");
   await create.getByRole("button", { name: "Create", exact: true }).click();
   await erin.locator("#room-title", { hasText: "#firstdays" }).waitFor();
-  await finn.reload();
+  await reload(finn);
   await connected(finn);
   await finn.getByRole("button", { name: "Join #firstdays" }).click();
   await finn.locator("#room-title", { hasText: "#firstdays" }).waitFor();
@@ -476,7 +505,7 @@ test("a new person's first minutes: names, links, groups, days, the message box 
   assert.equal(await messageItem(erin, "line four").evaluate((li) => li.classList.contains("grouped")), false);
 
   // Names are display names, also after a reload (history is drawn before the member list).
-  await erin.reload();
+  await reload(erin);
   await connected(erin);
   await openRoom(erin, "#firstdays");
   await messageItem(erin, "line four").locator(".author", { hasText: "Finn Friendly" }).waitFor();
@@ -597,7 +626,7 @@ test("an admin bans a user from the panel and the user's page shows it was disco
       ws.close({ code, reason });
     });
   });
-  await bob.reload();
+  await reload(bob);
   await connected(bob);
 
   root.dialogAnswers = ["spamming", "30"];
