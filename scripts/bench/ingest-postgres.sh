@@ -9,41 +9,32 @@
 # Needs `cargo build --release --bins` and PostgreSQL 15's binaries (run as root: PostgreSQL
 # runs as the postgres user). Extra server arguments go in INGEST_SERVER_ARGS.
 set -euo pipefail
+# shellcheck source=scripts/bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 runs=${1:-3}
 bin=${CARGO_TARGET_DIR:-target}/release
-pgbin=/usr/lib/postgresql/15/bin
 work=$(mktemp -d)
 chmod 755 "$work"
 server_pid=
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
-    [ -d "$work/pg" ] && su postgres -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1 || true
+    pg_stop "$work"
     sleep 0.5
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-mkdir "$work/pg" && chown postgres "$work/pg"
-su postgres -c "$pgbin/initdb -D $work/pg --auth=trust -U postgres" >/dev/null
-# The postmaster on core 0: its backends inherit the pinning.
-su postgres -c "taskset -c 0 $pgbin/pg_ctl -D $work/pg -o '-p 15432 -k $work/pg' -l $work/pg/log start -w" >/dev/null
-
-LIMITS="--http-rate 100000 --http-burst 100000 --auth-rate-per-minute 100000 --auth-burst 100000 \
-  --max-connections-per-user 100000 --messages-per-second 100000 --message-burst 100000 \
-  --ws-frames-per-second 100000 --ws-frames-burst 100000"
+pg_start "$work" 0
 export CONFAB_JWT_SECRET=ingest-bench-secret-ingest-bench-secret
 
 for n in $(seq "$runs"); do
-    su postgres -c "$pgbin/createdb -h 127.0.0.1 -p 15432 -U postgres ingest$n"
+    pg_createdb "ingest$n"
     # shellcheck disable=SC2086
     taskset -c 0 "$bin/confab" --listen 127.0.0.1:18100 \
         --database-url "postgres://postgres@127.0.0.1:15432/ingest$n" $LIMITS ${INGEST_SERVER_ARGS:-} \
         > "$work/server.log" 2>&1 &
     server_pid=$!
-    for _ in $(seq 200); do
-        curl -sf http://127.0.0.1:18100/healthz >/dev/null && break
-        sleep 0.1
-    done
+    wait_healthy http://127.0.0.1:18100
     taskset -c 1 "$bin/confab-bench" --url http://127.0.0.1:18100 --server-pid "$server_pid" --json \
         ingest --senders 64 --window 32 --seconds 10 | tr -d '\n '
     echo

@@ -11,31 +11,27 @@
 # bench share the machine's cores, as pods on one node would. Everything lives in a temporary
 # directory removed at the end.
 set -euo pipefail
+# shellcheck source=scripts/bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 sockets=${1:-15000}
 runs=${2:-1}
 bin=${CARGO_TARGET_DIR:-target}/release
-pgbin=/usr/lib/postgresql/15/bin
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     redis-cli -p 16379 shutdown nosave >/dev/null 2>&1 || true
-    [ -d "$work/pg" ] && su postgres -c "$pgbin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1 || true
+    pg_stop "$work"
     sleep 0.5
     rm -rf "$work"
 }
 trap cleanup EXIT
 ulimit -n 20000
 
-mkdir "$work/pg" && chown postgres "$work/pg"
-su postgres -c "$pgbin/initdb -D $work/pg --auth=trust -U postgres" >/dev/null
-su postgres -c "$pgbin/pg_ctl -D $work/pg -o '-p 15432 -k $work/pg -c max_connections=200' -l $work/pg/log start -w" >/dev/null
+PG_OPTS="-c max_connections=200" pg_start "$work"
 redis-server --port 16379 --save '' --appendonly no --daemonize yes --logfile "$work/redis.log"
 
-LIMITS="--http-rate 100000 --http-burst 100000 --auth-rate-per-minute 100000 --auth-burst 100000 \
-  --max-connections-per-user 100000 --messages-per-second 100000 --message-burst 100000 \
-  --ws-frames-per-second 100000 --ws-frames-burst 100000"
 export CONFAB_JWT_SECRET=storm-bench-secret-storm-bench-secret
 
 server() { # server NAME PORT DB -> pid in $server_pid
@@ -45,17 +41,14 @@ server() { # server NAME PORT DB -> pid in $server_pid
         > "$work/server-$1.log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
-    for _ in $(seq 200); do
-        curl -sf "http://127.0.0.1:$2/healthz" >/dev/null && return
-        sleep 0.1
-    done
-    echo "server $1 did not start" >&2
+    wait_healthy "http://127.0.0.1:$2" && return
+    echo "server $1 did not start:" >&2
     cat "$work/server-$1.log" >&2
     exit 1
 }
 
 for n in $(seq "$runs"); do
-    su postgres -c "$pgbin/createdb -h 127.0.0.1 -p 15432 -U postgres storm$n"
+    pg_createdb "storm$n"
     redis-cli -p 16379 flushall >/dev/null
     server a 18101 "storm$n"; a=$server_pid
     disown "$a" # the bench kills it; no "Killed" line from the shell

@@ -9,6 +9,8 @@
 # (run as root: PostgreSQL runs as the postgres user). Everything lives in a temporary
 # directory removed at the end.
 set -euo pipefail
+# shellcheck source=scripts/bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 store=${1:?sqlite or postgres}
 runs=${2:-2}
 bin=${CARGO_TARGET_DIR:-target}/release
@@ -18,7 +20,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-    [ -d "$work/pg" ] && su postgres -c "/usr/lib/postgresql/15/bin/pg_ctl -D $work/pg -m immediate stop" >/dev/null 2>&1 || true
+    pg_stop "$work"
     sleep 0.5
     rm -rf "$work"
 }
@@ -44,19 +46,13 @@ EOF
 taskset -c 1 nginx -c "$work/nginx.conf" -p "$work"
 
 if [ "$store" = postgres ]; then
-    mkdir "$work/pg" && chown postgres "$work/pg"
-    su postgres -c "/usr/lib/postgresql/15/bin/initdb -D $work/pg --auth=trust -U postgres" >/dev/null
-    su postgres -c "taskset -c 0 /usr/lib/postgresql/15/bin/pg_ctl -D $work/pg -o '-p 15432 -k $work/pg' -l $work/pg/log start -w" >/dev/null
+    pg_start "$work" 0
 fi
-
-LIMITS="--http-rate 100000 --http-burst 100000 --auth-rate-per-minute 100000 --auth-burst 100000 \
-  --max-connections-per-user 100000 --messages-per-second 100000 --message-burst 100000 \
-  --ws-frames-per-second 100000 --ws-frames-burst 100000"
 
 run() { # run N with|without
     local db=(--data-dir "$work/data-$1")
     if [ "$store" = postgres ]; then
-        su postgres -c "/usr/lib/postgresql/15/bin/createdb -h 127.0.0.1 -p 15432 -U postgres b$1"
+        pg_createdb "b$1"
         db=(--database-url "postgres://postgres@127.0.0.1:15432/b$1")
     fi
     # shellcheck disable=SC2086
@@ -64,10 +60,7 @@ run() { # run N with|without
         "${db[@]}" --admins bench-root --metrics-listen 127.0.0.1:19090 $LIMITS > "$work/server-$1.log" 2>&1 &
     local pid=$!
     pids+=("$pid")
-    for _ in $(seq 100); do
-        curl -sf http://127.0.0.1:18100/healthz >/dev/null && break
-        sleep 0.1
-    done
+    wait_healthy http://127.0.0.1:18100
     local hook=()
     [ "$2" = with ] && hook=(--webhook http://127.0.0.1:18300/hook --admin bench-root --metrics-url http://127.0.0.1:19090)
     echo -n "{\"store\":\"$store\",\"webhook\":\"$2\",\"result\":"
