@@ -791,3 +791,49 @@ async fn subscribes_at_once_each_list_the_users_online_in_their_room() {
     }
     drop(held);
 }
+
+/// Presence is the cluster's: a user's socket in a room on a second pod announces nothing (the
+/// user was online already), nor does closing one of the two; the last one going announces
+/// offline. (So a pod's sockets reconnecting to the others after it dies announce nothing.)
+#[tokio::test]
+async fn presence_changes_once_for_the_cluster_not_once_per_pod() {
+    let c = two_pods().await;
+    let (alice, bob_on_b, room) = c.alice_and_bob_in("general").await;
+    let bob_on_a = c.a.login("bob").await;
+    let mut watcher = alice.subscribed(&room).await;
+    let first = bob_on_a.subscribed(&room).await;
+    assert_eq!(watcher.presence_of(&bob_on_a.id).await["status"], "online");
+
+    let mut second = bob_on_b.connect().await;
+    let sub = second.subscribe(&room, None).await;
+    assert!(
+        sub["presence"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(bob_on_b.id)),
+        "{sub}"
+    );
+    watcher
+        .expect_none("presence", Duration::from_millis(1500))
+        .await;
+
+    drop(first);
+    watcher
+        .expect_none("presence", Duration::from_millis(1500))
+        .await;
+    let (_, members) = alice
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    let bob = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"]["id"] == bob_on_b.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(bob["online"], true, "bob is online on pod b: {members}");
+
+    drop(second);
+    assert_eq!(watcher.presence_of(&bob_on_b.id).await["status"], "offline");
+}

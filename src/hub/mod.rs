@@ -363,9 +363,35 @@ impl Hub {
         users
     }
 
+    /// Records a user's first socket in a room on this pod (or its last one going) and tells
+    /// the room when that changes the user's presence in the cluster: `online` when no other
+    /// pod had the user in the room, `offline` when none has any more (the protocol's presence
+    /// is the cluster's, so a reconnect to another pod, or a second device on another pod,
+    /// announces nothing). Coming online reads the other pods before writing this pod's entry,
+    /// going offline reads after removing it: two pods racing may both announce, never neither.
     async fn presence_changed(&self, room: RoomId, user: UserId, online: bool) {
-        self.bus.presence_set(room, user, online).await;
-        self.announce_presence(room, user, online);
+        let announce = if online {
+            let elsewhere = self.online_elsewhere(room, user).await;
+            self.bus.presence_set(room, user, true).await;
+            !elsewhere
+        } else {
+            self.bus.presence_set(room, user, false).await;
+            !self.online_elsewhere(room, user).await
+        };
+        if announce {
+            self.announce_presence(room, user, online);
+        }
+    }
+
+    /// Whether another pod has `user` online in `room` (this pod's own entry is not there when
+    /// this is asked). A bus that does not answer says no, so the change is announced.
+    async fn online_elsewhere(&self, room: RoomId, user: UserId) -> bool {
+        self.bus.has_peers()
+            && self
+                .remote_presence
+                .load(room)
+                .await
+                .is_ok_and(|users| users.contains(&user))
     }
 
     /// Sends `presence` to the room's subscribers on every pod.
