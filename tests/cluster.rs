@@ -46,6 +46,21 @@ impl Cluster {
     }
 }
 
+/// Whether the room's member list, as `asker` reads it, shows `user` online.
+async fn online_in_members(asker: &User, room: &str, user: &str) -> bool {
+    let (_, members) = asker
+        .api
+        .get(&format!("/api/v1/rooms/{room}/members"))
+        .await;
+    let entry = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"]["id"] == user)
+        .unwrap_or_else(|| panic!("{user} is not a member: {members}"));
+    entry["online"] == true
+}
+
 /// Waits until `pod` is ready again (after Redis came back).
 async fn ready_again(pod: &Server) {
     assert!(
@@ -171,18 +186,10 @@ async fn presence_and_typing_cross_pods() {
 
     drop(b);
     assert_eq!(a.presence_of(&bob.id).await["status"], "offline");
-    let (_, members) = alice
-        .api
-        .get(&format!("/api/v1/rooms/{room}/members"))
-        .await;
-    let bob_entry = members["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["user"]["id"] == bob.id.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(bob_entry["online"], false);
+    assert!(
+        !online_in_members(&alice, &room, &bob.id).await,
+        "bob is offline"
+    );
 }
 
 #[tokio::test]
@@ -821,18 +828,10 @@ async fn presence_changes_once_for_the_cluster_not_once_per_pod() {
     watcher
         .expect_none("presence", Duration::from_millis(1500))
         .await;
-    let (_, members) = alice
-        .api
-        .get(&format!("/api/v1/rooms/{room}/members"))
-        .await;
-    let bob = members["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["user"]["id"] == bob_on_b.id.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(bob["online"], true, "bob is online on pod b: {members}");
+    assert!(
+        online_in_members(&alice, &room, &bob_on_b.id).await,
+        "bob is online on pod b"
+    );
 
     drop(second);
     assert_eq!(watcher.presence_of(&bob_on_b.id).await["status"], "offline");
