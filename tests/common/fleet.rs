@@ -288,8 +288,18 @@ http {{
 }
 
 impl Drop for Fleet {
+    /// Stops nginx with SIGTERM, which makes its master stop the workers too (SIGKILL to the
+    /// master alone left its workers running, still holding the port); SIGKILL only if it has
+    /// not exited within 5 s.
     fn drop(&mut self) {
         if let Some(mut n) = self.nginx.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &n.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(n.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = n.kill();
             let _ = n.wait();
         }
