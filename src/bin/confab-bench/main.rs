@@ -338,9 +338,24 @@ async fn subscribe(ws: &mut Socket, room: &str) -> anyhow::Result<()> {
 
 /// (user + system) CPU seconds of a process, from /proc.
 fn cpu_seconds(pid: &str) -> Option<f64> {
+    proc_ticks(pid, 11..13)
+}
+
+/// A process's CPU time with that of its children that have ended (a PostgreSQL postmaster
+/// and the backends of closed connections).
+fn cpu_seconds_with_ended_children(pid: &str) -> Option<f64> {
+    proc_ticks(pid, 11..15)
+}
+
+/// The sum of the `/proc/<pid>/stat` clock-tick fields `fields` (counted after the command
+/// name), in seconds.
+fn proc_ticks(pid: &str, fields: std::ops::Range<usize>) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let all: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let mut ticks = 0.0;
+    for f in fields {
+        ticks += all.get(f)?.parse::<f64>().ok()?;
+    }
     Some(ticks / 100.0)
 }
 

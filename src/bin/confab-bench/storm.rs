@@ -85,8 +85,8 @@ struct Shared {
     counters: Counters,
     killed: AtomicBool,
     killed_at: std::sync::OnceLock<Instant>,
-    /// Why the first refused reconnect was refused.
-    first_refusal: std::sync::OnceLock<String>,
+    /// Why reconnects were refused: each distinct reason and how often.
+    refusals: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyhow::Result<Value> {
@@ -128,7 +128,7 @@ pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyho
         counters: Counters::default(),
         killed: AtomicBool::new(false),
         killed_at: std::sync::OnceLock::new(),
-        first_refusal: std::sync::OnceLock::new(),
+        refusals: std::sync::Mutex::default(),
     });
     let clients: Vec<Arc<Client>> = (0..s.sockets)
         .map(|i| {
@@ -325,7 +325,7 @@ pub async fn run(first: &Arc<Target>, resume: &[Arc<Target>], s: Storm) -> anyho
         "duplicates": k.duplicates.load(Ordering::Relaxed),
         "not_recovered": k.not_recovered.load(Ordering::Relaxed),
         "connects_refused": k.refused.load(Ordering::Relaxed),
-        "first_refusal": shared.first_refusal.get(),
+        "refusals": *shared.refusals.lock().unwrap(),
         "closed_after_resume": k.closed_again.load(Ordering::Relaxed),
         "error_frames": k.errors.load(Ordering::Relaxed),
         "postgres_transactions_during_resume": pg_after.zip(pg_before).map(|(a, b)| a - b),
@@ -414,8 +414,13 @@ async fn client(
                 shared.counters.closed_again.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                shared.first_refusal.set(format!("{e:#}")).ok();
                 shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                *shared
+                    .refusals
+                    .lock()
+                    .unwrap()
+                    .entry(format!("{e:#}"))
+                    .or_default() += 1;
             }
         }
         tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
@@ -599,7 +604,9 @@ fn postgres_cpu_seconds() -> Option<f64> {
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim() == "postgres" {
-            total += crate::cpu_seconds(pid).unwrap_or(0.0);
+            // With the children that ended: the backends of server A's connections end
+            // during the resume, and their time must not vanish from the total.
+            total += crate::cpu_seconds_with_ended_children(pid).unwrap_or(0.0);
         }
     }
     Some(total)
