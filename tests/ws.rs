@@ -284,6 +284,148 @@ async fn resume_with_since_replays_in_order_without_gaps_or_duplicates() {
     assert_eq!(b.expect("message").await["seq"], 6);
 }
 
+/// A resuming client sends a `subscribe` per room at once; the server takes them together
+/// (one read of each kind for the lot), and each still gets its own answer in the order sent,
+/// each `subscribed` followed by its room's replay, with other frames and errors in between
+/// where they were sent.
+#[tokio::test]
+async fn subscribes_sent_at_once_are_answered_in_order_each_with_its_replay() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mut rooms = Vec::new();
+    for i in 0..4 {
+        let room = alice.create_room(&format!("r{i}"), "public").await;
+        bob.join(&room).await;
+        for k in 0..=i {
+            alice.post_message(&room, &format!("r{i} m{k}")).await;
+        }
+        rooms.push(room);
+    }
+    let secret = alice.create_room("secret", "private").await;
+    let mut b = bob.connect().await;
+    let frames = [
+        json!({"type": "subscribe", "room": rooms[0], "since": 0}),
+        json!({"type": "subscribe", "room": rooms[1], "since": 1}),
+        json!({"type": "subscribe", "room": secret, "since": 0}),
+        json!({"type": "ping"}),
+        json!({"type": "subscribe", "room": rooms[2], "since": 0}),
+        json!({"type": "subscribe", "room": rooms[3]}),
+        json!({"type": "subscribe", "room": rooms[2], "since": 2}),
+    ];
+    for f in &frames {
+        b.inner()
+            .feed(Message::Text(f.to_string().into()))
+            .await
+            .unwrap();
+    }
+    b.inner().flush().await.unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 13 {
+        let f = b.next(WAIT).await.expect("every answer");
+        let kind = f["type"].as_str().unwrap().to_string();
+        if kind == "presence" {
+            continue;
+        }
+        let room = f["room"].as_str().or(f["ref"].as_str()).unwrap_or("");
+        let name = match rooms.iter().position(|r| r == room) {
+            Some(i) => format!("r{i}"),
+            None if room == secret => "secret".into(),
+            None => String::new(),
+        };
+        let what = match kind.as_str() {
+            "subscribed" => format!(
+                "{name} subscribed {} {}",
+                f["last_seq"],
+                f["recovered"]
+                    .as_bool()
+                    .map_or("-".into(), |r| r.to_string())
+            ),
+            "message" => format!("{name} message {}", f["seq"]),
+            "error" => format!("{name} error {}", f["code"].as_str().unwrap()),
+            other => other.to_string(),
+        };
+        seen.push(what);
+    }
+    assert_eq!(
+        seen,
+        [
+            "r0 subscribed 1 true",
+            "r0 message 1",
+            "r1 subscribed 2 true",
+            "r1 message 2",
+            "secret error not_found",
+            "pong",
+            "r2 subscribed 3 true",
+            "r2 message 1",
+            "r2 message 2",
+            "r2 message 3",
+            "r3 subscribed 4 -",
+            "r2 subscribed 3 true",
+            "r2 message 3",
+        ][..],
+        "{seen:#?}"
+    );
+    // Every room is live on the socket.
+    alice.post_message(&rooms[3], "live").await;
+    let live = b.expect("message").await;
+    assert_eq!(
+        (live["room"].as_str(), live["seq"].as_i64()),
+        (Some(rooms[3].as_str()), Some(5))
+    );
+}
+
+/// Subscribes sent at once each count against the frame budget: those beyond it are refused
+/// with `rate_limited`, naming their room, after the answers of those within it.
+#[tokio::test]
+async fn subscribes_beyond_the_frame_budget_are_refused_each_by_room() {
+    let (mut config, dir) = common::embedded();
+    config.ws_frames_per_second = 1;
+    config.ws_frames_burst = 3;
+    let s = Server::start_with(config, Some(dir)).await;
+    let alice = s.user("alice").await;
+    let mut rooms = Vec::new();
+    for i in 0..5 {
+        rooms.push(alice.create_room(&format!("r{i}"), "public").await);
+    }
+    let mut a = alice.connect().await;
+    for room in &rooms {
+        let f = json!({"type": "subscribe", "room": room});
+        a.inner()
+            .feed(Message::Text(f.to_string().into()))
+            .await
+            .unwrap();
+    }
+    a.inner().flush().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let f = a.next(WAIT).await.expect("every answer");
+        match f["type"].as_str().unwrap() {
+            "subscribed" => seen.push((
+                f["room"].as_str().unwrap().to_string(),
+                "subscribed".to_string(),
+            )),
+            "error" => seen.push((
+                f["ref"].as_str().unwrap().to_string(),
+                f["code"].as_str().unwrap().to_string(),
+            )),
+            _ => {}
+        }
+    }
+    let expected: Vec<(String, String)> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                r.clone(),
+                if i < 3 { "subscribed" } else { "rate_limited" }.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected);
+}
+
 /// A cursor the room never reached (a restore from backup, another installation) is not a
 /// reason to go quiet: the reply gives the room's real last seq with `recovered: false`, and
 /// live messages flow as usual.

@@ -25,8 +25,9 @@ use crate::model::Message;
 use crate::moderation::SendRules;
 use crate::protocol::Encode as _;
 use crate::protocol::{self, ClientFrame, ServerFrame};
+use crate::resume::Gate;
 use crate::state::AppState;
-use crate::store::{Marker, Span, UserRecord};
+use crate::store::{Marker, MessageRecord, Span, StoreResult, UserRecord};
 use handshake::{authenticate, token_deadline, too_big};
 use limits::{FrameKind, Limits, Verdict};
 
@@ -264,37 +265,15 @@ impl Connection {
                 incoming = sink.next() => {
                     missed_pongs = 0;
                     rearm = true;
-                    let text = match incoming {
-                        None => return Ended::gone("client_closed"),
-                        Some(Ok(WsMessage::Close(_))) => {
-                            // Sends the reply tungstenite queued: the close handshake completes.
-                            let _ = sink.flush().await;
-                            return Ended::gone("client_closed");
-                        }
-                        Some(Err(e)) => {
-                            if too_big(&e) {
-                                return Ended::closing("too_big", Close::TOO_BIG);
-                            }
-                            return Ended::gone("client_gone");
-                        }
-                        Some(Ok(WsMessage::Text(t))) => t,
-                        Some(Ok(WsMessage::Binary(_))) => {
-                            let e = ApiError::bad_request("binary frames are not supported; send JSON text");
-                            if sink.send(WsMessage::Text(crate::protocol::error_frame(&e, None))).await.is_err() {
-                                return Ended::gone("client_gone");
-                            }
-                            continue;
-                        }
-                        Some(Ok(_)) => continue, // ping/pong: tungstenite answers pings itself
-                    };
                     // Boxed: handling a frame awaits the store, and that state is only needed
                     // while a frame is handled, not in every idle connection's task.
-                    match Box::pin(self.handle(&text, sink)).await {
-                        Ok(None) => {}
-                        Ok(Some(c)) => {
-                            return Ended::closing("policy", c);
+                    let mut item = incoming;
+                    loop {
+                        match Box::pin(self.incoming(item, sink)).await {
+                            Ok(None) => break,
+                            Ok(Some(next)) => item = next,
+                            Err(ended) => return ended,
                         }
-                        Err(()) => return Ended::gone("client_gone"),
                     }
                 }
                 next = inbox.recv() => {
@@ -355,6 +334,46 @@ impl Connection {
                 wake_at = next;
                 wake.as_mut().reset(next);
             }
+        }
+    }
+
+    /// Acts on what the socket read: a frame, its end or a failure. A burst of `subscribe`
+    /// frames reads on past the first; what it read and did not take is returned, to be
+    /// handled next.
+    async fn incoming<S: Socket>(
+        &mut self,
+        item: Incoming,
+        sink: &mut S,
+    ) -> Result<Option<Incoming>, Ended> {
+        let text = match item {
+            None => return Err(Ended::gone("client_closed")),
+            Some(Ok(WsMessage::Close(_))) => {
+                // Sends the reply tungstenite queued: the close handshake completes.
+                let _ = sink.flush().await;
+                return Err(Ended::gone("client_closed"));
+            }
+            Some(Err(e)) => {
+                if too_big(&e) {
+                    return Err(Ended::closing("too_big", Close::TOO_BIG));
+                }
+                return Err(Ended::gone("client_gone"));
+            }
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Binary(_))) => {
+                let e = ApiError::bad_request("binary frames are not supported; send JSON text");
+                let text = crate::protocol::error_frame(&e, None);
+                if sink.send(WsMessage::Text(text)).await.is_err() {
+                    return Err(Ended::gone("client_gone"));
+                }
+                return Ok(None);
+            }
+            Some(Ok(_)) => return Ok(None), // ping/pong: tungstenite answers pings itself
+        };
+        let mut next = None;
+        match self.handle(&text, sink, &mut next).await {
+            Ok(None) => Ok(next),
+            Ok(Some(c)) => Err(Ended::closing("policy", c)),
+            Err(()) => Err(Ended::gone("client_gone")),
         }
     }
 
@@ -529,7 +548,14 @@ impl Connection {
         Ok(None)
     }
 
-    async fn handle<S: Socket>(&mut self, text: &str, sink: &mut S) -> Result<Option<Close>, ()> {
+    /// Handles one client frame; a `subscribe` takes the ones right behind it along
+    /// (`subscribe_burst`), and leaves in `next` what that read and did not take.
+    async fn handle<S: Socket>(
+        &mut self,
+        text: &str,
+        sink: &mut S,
+        next: &mut Option<Incoming>,
+    ) -> Result<Option<Close>, ()> {
         let parsed = protocol::parse(text);
         let kind = match &parsed {
             Ok(ClientFrame::Message { .. }) => FrameKind::Message,
@@ -567,11 +593,14 @@ impl Connection {
                 room,
                 since,
                 since_rev,
-            } => match self.subscribe(room, since, since_rev, sink).await {
-                Ok(()) => Ok(None),
-                Err(SubscribeError::Api(e)) => Err(e),
-                Err(SubscribeError::Socket) => return Err(()),
-            },
+            } => {
+                let first = Sub {
+                    room,
+                    since,
+                    since_rev,
+                };
+                return self.subscribe_burst(first, sink, next).await;
+            }
             ClientFrame::Unsubscribe { room } => {
                 if self.subs.remove(&room).is_some() {
                     self.state.hub.unsubscribe(room, &self.outbox).await;
@@ -642,35 +671,138 @@ impl Connection {
         Ok(())
     }
 
-    async fn subscribe<S: Socket>(
+    /// Handles a `subscribe` and the `subscribe` frames already read behind it (a client
+    /// resuming sends one per room at once), up to [`SUBSCRIBE_BURST`]: their reads go out
+    /// together, so they join the same batches ([`crate::resume`]) and the socket waits for
+    /// each kind of read once rather than once per room. Each frame still counts against the
+    /// frame budget and gets its own answer, in the order sent, written with one flush.
+    /// The first frame read that is not a `subscribe` is left in `next`.
+    async fn subscribe_burst<S: Socket>(
         &mut self,
-        room: RoomId,
-        since: Option<i64>,
-        since_rev: Option<i64>,
+        first: Sub,
         sink: &mut S,
-    ) -> Result<(), SubscribeError> {
+        next: &mut Option<Incoming>,
+    ) -> Result<Option<Close>, ()> {
+        use futures::FutureExt as _;
+        let mut burst = vec![first];
+        // A subscribe behind the burst that the frame budget refused: answered after it.
+        let mut refused = None;
+        while burst.len() < SUBSCRIBE_BURST {
+            let Some(item) = sink.next().now_or_never() else {
+                break;
+            };
+            if let Some(Ok(WsMessage::Text(text))) = &item
+                && let Ok(ClientFrame::Subscribe {
+                    room,
+                    since,
+                    since_rev,
+                }) = protocol::parse(text)
+            {
+                let policy = self.state.policies.current();
+                match self.limits.check(FrameKind::Other, &policy) {
+                    Verdict::Allowed => {
+                        burst.push(Sub {
+                            room,
+                            since,
+                            since_rev,
+                        });
+                        continue;
+                    }
+                    verdict => {
+                        refused = Some((verdict, room));
+                        break;
+                    }
+                }
+            }
+            *next = Some(item);
+            break;
+        }
+        let answers = self.subscribe_all(&burst).await;
+        for (sub, answer) in burst.iter().zip(answers) {
+            let frames = match answer {
+                Ok(frames) => frames,
+                Err(e) => vec![crate::protocol::error_frame(
+                    &e,
+                    Some(&sub.room.to_string()),
+                )],
+            };
+            for text in frames {
+                sink.feed(WsMessage::Text(text)).await.map_err(|_| ())?;
+            }
+        }
+        let close = match refused {
+            Some((Verdict::Abusive, _)) => Some(Close::RATE_ABUSE),
+            Some((Verdict::Refused(e), room)) => {
+                self.state
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["ws"])
+                    .inc();
+                let text = crate::protocol::error_frame(&e, Some(&room.to_string()));
+                sink.feed(WsMessage::Text(text)).await.map_err(|_| ())?;
+                None
+            }
+            _ => None,
+        };
+        sink.flush().await.map_err(|_| ())?;
+        Ok(close)
+    }
+
+    /// Subscribes to each room of a burst; for each, the frames to send in answer (`subscribed`
+    /// and the replay), or why not. The reads of all the burst's rooms go out at once, one
+    /// kind after the other: the room and membership, then presence, missed messages and
+    /// changes. Joining the hub, which decides each room's cursor, goes in the order sent.
+    async fn subscribe_all(&mut self, burst: &[Sub]) -> Vec<ApiResult<Vec<Utf8Bytes>>> {
+        let user = self.user.id;
+        let gates = futures::future::join_all(
+            burst
+                .iter()
+                .map(|sub| self.state.resumes.gate(sub.room, user)),
+        )
+        .await;
+        let mut plans = Vec::with_capacity(burst.len());
+        for (sub, gate) in burst.iter().zip(gates) {
+            plans.push(self.join(sub, gate).await);
+        }
+        let this = &*self;
+        let reads = plans.iter().map(|plan| async move {
+            let plan = plan.as_ref().ok()?;
+            Some(this.read_missed(plan).await)
+        });
+        let reads = futures::future::join_all(reads).await;
+        plans
+            .into_iter()
+            .zip(reads)
+            .map(|(plan, read)| {
+                let plan = plan?;
+                let (presence, updates, rows) = read.expect("a plan has its reads");
+                plan.frames(presence, updates?, rows)
+            })
+            .collect()
+    }
+
+    /// The checks of one `subscribe` with its room and membership read, and the socket's
+    /// place in the room: its cursor, and what it missed to read.
+    async fn join(&mut self, sub: &Sub, gate: StoreResult<Gate>) -> ApiResult<Plan> {
+        let room = sub.room;
         if !self.subs.contains_key(&room) && self.subs.len() >= self.state.config.max_subscriptions
         {
             return Err(ApiError::forbidden(format!(
                 "at most {} subscriptions per connection; unsubscribe first",
                 self.state.config.max_subscriptions
-            ))
-            .into());
+            )));
         }
-        let gate = self.state.resumes.gate(room, self.user.id).await;
-        let (r, member) = gate
-            .map_err(ApiError::from)?
-            .ok_or_else(crate::state::no_such_room)?;
+        let (r, member) = gate?.ok_or_else(crate::state::no_such_room)?;
         crate::state::may_read(r.kind, member.as_ref())?;
         if let Some(m) = &member {
             self.rules.insert(room, SendRules::of(&r, m));
         }
         // A cursor beyond the room's last seq is not from this room's history (a restore from
         // backup, another installation): it is ignored, and the client is told to resync.
-        let foreign = since.is_some_and(|since| since > r.last_seq)
-            || since_rev.is_some_and(|since_rev| since_rev > r.rev);
-        let since = since.filter(|_| !foreign);
-        let since_rev = since_rev.filter(|_| !foreign);
+        let foreign = sub.since.is_some_and(|since| since > r.last_seq)
+            || sub.since_rev.is_some_and(|since_rev| since_rev > r.rev);
+        let since = sub.since.filter(|_| !foreign);
+        let since_rev = sub.since_rev.filter(|_| !foreign);
         let cursor = match self.subs.get(&room) {
             Some(&c) => c,
             None => {
@@ -678,8 +810,7 @@ impl Connection {
                     .state
                     .hub
                     .subscribe(room, &self.outbox, (r.last_seq, r.rev))
-                    .await
-                    .map_err(ApiError::from)?;
+                    .await?;
                 // A client resuming from a pod that was ahead of this one already has
                 // everything up to `since`: what this pod delivers late must not reach it again.
                 let start = since.map_or(s.cursor, |since| since.max(s.cursor));
@@ -687,12 +818,10 @@ impl Connection {
                 start
             }
         };
-        let presence = self.state.hub.online(room).await;
         let (recovered, replay) = match since {
             _ if foreign => (Some(false), None),
             Some(since) if since < cursor => {
-                let missing = cursor - since.max(0);
-                if missing > MAX_REPLAY {
+                if cursor - since.max(0) > MAX_REPLAY {
                     (Some(false), None)
                 } else {
                     (Some(true), Some(since.max(0)))
@@ -701,18 +830,39 @@ impl Connection {
             Some(_) => (Some(true), None),
             None => (None, None),
         };
-        // Changes to messages the client already has (seq up to its cursor), in rev order;
-        // beyond MAX_REPLAY it resyncs over REST.
-        let mut updates = Vec::new();
-        let mut recovered = recovered;
-        if let Some(since_rev) = since_rev
-            && recovered != Some(false)
-        {
-            let upto = since.map_or(cursor, |since| since.min(cursor));
+        // Changes to messages the client already has (seq up to its cursor), in rev order.
+        let changes = since_rev
+            .filter(|_| recovered != Some(false))
+            .map(|since_rev| (since_rev, since.map_or(cursor, |since| since.min(cursor))));
+        Ok(Plan {
+            room,
+            cursor,
+            rev: r.rev,
+            recovered,
+            replay,
+            changes,
+        })
+    }
+
+    /// Who is online in a planned room, and the changes and messages its socket missed.
+    async fn read_missed(
+        &self,
+        plan: &Plan,
+    ) -> (
+        Vec<UserId>,
+        ApiResult<Option<Vec<MessageRecord>>>,
+        ApiResult<Vec<MessageRecord>>,
+    ) {
+        let room = plan.room;
+        let presence = self.state.hub.online(room);
+        let changes = async {
+            let Some((since_rev, upto)) = plan.changes else {
+                return Ok(None);
+            };
             // Each change adds one to the room's rev and touches at most two messages (a
             // thread reply and its root): within MAX_REPLAY changes the batched read is
             // bounded; beyond, one limited query tells whether more than MAX_REPLAY changed.
-            updates = if r.rev - since_rev <= MAX_REPLAY {
+            let updates = if plan.rev - since_rev <= MAX_REPLAY {
                 let span = Span {
                     room,
                     after: since_rev,
@@ -724,55 +874,21 @@ impl Connection {
                     .store
                     .changes(room, since_rev, upto, MAX_REPLAY + 1)
                     .await
-            }
-            .map_err(ApiError::from)?;
-            if updates.len() as i64 > MAX_REPLAY {
-                updates.clear();
-                recovered = Some(false);
-            } else {
-                recovered = Some(true);
-            }
-        }
-        let reply = ServerFrame::Subscribed {
-            room,
-            last_seq: cursor,
-            presence,
-            recovered,
-            rev: r.rev,
-        }
-        .encode();
-        // The reply goes out at once; the replay follows once the store has answered.
-        sink.send(WsMessage::Text(reply))
-            .await
-            .map_err(|_| SubscribeError::Socket)?;
-        if let Some(since) = replay {
+            };
+            Ok(Some(updates?))
+        };
+        let replay = async {
+            let Some(after) = plan.replay else {
+                return Ok(Vec::new());
+            };
             let span = Span {
                 room,
-                after: since,
-                upto: cursor,
+                after,
+                upto: plan.cursor,
             };
-            let rows = self
-                .state
-                .resumes
-                .messages(span)
-                .await
-                .map_err(ApiError::from)?;
-            for m in rows.iter().filter(|m| m.seq <= cursor) {
-                let text =
-                    ServerFrame::Message(std::borrow::Cow::Borrowed(&Message::from(m))).encode();
-                sink.feed(WsMessage::Text(text))
-                    .await
-                    .map_err(|_| SubscribeError::Socket)?;
-            }
-        }
-        for m in &updates {
-            let text =
-                ServerFrame::MessageUpdated(std::borrow::Cow::Borrowed(&Message::from(m))).encode();
-            sink.feed(WsMessage::Text(text))
-                .await
-                .map_err(|_| SubscribeError::Socket)?;
-        }
-        sink.flush().await.map_err(|_| SubscribeError::Socket)
+            Ok(self.state.resumes.messages(span).await?)
+        };
+        tokio::join!(presence, changes, replay)
     }
 
     /// Sends a message through the one send path, with the send rules this socket keeps.
@@ -871,14 +987,79 @@ impl Connection {
     }
 }
 
-enum SubscribeError {
-    Api(ApiError),
-    Socket,
+/// What the socket read and has not handled yet: a frame, its end (`None`) or a failure.
+type Incoming = Option<Result<WsMessage, axum::Error>>;
+
+/// Most `subscribe` frames handled together (see `Connection::subscribe_burst`).
+const SUBSCRIBE_BURST: usize = 64;
+
+/// A `subscribe` frame.
+struct Sub {
+    room: RoomId,
+    since: Option<i64>,
+    since_rev: Option<i64>,
 }
 
-impl From<ApiError> for SubscribeError {
-    fn from(e: ApiError) -> Self {
-        SubscribeError::Api(e)
+/// A `subscribe` that has joined its room: what its answer says and what it still reads.
+struct Plan {
+    room: RoomId,
+    cursor: i64,
+    rev: i64,
+    recovered: Option<bool>,
+    /// The missed messages to replay: after this seq, up to `cursor`.
+    replay: Option<i64>,
+    /// The changes to read: after this rev, to messages up to this seq.
+    changes: Option<(i64, i64)>,
+}
+
+impl Plan {
+    /// The answer: `subscribed`, then the missed messages, then the changes (beyond
+    /// [`MAX_REPLAY`] changes, none, and `recovered: false`: the client resyncs over REST).
+    fn frames(
+        self,
+        presence: Vec<UserId>,
+        updates: Option<Vec<MessageRecord>>,
+        rows: ApiResult<Vec<MessageRecord>>,
+    ) -> ApiResult<Vec<Utf8Bytes>> {
+        let mut recovered = self.recovered;
+        let mut updates = updates.unwrap_or_default();
+        if self.changes.is_some() {
+            if updates.len() as i64 > MAX_REPLAY {
+                updates.clear();
+                recovered = Some(false);
+            } else {
+                recovered = Some(true);
+            }
+        }
+        let mut frames = vec![
+            ServerFrame::Subscribed {
+                room: self.room,
+                last_seq: self.cursor,
+                presence,
+                recovered,
+                rev: self.rev,
+            }
+            .encode(),
+        ];
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The answer went out; the replay could not be read.
+                let reference = self.room.to_string();
+                frames.push(crate::protocol::error_frame(&e, Some(&reference)));
+                return Ok(frames);
+            }
+        };
+        for m in rows.iter().filter(|m| m.seq <= self.cursor) {
+            frames
+                .push(ServerFrame::Message(std::borrow::Cow::Borrowed(&Message::from(m))).encode());
+        }
+        for m in &updates {
+            frames.push(
+                ServerFrame::MessageUpdated(std::borrow::Cow::Borrowed(&Message::from(m))).encode(),
+            );
+        }
+        Ok(frames)
     }
 }
 
