@@ -276,7 +276,13 @@ pub async fn run(
     let http_stop = Arc::new(Notify::new());
     let http_stopped = http_stop.clone();
     let header_timeout = Duration::from_millis(state.config.http_header_timeout_ms);
-    let server = tokio::spawn(serve_http(listener, app, header_timeout, http_stopped));
+    let server = tokio::spawn(serve_http(
+        listener,
+        app,
+        header_timeout,
+        state.metrics.clone(),
+        http_stopped,
+    ));
 
     shutdown.await;
     tracing::info!("shutting down: readiness off, draining");
@@ -317,11 +323,12 @@ pub async fn run(
 /// Serves HTTP/1.1 and WebSocket upgrades on `listener` until `stop` is notified, then lets the
 /// requests in progress finish. A client gets `header_timeout` to send a request's complete
 /// headers, and an idle keep-alive connection as long for its next request: slow or silent
-/// clients cannot hold connections (and file descriptors) open.
+/// clients cannot hold connections (and file descriptors) open; each one cut off is counted.
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     header_timeout: Duration,
+    metrics: crate::telemetry::Metrics,
     stop: Arc<Notify>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -355,6 +362,7 @@ async fn serve_http(
             },
         );
         let mut watch = watch.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
@@ -364,7 +372,12 @@ async fn serve_http(
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
-                _ = conn.as_mut() => return,
+                served = conn.as_mut() => {
+                    if served.is_err_and(|e| e.is_timeout()) {
+                        metrics.http_header_timeouts.inc();
+                    }
+                    return;
+                }
                 _ = watch.changed() => conn.as_mut().graceful_shutdown(),
             }
             let _ = conn.await;

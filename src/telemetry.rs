@@ -128,6 +128,7 @@ pub struct Inner {
     pub commit_batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub http_requests: IntCounterVec,
+    pub http_header_timeouts: IntCounter,
     pub http_seconds: HistogramVec,
     pub delivery_latency: Histogram,
     pub bus_lag: Histogram,
@@ -323,6 +324,10 @@ impl Metrics {
                 )
                 .buckets(latency),
                 &["command"]
+            )),
+            http_header_timeouts: reg!(IntCounter::new(
+                "confab_http_header_timeouts_total",
+                "Connections closed because a request's headers did not arrive in time."
             )),
             rate_limited: reg!(IntCounterVec::new(
                 Opts::new(

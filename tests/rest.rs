@@ -1066,6 +1066,12 @@ async fn slow_and_idle_http_connections_are_dropped() {
     // A prompt client is served as before.
     let (st, _) = s.api().get("/healthz").await;
     assert_eq!(st, StatusCode::OK);
+    // Each connection cut off is counted, for whoever wonders where clients went.
+    let text = s.metrics().await;
+    assert_eq!(
+        common::metric(&text, "confab_http_header_timeouts_total"),
+        Some(3.0)
+    );
 }
 
 /// Answers chosen so that the OpenAPI document can describe them: an integer may be written
