@@ -341,6 +341,16 @@ pub struct Config {
     )]
     pub max_subscriptions: usize,
 
+    /// Store reads of sign-ins and subscribes waiting on this pod beyond which new WebSocket
+    /// connections are refused with 503 `unavailable` and `Retry-After` (0: never refused).
+    #[arg(
+        long,
+        env = "CONFAB_WS_ADMISSION_BACKLOG",
+        default_value_t = 150_000,
+        global = true
+    )]
+    pub ws_admission_backlog: usize,
+
     /// WebSocket connections one user may hold on one pod.
     #[arg(
         long,

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -73,6 +74,17 @@ impl Shared for StoreError {
 /// A queue of reads of one kind, answered in batches.
 pub struct Batched<Q, R, E = StoreError> {
     asks: mpsc::UnboundedSender<Ask<Q, R, E>>,
+    /// Asks not answered yet (waiting for a batch, or in one that is running).
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts an ask as waiting until it is answered or given up.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<Q: Send + 'static, R: Send + 'static, E: Shared> Batched<Q, R, E> {
@@ -116,11 +128,21 @@ impl<Q: Send + 'static, R: Send + 'static, E: Shared> Batched<Q, R, E> {
                 });
             }
         });
-        Batched { asks: tx }
+        Batched {
+            asks: tx,
+            waiting: Arc::default(),
+        }
+    }
+
+    /// Asks not answered yet.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Asks and waits for the batch that carries the ask.
     pub async fn load(&self, query: Q) -> Result<R, E> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         let (tx, rx) = oneshot::channel();
         self.asks.send((query, tx)).map_err(|_| E::stopped())?;
         rx.await.map_err(|_| E::stopped())?
@@ -190,6 +212,15 @@ impl Resumes {
             messages,
             changes,
         }
+    }
+
+    /// Reads asked and not answered yet, of every kind: how far behind the store is with
+    /// this pod's sign-ins and subscribes.
+    pub fn waiting(&self) -> usize {
+        self.accounts.waiting()
+            + self.gates.waiting()
+            + self.messages.waiting()
+            + self.changes.waiting()
     }
 
     /// The account of a verified token (None if it was deleted).

@@ -1020,3 +1020,88 @@ async fn sockets_signing_in_at_once_are_each_the_user_their_token_names() {
         "a deleted account's token is refused: {refused}"
     );
 }
+
+/// Admission control: while a pod's store is behind with the reads of sign-ins and subscribes
+/// (here, another session holds the rooms table), a new socket is refused at once with 503
+/// `unavailable` and `Retry-After` rather than left waiting behind the others; the sockets
+/// already open get their answers once the store catches up, and new sockets are taken again.
+#[tokio::test]
+async fn new_sockets_are_refused_with_retry_after_while_the_store_is_behind() {
+    use sqlx::Connection as _;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let pg = common::Postgres::start();
+    let redis = common::Redis::start();
+    let mut config = common::unlimited(common::cluster(&pg, &redis));
+    config.ws_admission_backlog = 8;
+    let s = Server::start(config).await;
+    let alice = s.user("alice").await;
+    let mut rooms = Vec::new();
+    for i in 0..10 {
+        rooms.push(alice.create_room(&format!("r{i}"), "public").await);
+    }
+    let mut a = alice.connect().await;
+    let open = || async {
+        let mut req = format!("ws://{}/ws", s.addr).into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", alice.token).parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(req).await
+    };
+
+    let mut lock = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    for room in &rooms {
+        let f = json!({"type": "subscribe", "room": room});
+        a.inner()
+            .feed(Message::Text(f.to_string().into()))
+            .await
+            .unwrap();
+    }
+    a.inner().flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let refused = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no socket refused while ten subscribes wait"
+        );
+        match open().await {
+            Err(WsError::Http(resp)) => break resp,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(refused.status(), 503);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value =
+        serde_json::from_slice(refused.body().as_deref().unwrap_or_default()).unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    // No subscribe was answered meanwhile; none is lost.
+    a.expect_none("subscribed", Duration::from_millis(200))
+        .await;
+
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    for room in &rooms {
+        assert_eq!(a.expect("subscribed").await["room"], room.as_str());
+    }
+    assert!(open().await.is_ok(), "taken again once caught up");
+    let metrics = s.metrics().await;
+    assert!(
+        common::metric(
+            &metrics,
+            "confab_rate_limited_total{scope=\"ws_admission\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the refusals are counted"
+    );
+}

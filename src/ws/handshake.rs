@@ -36,6 +36,9 @@ pub(super) async fn upgrade(
         return ApiError::Unavailable("the server is draining; connect again".into())
             .into_response();
     }
+    if let Some(busy) = admission(&state) {
+        return busy.into_response();
+    }
     let Ok(Query(q)) = query else {
         return ApiError::bad_request("the query string is not valid: token=<access token>")
             .into_response();
@@ -70,6 +73,35 @@ pub(super) async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(4096)
         .on_upgrade(move |socket| super::run(state, socket, authenticated))
+}
+
+/// Store reads a pod answers per second during a reconnect storm (measured: 15,000 sockets
+/// resuming 20 rooms each on two pods, `docs/BENCHMARKS.md`), for the retry hint.
+const READS_PER_SECOND: usize = 40_000;
+
+/// Admission control: while this pod's store reads for sign-ins and subscribes are further
+/// behind than `--ws-admission-backlog`, a new socket would only wait behind them (and its
+/// client give up and come back, adding to the pile): it is refused at once with 503 and a
+/// `Retry-After` of about the time the backlog takes, spread at random so that the refused
+/// do not all come back together.
+fn admission(state: &AppState) -> Option<ApiError> {
+    let limit = state.config.ws_admission_backlog;
+    let waiting = state.resumes.waiting();
+    if limit == 0 || waiting < limit {
+        return None;
+    }
+    state
+        .metrics
+        .rate_limited
+        .with_label_values(&["ws_admission"])
+        .inc();
+    let drain_ms = (waiting * 1000 / READS_PER_SECOND).clamp(1000, 30_000) as u64;
+    Some(ApiError::Busy {
+        message:
+            "the server is catching up with other connections; connect again after Retry-After"
+                .into(),
+        retry_after_ms: drain_ms + rand::random_range(0..drain_ms),
+    })
 }
 
 /// Browsers send `Origin`; a page on another site must not open sockets with a user's token
