@@ -88,8 +88,18 @@ impl Drop for Waiting<'_> {
 }
 
 impl<Q: Send + 'static, R: Send + 'static, E: Shared> Batched<Q, R, E> {
-    /// Starts the queue; `run` answers a batch of asks with one result per ask, in order.
+    /// Starts the queue; `run` answers a batch of up to [`MAX_BATCH`] asks with one result
+    /// per ask, in order.
     pub fn new<F, Fut>(run: F) -> Self
+    where
+        F: Fn(Vec<Q>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, E>> + Send + 'static,
+    {
+        Self::with_max_batch(MAX_BATCH, run)
+    }
+
+    /// The same with batches of up to `max_batch` asks.
+    pub fn with_max_batch<F, Fut>(max_batch: usize, run: F) -> Self
     where
         F: Fn(Vec<Q>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, E>> + Send + 'static,
@@ -103,7 +113,7 @@ impl<Q: Send + 'static, R: Send + 'static, E: Shared> Batched<Q, R, E> {
                     break;
                 };
                 let mut asks = vec![first];
-                while asks.len() < MAX_BATCH {
+                while asks.len() < max_batch {
                     match rx.try_recv() {
                         Ok(ask) => asks.push(ask),
                         Err(_) => break,

@@ -64,6 +64,7 @@ for n in $(seq "$runs"); do
     if [ -n "${STORM_KEEP:-}" ]; then
         cp "$work"/server-*.log "$STORM_KEEP"/
         curl -s http://127.0.0.1:19102/metrics > "$STORM_KEEP/metrics-b.txt"
+        redis-cli -p 16379 info commandstats > "$STORM_KEEP/redis-commandstats.txt"
     fi
     kill "$b" "$c"
     wait "$b" "$c" 2>/dev/null || true

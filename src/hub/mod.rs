@@ -110,11 +110,15 @@ pub struct Hub {
     remote_presence: Batched<RoomId, Vec<UserId>, Unanswered>,
 }
 
+/// Most presence asks answered by one batch.
+const PRESENCE_BATCH: usize = 4096;
+
 /// The queue of remote presence reads: each batch reads every room asked once, in one round
 /// trip, and answers every ask of the room (a reconnect storm asks for the same rooms from
-/// thousands of sockets).
+/// thousands of sockets). Its batches are larger than the store's: what a batch costs is one
+/// read per distinct room, however many asks share it.
 fn remote_presence(bus: Arc<dyn Bus>) -> Batched<RoomId, Vec<UserId>, Unanswered> {
-    Batched::new(move |asked: Vec<RoomId>| {
+    Batched::with_max_batch(PRESENCE_BATCH, move |asked: Vec<RoomId>| {
         let bus = bus.clone();
         async move {
             let mut rooms = asked.clone();
