@@ -376,6 +376,58 @@ async fn subscribes_sent_at_once_are_answered_in_order_each_with_its_replay() {
     );
 }
 
+/// A burst of resumes whose rooms missed more than one read holds (1,000 messages) is read
+/// and written in parts, and still answers every room in order, each with all it missed.
+#[tokio::test]
+async fn a_burst_of_resumes_that_missed_much_replays_every_room_in_order() {
+    let s = common::flood_server().await;
+    let alice = s.user("alice").await;
+    let mut rooms = Vec::new();
+    for i in 0..3 {
+        rooms.push(alice.create_room(&format!("busy{i}"), "public").await);
+    }
+    // Not subscribed: the sender reads only its acks.
+    let mut a = alice.connect().await;
+    for i in 0..600 {
+        for room in &rooms {
+            a.say(room, "x", &format!("{room}-{i}")).await;
+        }
+    }
+    let mut acked = 0;
+    while acked < 1800 {
+        if a.next(WAIT).await.expect("acks")["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    let mut late = alice.connect().await;
+    for room in &rooms {
+        let f = json!({"type": "subscribe", "room": room, "since": 0});
+        late.inner()
+            .feed(Message::Text(f.to_string().into()))
+            .await
+            .unwrap();
+    }
+    late.inner().flush().await.unwrap();
+    for room in &rooms {
+        let sub = late.expect("subscribed").await;
+        assert_eq!(
+            (
+                sub["room"].as_str(),
+                sub["last_seq"].as_i64(),
+                sub["recovered"].as_bool()
+            ),
+            (Some(room.as_str()), Some(600), Some(true))
+        );
+        for seq in 1..=600 {
+            let m = late.expect("message").await;
+            assert_eq!(
+                (m["room"].as_str(), m["seq"].as_i64()),
+                (Some(room.as_str()), Some(seq))
+            );
+        }
+    }
+}
+
 /// Subscribes sent at once each count against the frame budget: those beyond it are refused
 /// with `rate_limited`, naming their room, after the answers of those within it.
 #[tokio::test]

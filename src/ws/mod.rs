@@ -717,19 +717,7 @@ impl Connection {
             *next = Some(item);
             break;
         }
-        let answers = self.subscribe_all(&burst).await;
-        for (sub, answer) in burst.iter().zip(answers) {
-            let frames = match answer {
-                Ok(frames) => frames,
-                Err(e) => vec![crate::protocol::error_frame(
-                    &e,
-                    Some(&sub.room.to_string()),
-                )],
-            };
-            for text in frames {
-                sink.feed(WsMessage::Text(text)).await.map_err(|_| ())?;
-            }
-        }
+        self.subscribe_all(&burst, sink).await?;
         let close = match refused {
             Some((Verdict::Abusive, _)) => Some(Close::RATE_ABUSE),
             Some((Verdict::Refused(e), room)) => {
@@ -748,11 +736,13 @@ impl Connection {
         Ok(close)
     }
 
-    /// Subscribes to each room of a burst; for each, the frames to send in answer (`subscribed`
-    /// and the replay), or why not. The reads of all the burst's rooms go out at once, one
-    /// kind after the other: the room and membership, then presence, missed messages and
-    /// changes. Joining the hub, which decides each room's cursor, goes in the order sent.
-    async fn subscribe_all(&mut self, burst: &[Sub]) -> Vec<ApiResult<Vec<Utf8Bytes>>> {
+    /// Subscribes to each room of a burst and writes the answers, in order. The reads of the
+    /// burst's rooms go out at once, one kind after the other: the room and membership, then
+    /// presence, missed messages and changes. Joining the hub, which decides each room's
+    /// cursor, goes in the order sent. Missed messages and changes are read and written for
+    /// up to [`MAX_REPLAY`] of them at a time (one room's worth at most, as for one subscribe),
+    /// so what a burst holds stays bounded however much its rooms missed.
+    async fn subscribe_all<S: Socket>(&mut self, burst: &[Sub], sink: &mut S) -> Result<(), ()> {
         let user = self.user.id;
         let gates = futures::future::join_all(
             burst
@@ -764,21 +754,41 @@ impl Connection {
         for (sub, gate) in burst.iter().zip(gates) {
             plans.push(self.join(sub, gate).await);
         }
-        let this = &*self;
-        let reads = plans.iter().map(|plan| async move {
-            let plan = plan.as_ref().ok()?;
-            Some(this.read_missed(plan).await)
-        });
-        let reads = futures::future::join_all(reads).await;
-        plans
-            .into_iter()
-            .zip(reads)
-            .map(|(plan, read)| {
-                let plan = plan?;
-                let (presence, updates, rows) = read.expect("a plan has its reads");
-                plan.frames(presence, updates?, rows)
-            })
-            .collect()
+        let mut rest = burst.iter().zip(plans).peekable();
+        while rest.peek().is_some() {
+            let mut part = Vec::new();
+            let mut rows = 0;
+            while let Some((_, plan)) = rest.peek() {
+                let more = plan.as_ref().map_or(0, Plan::rows);
+                if !part.is_empty() && rows + more > MAX_REPLAY {
+                    break;
+                }
+                rows += more;
+                part.extend(rest.next());
+            }
+            let this = &*self;
+            let reads = part.iter().map(|(_, plan)| async move {
+                let plan = plan.as_ref().ok()?;
+                Some(this.read_missed(plan).await)
+            });
+            let reads = futures::future::join_all(reads).await;
+            for ((sub, plan), read) in part.into_iter().zip(reads) {
+                let answer = plan.and_then(|plan| {
+                    let (presence, updates, rows) = read.expect("a plan has its reads");
+                    plan.frames(presence, updates?, rows)
+                });
+                let frames = answer.unwrap_or_else(|e| {
+                    vec![crate::protocol::error_frame(
+                        &e,
+                        Some(&sub.room.to_string()),
+                    )]
+                });
+                for text in frames {
+                    sink.feed(WsMessage::Text(text)).await.map_err(|_| ())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The checks of one `subscribe` with its room and membership read, and the socket's
@@ -1013,6 +1023,15 @@ struct Plan {
 }
 
 impl Plan {
+    /// At most how many rows its reads bring: the missed messages and the changes.
+    fn rows(&self) -> i64 {
+        let replay = self.replay.map_or(0, |after| self.cursor - after);
+        let changes = self
+            .changes
+            .map_or(0, |(since_rev, _)| (self.rev - since_rev).min(MAX_REPLAY));
+        replay + changes
+    }
+
     /// The answer: `subscribed`, then the missed messages, then the changes (beyond
     /// [`MAX_REPLAY`] changes, none, and `recovered: false`: the client resyncs over REST).
     fn frames(
