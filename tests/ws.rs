@@ -313,13 +313,7 @@ async fn subscribes_sent_at_once_are_answered_in_order_each_with_its_replay() {
         json!({"type": "subscribe", "room": rooms[3]}),
         json!({"type": "subscribe", "room": rooms[2], "since": 2}),
     ];
-    for f in &frames {
-        b.inner()
-            .feed(Message::Text(f.to_string().into()))
-            .await
-            .unwrap();
-    }
-    b.inner().flush().await.unwrap();
+    b.send_at_once(frames).await;
 
     let mut seen = Vec::new();
     while seen.len() < 13 {
@@ -400,14 +394,12 @@ async fn a_burst_of_resumes_that_missed_much_replays_every_room_in_order() {
         }
     }
     let mut late = alice.connect().await;
-    for room in &rooms {
-        let f = json!({"type": "subscribe", "room": room, "since": 0});
-        late.inner()
-            .feed(Message::Text(f.to_string().into()))
-            .await
-            .unwrap();
-    }
-    late.inner().flush().await.unwrap();
+    late.send_at_once(
+        rooms
+            .iter()
+            .map(|room| json!({"type": "subscribe", "room": room, "since": 0})),
+    )
+    .await;
     for room in &rooms {
         let sub = late.expect("subscribed").await;
         assert_eq!(
@@ -442,14 +434,12 @@ async fn subscribes_beyond_the_frame_budget_are_refused_each_by_room() {
         rooms.push(alice.create_room(&format!("r{i}"), "public").await);
     }
     let mut a = alice.connect().await;
-    for room in &rooms {
-        let f = json!({"type": "subscribe", "room": room});
-        a.inner()
-            .feed(Message::Text(f.to_string().into()))
-            .await
-            .unwrap();
-    }
-    a.inner().flush().await.unwrap();
+    a.send_at_once(
+        rooms
+            .iter()
+            .map(|room| json!({"type": "subscribe", "room": room})),
+    )
+    .await;
     let mut seen = Vec::new();
     while seen.len() < 5 {
         let f = a.next(WAIT).await.expect("every answer");
@@ -973,17 +963,10 @@ async fn commits_for_a_burst(s: &Server, n: usize) -> u64 {
     let alice = s.user("alice").await;
     let room = alice.create_room("general", "public").await;
     let mut a = alice.connect().await;
-    for i in 0..n {
-        a.inner()
-            .feed(Message::Text(
-                json!({"type": "message", "room": room, "body": "x", "client_id": format!("c{i}")})
-                    .to_string()
-                    .into(),
-            ))
-            .await
-            .unwrap();
-    }
-    a.inner().flush().await.unwrap();
+    a.send_at_once((0..n).map(
+        |i| json!({"type": "message", "room": room, "body": "x", "client_id": format!("c{i}")}),
+    ))
+    .await;
     for _ in 0..n {
         a.expect_skipping("ack").await;
     }
@@ -1108,14 +1091,12 @@ async fn new_sockets_are_refused_with_retry_after_while_the_store_is_behind() {
         .execute(&mut lock)
         .await
         .unwrap();
-    for room in &rooms {
-        let f = json!({"type": "subscribe", "room": room});
-        a.inner()
-            .feed(Message::Text(f.to_string().into()))
-            .await
-            .unwrap();
-    }
-    a.inner().flush().await.unwrap();
+    a.send_at_once(
+        rooms
+            .iter()
+            .map(|room| json!({"type": "subscribe", "room": room})),
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let refused = loop {
         assert!(

@@ -63,6 +63,22 @@ impl Ws {
             .expect("send frame");
     }
 
+    /// Sends frames in one write, as a client resuming its rooms does: the server reads them
+    /// together.
+    pub async fn send_at_once(&mut self, frames: impl IntoIterator<Item = Value>) {
+        use futures::SinkExt;
+        let inner = self.socket.inner_mut();
+        for f in frames {
+            inner
+                .feed(tokio_tungstenite::tungstenite::Message::Text(
+                    f.to_string().into(),
+                ))
+                .await
+                .expect("send frame");
+        }
+        inner.flush().await.expect("send frames");
+    }
+
     pub async fn send_text(&mut self, t: &str) {
         self.socket.send_text(t).await.expect("send frame");
     }
