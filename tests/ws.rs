@@ -370,6 +370,41 @@ async fn subscribes_sent_at_once_are_answered_in_order_each_with_its_replay() {
     );
 }
 
+/// The point of taking a burst together: its rooms are read in a batch or two, not one read
+/// per `subscribe` (counted by the store's own query metric).
+#[tokio::test]
+async fn subscribes_sent_at_once_read_their_rooms_together() {
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let mut rooms = Vec::new();
+    for i in 0..12 {
+        rooms.push(alice.create_room(&format!("r{i}"), "public").await);
+    }
+    let reads = || async {
+        common::metric(
+            &s.metrics().await,
+            "confab_store_query_duration_seconds_count{op=\"room_gates\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let mut a = alice.connect().await;
+    let before = reads().await;
+    a.send_at_once(
+        rooms
+            .iter()
+            .map(|room| json!({"type": "subscribe", "room": room})),
+    )
+    .await;
+    for room in &rooms {
+        assert_eq!(a.expect("subscribed").await["room"], room.as_str());
+    }
+    let batches = reads().await - before;
+    assert!(
+        (1.0..=4.0).contains(&batches),
+        "12 subscribes took {batches} room reads"
+    );
+}
+
 /// A burst of resumes whose rooms missed more than one read holds (1,000 messages) is read
 /// and written in parts, and still answers every room in order, each with all it missed.
 #[tokio::test]
