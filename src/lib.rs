@@ -52,6 +52,24 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A place counted in a queue (password hashes waiting, store reads not answered yet), given
+/// back however the wait ends: answered, refused or dropped half-way.
+pub struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// Takes a place; also returns how many were waiting before it.
+    pub fn enter(count: &'a std::sync::atomic::AtomicUsize) -> (Self, usize) {
+        let ahead = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        (Waiting(count), ahead)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Seconds since the Unix epoch: the unit of token lifetimes (`exp`, `iat`).
 pub fn now_secs() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default()

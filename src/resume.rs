@@ -78,15 +78,6 @@ pub struct Batched<Q, R, E = StoreError> {
     waiting: Arc<AtomicUsize>,
 }
 
-/// Counts an ask as waiting until it is answered or given up.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl<Q: Send + 'static, R: Send + 'static, E: Shared> Batched<Q, R, E> {
     /// Starts the queue; `run` answers a batch of up to [`MAX_BATCH`] asks with one result
     /// per ask, in order.
@@ -151,8 +142,7 @@ impl<Q: Send + 'static, R: Send + 'static, E: Shared> Batched<Q, R, E> {
 
     /// Asks and waits for the batch that carries the ask.
     pub async fn load(&self, query: Q) -> Result<R, E> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.waiting);
+        let _place = crate::Waiting::enter(&self.waiting);
         let (tx, rx) = oneshot::channel();
         self.asks.send((query, tx)).map_err(|_| E::stopped())?;
         rx.await.map_err(|_| E::stopped())?

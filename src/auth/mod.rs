@@ -147,15 +147,6 @@ pub struct PasswordHashing {
     refused: Option<prometheus::IntCounter>,
 }
 
-/// Takes a place in the queue, and gives it back however the wait ends.
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 impl PasswordHashing {
     /// `concurrency` 0 means one per core.
     pub fn new(concurrency: usize, queue: usize, refused: Option<prometheus::IntCounter>) -> Self {
@@ -177,12 +168,12 @@ impl PasswordHashing {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> ApiResult<T> {
-        use std::sync::atomic::Ordering;
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue {
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                let (place, ahead) = crate::Waiting::enter(&self.waiting);
+                if ahead >= self.queue {
+                    drop(place);
                     if let Some(c) = &self.refused {
                         c.inc();
                     }
@@ -193,7 +184,6 @@ impl PasswordHashing {
                         retry_after_ms: ms,
                     });
                 }
-                let _place = Waiting(&self.waiting);
                 self.permits
                     .clone()
                     .acquire_owned()
