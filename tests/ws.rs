@@ -376,10 +376,7 @@ async fn subscribes_sent_at_once_are_answered_in_order_each_with_its_replay() {
 async fn subscribes_sent_at_once_read_their_rooms_together() {
     let s = Server::embedded().await;
     let alice = s.user("alice").await;
-    let mut rooms = Vec::new();
-    for i in 0..12 {
-        rooms.push(alice.create_room(&format!("r{i}"), "public").await);
-    }
+    let rooms = alice.create_public_rooms(12).await;
     let reads = || async {
         common::metric(
             &s.metrics().await,
@@ -411,10 +408,7 @@ async fn subscribes_sent_at_once_read_their_rooms_together() {
 async fn a_burst_of_resumes_that_missed_much_replays_every_room_in_order() {
     let s = common::flood_server().await;
     let alice = s.user("alice").await;
-    let mut rooms = Vec::new();
-    for i in 0..3 {
-        rooms.push(alice.create_room(&format!("busy{i}"), "public").await);
-    }
+    let rooms = alice.create_public_rooms(3).await;
     // Not subscribed: the sender reads only its acks.
     let mut a = alice.connect().await;
     for i in 0..600 {
@@ -464,10 +458,7 @@ async fn subscribes_beyond_the_frame_budget_are_refused_each_by_room() {
     config.ws_frames_burst = 3;
     let s = Server::start_with(config, Some(dir)).await;
     let alice = s.user("alice").await;
-    let mut rooms = Vec::new();
-    for i in 0..5 {
-        rooms.push(alice.create_room(&format!("r{i}"), "public").await);
-    }
+    let rooms = alice.create_public_rooms(5).await;
     let mut a = alice.connect().await;
     a.send_at_once(
         rooms
@@ -1106,10 +1097,7 @@ async fn new_sockets_are_refused_with_retry_after_while_the_store_is_behind() {
     config.ws_admission_backlog = 8;
     let s = Server::start(config).await;
     let alice = s.user("alice").await;
-    let mut rooms = Vec::new();
-    for i in 0..10 {
-        rooms.push(alice.create_room(&format!("r{i}"), "public").await);
-    }
+    let rooms = alice.create_public_rooms(10).await;
     let mut a = alice.connect().await;
     let open = || async {
         let mut req = format!("ws://{}/ws", s.addr).into_client_request().unwrap();

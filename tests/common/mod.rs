@@ -281,6 +281,15 @@ impl User {
         room["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates `n` public rooms named `r0`, `r1`, …; returns their ids in that order.
+    pub async fn create_public_rooms(&self, n: usize) -> Vec<String> {
+        let mut rooms = Vec::with_capacity(n);
+        for i in 0..n {
+            rooms.push(self.create_room(&format!("r{i}"), "public").await);
+        }
+        rooms
+    }
+
     pub async fn join(&self, room: &str) {
         let (s, body) = self
             .api
