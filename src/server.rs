@@ -208,6 +208,7 @@ pub(crate) async fn build(
         config_status: Arc::default(),
         draining: Arc::new(AtomicBool::new(false)),
         started: Instant::now(),
+        shared: Arc::default(),
     };
     Ok((state, writer_task, stop))
 }

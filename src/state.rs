@@ -3,8 +3,8 @@
 //! room is readable or writable). It knows no transport: nothing here speaks HTTP or WebSocket.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
 
 use crate::auth::oidc::{ExternalClaims, Oidc, username_candidates};
@@ -50,6 +50,8 @@ pub struct AppState {
     pub config_status: Arc<std::sync::RwLock<Option<serde_json::Value>>>,
     pub draining: Arc<AtomicBool>,
     pub started: Instant,
+    /// The one copy that long-lived holders share ([`AppState::shared`]), while any holds it.
+    pub shared: Arc<Mutex<Weak<AppState>>>,
 }
 
 /// The answer for a room that does not exist or that the user may not see.
@@ -67,6 +69,19 @@ pub fn may_read(kind: RoomKind, member: Option<&MemberRecord>) -> ApiResult<()> 
 }
 
 impl AppState {
+    /// One copy of this state, shared by whatever holds it for long (every WebSocket
+    /// connection): a pointer each instead of a copy of every handle (176 bytes per idle
+    /// socket, docs/BENCHMARKS.md). Made again when the last holder has dropped it.
+    pub fn shared(&self) -> Arc<AppState> {
+        let mut weak = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = weak.upgrade() {
+            return state;
+        }
+        let state = Arc::new(self.clone());
+        *weak = Arc::downgrade(&state);
+        state
+    }
+
     /// A global admin: named in `--admins`, or an admin by its own account (an admin bot, a
     /// member of the provider's admin group).
     pub fn is_admin(&self, user: &UserRecord) -> bool {

@@ -144,16 +144,14 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Id
         outbox,
         subs: HashMap::new(),
         rules: HashMap::new(),
-        blocked: None,
-        typing: HashMap::new(),
-        receipts: HashMap::new(),
+        extras: None,
         limits: Limits::new(
             state.config.ws_frames_per_second,
             state.config.ws_frames_burst,
             &policy,
         ),
         unacked: 0,
-        state,
+        state: state.shared(),
     };
     // The upgrade's task ends here, and with it what the handshake needed: the socket lives on
     // in a task that holds only the connection, so an idle socket costs no more than that.
@@ -213,8 +211,20 @@ struct Throttle {
     pending: Option<i64>,
 }
 
+/// What a connection keeps only once it types, sends receipts or is sent someone's typing:
+/// boxed, so that a socket that does none of these holds one pointer for it.
+#[derive(Default)]
+struct Extras {
+    /// The users this user blocks (their typing is not shown), read when first needed.
+    blocked: Option<Box<[UserId]>>,
+    /// The rooms this user is shown typing in, and when each indicator runs out.
+    typing: HashMap<RoomId, Instant>,
+    receipts: HashMap<(RoomId, bool), Throttle>,
+}
+
 pub struct Connection {
-    state: AppState,
+    /// The pod's one shared copy: a pointer, not a copy of every handle.
+    state: std::sync::Arc<AppState>,
     user: UserRecord,
     token_exp: u64,
     /// `token_exp` on the monotonic clock, for the connection's timer.
@@ -227,14 +237,16 @@ pub struct Connection {
     rules: HashMap<RoomId, SendRules>,
     /// The user's global mute, kept current by control events.
     muted_until: Option<i64>,
-    /// The users this user blocks (their typing is not shown), read when first needed.
-    blocked: Option<Box<[UserId]>>,
-    typing: HashMap<RoomId, Instant>,
-    receipts: HashMap<(RoomId, bool), Throttle>,
+    /// Typing, receipts and the block list, made when first needed.
+    extras: Option<Box<Extras>>,
     limits: Limits,
     /// Messages submitted whose ack or error has not been written yet.
     unacked: usize,
 }
+
+/// Every idle socket holds a `Connection` for its whole life: a field added here is paid
+/// once per socket (768 bytes before the state was shared and the extras boxed).
+const _: () = assert!(std::mem::size_of::<Connection>() <= 496);
 
 impl Connection {
     async fn serve<S: Socket>(&mut self, sink: &mut S, inbox: &mut Inbox) -> Ended {
@@ -381,10 +393,13 @@ impl Connection {
     /// typing indicator running out, or a coalesced receipt falling due.
     fn next_wake(&self) -> tokio::time::Instant {
         let mut at = self.token_deadline.into_std();
-        if let Some(t) = self.typing.values().min() {
+        let Some(extras) = &self.extras else {
+            return at.into();
+        };
+        if let Some(t) = extras.typing.values().min() {
             at = at.min(*t);
         }
-        for t in self.receipts.values() {
+        for t in extras.receipts.values() {
             if t.pending.is_some() {
                 at = at.min(t.last + RECEIPT_INTERVAL);
             }
@@ -394,7 +409,8 @@ impl Connection {
 
     /// Leaves every room and turns off typing indicators.
     async fn finish(&mut self) {
-        for room in std::mem::take(&mut self.typing).into_keys() {
+        let typing = self.extras.as_mut().map(|x| std::mem::take(&mut x.typing));
+        for room in typing.unwrap_or_default().into_keys() {
             self.publish_typing(room, false);
         }
         let rooms: Vec<RoomId> = self.subs.drain().map(|(r, _)| r).collect();
@@ -462,19 +478,35 @@ impl Connection {
     /// store on the first typing frame after connecting (or after a block changed it): most
     /// sockets never pay for it.
     async fn typing_hidden(&mut self, text: &str) -> bool {
-        if self.blocked.is_none() {
-            let list = match self.state.store.blocked_users(self.user.id).await {
-                Ok(users) => users.into_iter().map(|u| u.id).collect(),
-                Err(_) => return false,
-            };
-            self.blocked = Some(list);
+        let known = self.extras.as_ref().is_some_and(|x| x.blocked.is_some());
+        // Boxed: the read happens once per socket, and its state would otherwise be in
+        // every idle connection's task.
+        if !known && !Box::pin(self.read_blocked()).await {
+            return false;
         }
-        let blocked = self.blocked.as_deref().unwrap_or_default();
+        let blocked = self
+            .extras
+            .as_ref()
+            .and_then(|x| x.blocked.as_deref())
+            .unwrap_or_default();
         // The frame is `{"type":"typing","room":…,"user":"<id>",…}`: the sender's id is the
         // only user id in it.
         blocked
             .iter()
             .any(|u| text.contains(&format!("\"user\":\"{u}\"")))
+    }
+
+    /// Reads the users this user blocks; false when the store could not say.
+    async fn read_blocked(&mut self) -> bool {
+        let Ok(users) = self.state.store.blocked_users(self.user.id).await else {
+            return false;
+        };
+        self.extras().blocked = Some(users.into_iter().map(|u| u.id).collect());
+        true
+    }
+
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     /// Applies a control event to this connection; returns the frame to tell the client, if any.
@@ -487,7 +519,9 @@ impl Connection {
                 ..
             } => {
                 self.rules.remove(&room);
-                self.typing.remove(&room);
+                if let Some(x) = &mut self.extras {
+                    x.typing.remove(&room);
+                }
                 let was_subscribed = drop_subscription && self.subs.remove(&room).is_some();
                 if was_subscribed {
                     self.state.hub.unsubscribe(room, &self.outbox).await;
@@ -531,8 +565,10 @@ impl Connection {
             | ControlEvent::KeyRevoked { .. }
             | ControlEvent::WebhooksChanged => None,
             ControlEvent::Blocked { user, .. } => {
-                if user == self.user.id {
-                    self.blocked = None;
+                if user == self.user.id
+                    && let Some(x) = &mut self.extras
+                {
+                    x.blocked = None;
                 }
                 None
             }
@@ -913,7 +949,9 @@ impl Connection {
         chat::submit_message(&self.state, author, room, draft, rules, reply).await?;
         self.unacked += 1;
         // A message ends the sender's typing indicator.
-        if self.typing.remove(&room).is_some() {
+        if let Some(x) = &mut self.extras
+            && x.typing.remove(&room).is_some()
+        {
             self.publish_typing(room, false);
         }
         Ok(())
@@ -932,11 +970,13 @@ impl Connection {
     async fn typing(&mut self, room: RoomId, active: bool) -> ApiResult<()> {
         rules_for(&self.state, &mut self.rules, self.user.id, room).await?;
         let was_active = if active {
-            self.typing
+            self.extras()
+                .typing
                 .insert(room, Instant::now() + TYPING_TTL)
                 .is_some()
         } else {
-            self.typing.remove(&room).is_some()
+            let typing = self.extras.as_mut().map(|x| &mut x.typing);
+            typing.is_some_and(|t| t.remove(&room).is_some())
         };
         // Refreshes of an active indicator only extend its life; subscribers hear changes.
         if active != was_active {
@@ -952,10 +992,11 @@ impl Connection {
         }
         let key = (room, marker == Marker::Read);
         let now = Instant::now();
-        match self.receipts.get_mut(&key) {
+        let receipts = &mut self.extras.get_or_insert_with(Box::default).receipts;
+        match receipts.get_mut(&key) {
             Some(t) if now.duration_since(t.last) < RECEIPT_INTERVAL => t.pending = Some(seq),
             _ => {
-                self.receipts.insert(
+                receipts.insert(
                     key,
                     Throttle {
                         last: now,
@@ -971,17 +1012,19 @@ impl Connection {
     /// Expires typing indicators and sends coalesced receipts.
     fn housekeeping(&mut self) {
         let now = Instant::now();
-        let expired: Vec<RoomId> = self
+        let Some(extras) = self.extras.as_deref_mut() else {
+            return;
+        };
+        let expired: Vec<RoomId> = extras
             .typing
             .iter()
             .filter(|(_, deadline)| **deadline <= now)
             .map(|(r, _)| *r)
             .collect();
-        for room in expired {
-            self.typing.remove(&room);
-            self.publish_typing(room, false);
+        for room in &expired {
+            extras.typing.remove(room);
         }
-        for ((room, read), t) in self.receipts.iter_mut() {
+        for ((room, read), t) in extras.receipts.iter_mut() {
             if now.duration_since(t.last) >= RECEIPT_INTERVAL
                 && let Some(seq) = t.pending.take()
             {
@@ -993,6 +1036,9 @@ impl Connection {
                 };
                 chat::publish_receipt(&self.state, *room, self.user.id, marker, seq);
             }
+        }
+        for room in expired {
+            self.publish_typing(room, false);
         }
     }
 }
