@@ -138,7 +138,7 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Id
     let policy = state.policies.current();
     let mut conn = Connection {
         muted_until: user.muted_until,
-        user,
+        user: Box::new(user),
         token_exp,
         token_deadline: token_deadline(token_exp),
         outbox,
@@ -225,7 +225,8 @@ struct Extras {
 pub struct Connection {
     /// The pod's one shared copy: a pointer, not a copy of every handle.
     state: std::sync::Arc<AppState>,
-    user: UserRecord,
+    /// Boxed: the task holds a pointer, not the record's 160 bytes.
+    user: Box<UserRecord>,
     token_exp: u64,
     /// `token_exp` on the monotonic clock, for the connection's timer.
     token_deadline: tokio::time::Instant,
@@ -246,19 +247,13 @@ pub struct Connection {
 
 /// Every idle socket holds a `Connection` for its whole life: a field added here is paid
 /// once per socket (768 bytes before the state was shared and the extras boxed).
-const _: () = assert!(std::mem::size_of::<Connection>() <= 496);
+const _: () = assert!(std::mem::size_of::<Connection>() <= 344);
 
 impl Connection {
     async fn serve<S: Socket>(&mut self, sink: &mut S, inbox: &mut Inbox) -> Ended {
-        // Built and dropped before the loop: a local held across it would stay in every
-        // idle connection's task.
-        let hello = ServerFrame::Hello {
-            user: self.state.user_json(&self.user),
-            connection_id: format!("{}-{}", self.state.hub.pod(), self.outbox.conn),
-            heartbeat_ms: self.state.config.heartbeat_ms,
-        }
-        .encode();
-        if sink.send(WsMessage::Text(hello)).await.is_err() {
+        // Boxed, like every write outside the delivery path: what a write awaits would
+        // otherwise stay in every idle connection's task.
+        if Box::pin(self.hello(sink)).await.is_err() {
             return Ended::gone("client_gone");
         }
         let period = Duration::from_millis(self.state.config.heartbeat_ms);
@@ -300,18 +295,8 @@ impl Connection {
                             return Ended::closing(reason, c);
                         }
                     };
-                    // Everything queued goes out in one write (up to a bound, so one busy
-                    // socket cannot hold its worker thread for long).
-                    if self.outbound(item, sink).await.is_err() {
-                        return Ended::gone("client_gone");
-                    }
-                    for _ in 1..WRITE_BATCH {
-                        let Some(item) = inbox.try_recv() else { break };
-                        if self.outbound(item, sink).await.is_err() {
-                            return Ended::gone("client_gone");
-                        }
-                    }
-                    if sink.flush().await.is_err() {
+                    // Boxed: what writing awaits is only needed while it writes.
+                    if Box::pin(self.deliver(item, sink, inbox)).await.is_err() {
                         return Ended::gone("client_gone");
                     }
                 }
@@ -323,7 +308,8 @@ impl Connection {
                             return Ended::gone("heartbeat_timeout");
                         }
                         missed_pongs += 1;
-                        if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                        let ping = sink.send(WsMessage::Ping(Default::default()));
+                        if Box::pin(ping).await.is_err() {
                             return Ended::gone("client_gone");
                         }
                         ping_at = now + period;
@@ -347,6 +333,32 @@ impl Connection {
                 wake.as_mut().reset(next);
             }
         }
+    }
+
+    /// Writes what is queued in one write (up to a bound, so one busy socket cannot hold its
+    /// worker thread for long). Err when the socket is gone.
+    async fn deliver<S: Socket>(
+        &mut self,
+        first: Outbound,
+        sink: &mut S,
+        inbox: &mut Inbox,
+    ) -> Result<(), ()> {
+        self.outbound(first, sink).await?;
+        for _ in 1..WRITE_BATCH {
+            let Some(item) = inbox.try_recv() else { break };
+            self.outbound(item, sink).await?;
+        }
+        sink.flush().await.map_err(|_| ())
+    }
+
+    async fn hello<S: Socket>(&self, sink: &mut S) -> Result<(), axum::Error> {
+        let hello = ServerFrame::Hello {
+            user: self.state.user_json(&self.user),
+            connection_id: format!("{}-{}", self.state.hub.pod(), self.outbox.conn),
+            heartbeat_ms: self.state.config.heartbeat_ms,
+        }
+        .encode();
+        sink.send(WsMessage::Text(hello)).await
     }
 
     /// Acts on what the socket read: a frame, its end or a failure. A burst of `subscribe`
