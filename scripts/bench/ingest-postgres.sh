@@ -36,7 +36,7 @@ for n in $(seq "$runs"); do
     server_pid=$!
     wait_healthy http://127.0.0.1:18100
     taskset -c 1 "$bin/confab-bench" --url http://127.0.0.1:18100 --server-pid "$server_pid" --json \
-        ingest --senders 64 --window 32 --seconds 10 | tr -d '\n '
+        ingest --senders 64 --window 32 --seconds 10 | one_line
     echo
     kill "$server_pid"
     wait "$server_pid" 2>/dev/null || true

@@ -38,3 +38,10 @@ wait_healthy() {
     echo "no answer from $1/healthz" >&2
     return 1
 }
+
+# one_line: the bench's JSON (from stdin) on one line, without a trailing newline. It is
+# re-serialised rather than stripped of spaces, so strings inside it (a refusal's reason)
+# keep theirs.
+one_line() {
+    python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), separators=(",", ":")), end="")'
+}

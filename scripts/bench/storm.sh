@@ -59,7 +59,7 @@ for n in $(seq "$runs"); do
         storm --sockets "$sockets" --victim-pid "$a" \
         --resume-url http://127.0.0.1:18102,http://127.0.0.1:18103 --resume-pid "$b,$c" \
         --database-url "postgres://postgres@127.0.0.1:15432/storm$n" --redis-url redis://127.0.0.1:16379 \
-        | tr -d '\n '
+        | one_line
     echo "}"
     if [ -n "${STORM_KEEP:-}" ]; then
         cp "$work"/server-*.log "$STORM_KEEP"/

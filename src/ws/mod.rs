@@ -271,6 +271,11 @@ impl Connection {
             tokio::select! {
                 incoming = sink.next() => {
                     missed_pongs = 0;
+                    // A heartbeat's pong (or a client's ping, which tungstenite answers
+                    // itself) moves no deadline and needs no handling.
+                    if matches!(incoming, Some(Ok(WsMessage::Pong(_) | WsMessage::Ping(_)))) {
+                        continue;
+                    }
                     rearm = true;
                     // Boxed: handling a frame awaits the store, and that state is only needed
                     // while a frame is handled, not in every idle connection's task.
