@@ -76,7 +76,7 @@ fn fan_out(
         created_ms,
     });
     for sub in subscribers.values() {
-        if Some(sub.user) == except {
+        if except.is_some_and(|u| sub.user() == u) {
             continue;
         }
         if sub.push(Outbound::Room(event.clone())) {
@@ -179,13 +179,13 @@ impl Hub {
         let first = {
             let mut users = self.users.lock().expect("users lock");
             users.insert(outbox);
-            users.connections_of(outbox.user) == 1
+            users.connections_of(outbox.user()) == 1
         };
         self.metrics.ws_connections.inc();
         self.metrics.ws_opened.inc();
         if first && self.bus.has_peers() {
             // Other pods learn the user has a socket here (for offline notifications).
-            let (bus, user) = (self.bus.clone(), outbox.user);
+            let (bus, user) = (self.bus.clone(), outbox.user());
             tokio::spawn(async move { bus.connected_set(user, true).await });
         }
     }
@@ -214,12 +214,12 @@ impl Hub {
         let last = {
             let mut users = self.users.lock().expect("users lock");
             users.remove(outbox);
-            users.connections_of(outbox.user) == 0
+            users.connections_of(outbox.user()) == 0
         };
         self.keyed.lock().expect("keyed lock").remove(&outbox.conn);
         self.metrics.ws_connections.dec();
         if last && self.bus.has_peers() {
-            self.bus.connected_set(outbox.user, false).await;
+            self.bus.connected_set(outbox.user(), false).await;
         }
     }
 
@@ -307,7 +307,7 @@ impl Hub {
                 self.metrics.deliveries.inc_by(n as u64);
             });
             s.subscribers.insert(outbox.conn, outbox.clone());
-            let first = s.presence.join(outbox.user);
+            let first = s.presence.join(outbox.user());
             (cursor, first, fill)
         };
         self.metrics.subscriptions.inc();
@@ -315,7 +315,7 @@ impl Hub {
             self.schedule_gap_fill(room, last_seq);
         }
         if came_online {
-            self.presence_changed(room, outbox.user, true).await;
+            self.presence_changed(room, outbox.user(), true).await;
         }
         Ok(Subscribed { cursor })
     }
@@ -328,7 +328,7 @@ impl Hub {
             };
             let mut s = state.lock().expect("room lock");
             let removed = s.subscribers.remove(&outbox.conn).is_some();
-            let offline = removed && s.presence.leave(outbox.user);
+            let offline = removed && s.presence.leave(outbox.user());
             (removed, offline, s.subscribers.is_empty())
         };
         if !removed {
@@ -336,7 +336,7 @@ impl Hub {
         }
         self.metrics.subscriptions.dec();
         if went_offline {
-            self.presence_changed(room, outbox.user, false).await;
+            self.presence_changed(room, outbox.user(), false).await;
         }
         if now_empty {
             let dropped = {

@@ -82,19 +82,23 @@ impl Outbound {
     }
 }
 
+/// A connection's sending end. The hub keeps one copy per room the connection is subscribed
+/// to, so what does not differ between copies lives once, in the queue.
 #[derive(Clone)]
 pub struct Outbox {
     pub conn: ConnId,
-    pub user: UserId,
     queue: Arc<Queue>,
-    metrics: Metrics,
 }
+
+const _: () = assert!(std::mem::size_of::<Outbox>() <= 16);
 
 /// The queue and the close signal of one connection, in one allocation of about a hundred
 /// bytes: nothing is allocated for items until the first one arrives, so an idle socket pays
 /// for no buffer (a channel's first block of slots, and a second channel for the close, were
 /// over a kilobyte per socket).
 struct Queue {
+    user: UserId,
+    metrics: Metrics,
     state: Mutex<QueueState>,
     /// The connection's task, woken when an item or a close arrives.
     waker: AtomicWaker,
@@ -232,6 +236,8 @@ impl Outbox {
     /// A new outbox and the receiving end of its queue.
     pub fn new(user: UserId, capacity: usize, metrics: Metrics) -> (Outbox, Inbox) {
         let queue = Arc::new(Queue {
+            user,
+            metrics,
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
                 close: None,
@@ -244,12 +250,15 @@ impl Outbox {
         (
             Outbox {
                 conn,
-                user,
                 queue: queue.clone(),
-                metrics,
             },
             Inbox { queue },
         )
+    }
+
+    /// The user the connection belongs to.
+    pub fn user(&self) -> UserId {
+        self.queue.user
     }
 
     /// Queues an item without waiting. False when the connection is gone, closing, or too
@@ -263,7 +272,7 @@ impl Outbox {
             if q.items.len() >= self.queue.capacity {
                 q.close = Some(Close::SLOW_CONSUMER);
                 drop(q);
-                self.metrics.slow_consumers.inc();
+                self.queue.metrics.slow_consumers.inc();
                 self.queue.waker.wake();
                 return false;
             }

@@ -18,7 +18,7 @@ impl Registry {
     pub fn insert(&mut self, outbox: &Outbox) -> bool {
         let fresh = self
             .users
-            .entry(outbox.user)
+            .entry(outbox.user())
             .or_default()
             .insert(outbox.conn, outbox.clone())
             .is_none();
@@ -28,12 +28,12 @@ impl Registry {
 
     /// Removes a connection; false if it was not there.
     pub fn remove(&mut self, outbox: &Outbox) -> bool {
-        let Some(conns) = self.users.get_mut(&outbox.user) else {
+        let Some(conns) = self.users.get_mut(&outbox.user()) else {
             return false;
         };
         let removed = conns.remove(&outbox.conn).is_some();
         if conns.is_empty() {
-            self.users.remove(&outbox.user);
+            self.users.remove(&outbox.user());
         }
         self.connections -= usize::from(removed);
         removed
@@ -74,7 +74,7 @@ impl Registry {
             assert!(!conns.is_empty(), "user {user} listed with no connection");
             for (conn, outbox) in conns {
                 assert_eq!(
-                    (outbox.user, outbox.conn),
+                    (outbox.user(), outbox.conn),
                     (*user, *conn),
                     "misfiled connection"
                 );

@@ -63,6 +63,10 @@ enum Scenario {
         /// presence and connection records grow with users, not sockets.
         #[arg(long, default_value_t = 1)]
         users: usize,
+        /// Rooms each connection subscribes to (every connection to the same ones): the hub
+        /// keeps an entry per subscription.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
     },
     /// One room with M subscribers; K senders at R messages/s each; latency from the send
     /// time written in each body to its arrival.
@@ -489,7 +493,8 @@ async fn main() -> anyhow::Result<()> {
             connections,
             settle,
             users,
-        } => idle(&cli, &target, *connections, *settle, *users).await?,
+            rooms,
+        } => idle(&cli, &target, *connections, *settle, *users, *rooms).await?,
         Scenario::Fanout {
             members,
             senders,
@@ -581,14 +586,19 @@ async fn idle(
     n: usize,
     settle: u64,
     users: usize,
+    rooms: usize,
 ) -> anyhow::Result<Value> {
     let token = t.user("idle").await?;
-    let room = t.public_room(&token, "idle").await?;
+    let mut room_ids = Vec::new();
+    for _ in 0..rooms.max(1) {
+        room_ids.push(t.public_room(&token, "idle").await?);
+    }
+    let room_ids = Arc::new(room_ids);
     let mut tokens = vec![token.clone()];
     for chunk in (1..users.max(1)).collect::<Vec<_>>().chunks(64) {
         let joined = chunk.iter().map(|_| {
-            let (t, room) = (t.clone(), room.clone());
-            async move { t.member_of("idle", &[room]).await }
+            let (t, rooms) = (t.clone(), room_ids.clone());
+            async move { t.member_of("idle", &rooms).await }
         });
         for token in futures::future::join_all(joined).await {
             tokens.push(token?);
@@ -607,10 +617,12 @@ async fn idle(
         for i in chunk {
             let t = t.clone();
             let token = tokens[i % tokens.len()].clone();
-            let room = room.clone();
+            let rooms = room_ids.clone();
             batch.push(tokio::spawn(async move {
                 let mut ws = t.socket(&token).await?;
-                subscribe(&mut ws, &room).await?;
+                for room in rooms.iter() {
+                    subscribe(&mut ws, room).await?;
+                }
                 anyhow::Ok(ws)
             }));
         }
@@ -646,6 +658,7 @@ async fn idle(
         "scenario": "idle",
         "connections": n,
         "users": tokens.len(),
+        "rooms_per_connection": room_ids.len(),
         "open_seconds": (open_secs * 100.0).round() / 100.0,
         "server_rss_before_bytes": rss_before,
         "server_rss_after_bytes": rss_after,
