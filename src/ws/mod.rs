@@ -6,6 +6,7 @@
 
 mod handshake;
 pub mod limits;
+mod rooms;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use crate::state::AppState;
 use crate::store::{Marker, MessageRecord, Span, StoreResult, UserRecord};
 use handshake::{authenticate, token_deadline, too_big};
 use limits::{FrameKind, Limits, Verdict};
+use rooms::RoomMap;
 
 pub use limits::{ABUSE_LIMIT, ABUSE_WINDOW};
 
@@ -142,8 +144,8 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Id
         token_exp,
         token_deadline: token_deadline(token_exp),
         outbox,
-        subs: HashMap::new(),
-        rules: HashMap::new(),
+        subs: RoomMap::new(),
+        rules: RoomMap::new(),
         extras: None,
         limits: Limits::new(
             state.config.ws_frames_per_second,
@@ -232,10 +234,10 @@ pub struct Connection {
     token_deadline: tokio::time::Instant,
     outbox: Outbox,
     /// Subscribed rooms and the last message seq this socket was sent in each.
-    subs: HashMap<RoomId, i64>,
+    subs: RoomMap<i64>,
     /// Send rules of rooms whose membership was checked, so sending needs no query per
     /// message; control events keep them current.
-    rules: HashMap<RoomId, SendRules>,
+    rules: RoomMap<SendRules>,
     /// The user's global mute, kept current by control events.
     muted_until: Option<i64>,
     /// Typing, receipts and the block list, made when first needed.
@@ -247,7 +249,7 @@ pub struct Connection {
 
 /// Every idle socket holds a `Connection` for its whole life: a field added here is paid
 /// once per socket (768 bytes before the state was shared and the extras boxed).
-const _: () = assert!(std::mem::size_of::<Connection>() <= 344);
+const _: () = assert!(std::mem::size_of::<Connection>() <= 272);
 
 impl Connection {
     async fn serve<S: Socket>(&mut self, sink: &mut S, inbox: &mut Inbox) -> Ended {
@@ -430,7 +432,7 @@ impl Connection {
         for room in typing.unwrap_or_default().into_keys() {
             self.publish_typing(room, false);
         }
-        let rooms: Vec<RoomId> = self.subs.drain().map(|(r, _)| r).collect();
+        let rooms = self.subs.take_rooms();
         self.state.hub.unregister(&self.outbox, rooms).await;
     }
 
@@ -1149,7 +1151,7 @@ impl Plan {
 /// and then kept until a control event says otherwise.
 async fn rules_for(
     state: &AppState,
-    cache: &mut HashMap<RoomId, SendRules>,
+    cache: &mut RoomMap<SendRules>,
     user: crate::ids::UserId,
     room: RoomId,
 ) -> ApiResult<SendRules> {
