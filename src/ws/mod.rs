@@ -73,8 +73,9 @@ fn is_typing(text: &str) -> bool {
 
 /// Beyond this many missed messages a resume is not replayed (`recovered: false`).
 pub const MAX_REPLAY: i64 = 1000;
-/// Bytes read from a socket at a time (tungstenite keeps a buffer of this size per socket).
-const READ_BUFFER: usize = 512;
+/// Bytes read from a socket at a time (tungstenite keeps a buffer of this size per socket,
+/// and reads a larger frame in reads of this size into a buffer of the frame's length).
+const READ_BUFFER: usize = 256;
 /// How long a connection closed by the server waits for the acks of messages it submitted.
 const ACK_LINGER: Duration = Duration::from_secs(1);
 /// At most this many queued frames are written per flush.
