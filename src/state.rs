@@ -190,3 +190,33 @@ impl AppState {
         Ok(SendRules::new(&r, &member))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::config::Config;
+
+    /// Sockets share one copy of the state while any holds it; once none does, the copy is
+    /// freed and the next socket makes a new one.
+    #[tokio::test]
+    async fn long_lived_holders_share_one_copy_of_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _writer, _stop) =
+            crate::server::build(Config::for_tests(dir.path().to_path_buf()))
+                .await
+                .unwrap();
+        let first = state.shared();
+        let second = state.clone().shared();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(Arc::strong_count(&first), 2);
+        let weak = Arc::downgrade(&first);
+        drop((first, second));
+        assert!(
+            weak.upgrade().is_none(),
+            "the copy is freed with its last holder"
+        );
+        let again = state.shared();
+        assert_eq!(Arc::strong_count(&again), 1);
+    }
+}

@@ -250,7 +250,7 @@ pub struct Connection {
 }
 
 /// Every idle socket holds a `Connection` for its whole life: a field added here is paid
-/// once per socket (768 bytes before the state was shared and the extras boxed).
+/// once per socket (it was 768 bytes before the steps in docs/BENCHMARKS.md, "Idle memory").
 const _: () = assert!(std::mem::size_of::<Connection>() <= 144);
 
 impl Connection {
