@@ -51,7 +51,7 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     pub started: Instant,
     /// The one copy that long-lived holders share ([`AppState::shared`]), while any holds it.
-    pub shared: Arc<Mutex<Weak<AppState>>>,
+    pub(crate) shared: Arc<Mutex<Weak<AppState>>>,
 }
 
 /// The answer for a room that does not exist or that the user may not see.
