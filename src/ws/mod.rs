@@ -1013,6 +1013,7 @@ impl Connection {
         }
         let key = (room, marker == Marker::Read);
         let now = Instant::now();
+        // The field rather than `extras()`, so that `self.state` stays borrowable below.
         let receipts = &mut self.extras.get_or_insert_with(Box::default).receipts;
         match receipts.get_mut(&key) {
             Some(t) if now.duration_since(t.last) < RECEIPT_INTERVAL => t.pending = Some(seq),
