@@ -456,7 +456,12 @@ impl Hub {
     // ---- delivery ----------------------------------------------------------------------
 
     /// A message this pod committed: deliver it here, then tell the other pods.
-    #[tracing::instrument(name = "publish_message", skip_all, fields(room = %m.room_id, seq = m.seq))]
+    #[tracing::instrument(
+        name = "publish_message",
+        target = "confab::trace",
+        skip_all,
+        fields(room = %m.room_id, seq = m.seq)
+    )]
     pub fn publish_message(self: &Arc<Self>, m: &MessageRecord) {
         let text = message_frame(m);
         self.deliver_message(m.room_id, m.seq, text.clone(), m.created_at);
@@ -904,8 +909,13 @@ impl Hub {
         let lag = (crate::now_ms() - env.sent_ms).max(0) as f64 / 1000.0;
         self.metrics.bus_lag.observe(lag);
         // The event's trace continues here, on this pod.
-        let span =
-            tracing::info_span!("deliver", room = %env.room, seq = env.seq, lag_ms = lag * 1000.0);
+        let span = tracing::info_span!(
+            target: crate::telemetry::PER_MESSAGE,
+            "deliver",
+            room = %env.room,
+            seq = env.seq,
+            lag_ms = lag * 1000.0
+        );
         crate::telemetry::continue_trace(&span, &env.trace);
         let _entered = span.enter();
         match env.kind {
