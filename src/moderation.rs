@@ -11,17 +11,22 @@ use crate::error::ApiError;
 use crate::ids::{RoomId, UserId};
 use crate::store::{MemberRecord, Role, RoomRecord};
 
-/// The parts of a room and a membership that decide whether a member may send.
+/// The parts of a room and a membership that decide whether a member may send. A socket keeps
+/// one for every room it sends to or is subscribed to, so it is kept to 16 bytes (it was 32):
+/// slow mode is at most a day (`slow_mode_seconds` is checked on the way in), and a mute's
+/// end is a time after the epoch, so `0` can stand for none.
 #[derive(Clone, Debug)]
 pub struct SendRules {
     pub role: Role,
     pub archived: bool,
     pub read_only: bool,
-    pub slow_mode_seconds: i64,
-    pub member_muted_until: Option<i64>,
     /// A direct room: every message notifies the other person.
     pub direct: bool,
+    slow_mode_seconds: u32,
+    member_muted_until: Option<std::num::NonZeroI64>,
 }
+
+const _: () = assert!(std::mem::size_of::<SendRules>() <= 16);
 
 impl SendRules {
     pub fn new(room: &RoomRecord, member: &MemberRecord) -> Self {
@@ -34,10 +39,15 @@ impl SendRules {
             role: member.role,
             archived: room.archived,
             read_only: room.read_only,
-            slow_mode_seconds: room.slow_mode_seconds,
-            member_muted_until: member.muted_until,
             direct: room.kind == crate::store::RoomKind::Direct,
+            slow_mode_seconds: u32::try_from(room.slow_mode_seconds.max(0)).unwrap_or(u32::MAX),
+            member_muted_until: member.muted_until.and_then(std::num::NonZeroI64::new),
         }
+    }
+
+    /// The member's mute in this room changed (a control event).
+    pub fn set_member_muted_until(&mut self, until: Option<i64>) {
+        self.member_muted_until = until.and_then(std::num::NonZeroI64::new);
     }
 
     pub fn is_moderator(&self) -> bool {
@@ -55,7 +65,7 @@ impl SendRules {
         if user_muted_until.is_some_and(|t| t > now) {
             return Err(ApiError::Muted("you are muted".into()));
         }
-        if self.member_muted_until.is_some_and(|t| t > now) {
+        if self.member_muted_until.is_some_and(|t| t.get() > now) {
             return Err(ApiError::Muted("you are muted in this room".into()));
         }
         Ok(())
@@ -64,7 +74,7 @@ impl SendRules {
     /// The slow-mode interval that applies to this member, if any.
     pub fn slow_mode(&self) -> Option<std::time::Duration> {
         (self.slow_mode_seconds > 0 && !self.is_moderator())
-            .then(|| std::time::Duration::from_secs(self.slow_mode_seconds as u64))
+            .then(|| std::time::Duration::from_secs(u64::from(self.slow_mode_seconds)))
     }
 }
 
@@ -130,9 +140,9 @@ mod tests {
             role,
             archived: false,
             read_only: false,
+            direct: false,
             slow_mode_seconds: 0,
             member_muted_until: None,
-            direct: false,
         }
     }
 
@@ -155,10 +165,8 @@ mod tests {
 
     #[test]
     fn mutes_expire_by_themselves() {
-        let r = SendRules {
-            member_muted_until: Some(1_000),
-            ..rules(Role::Member)
-        };
+        let mut r = rules(Role::Member);
+        r.set_member_muted_until(Some(1_000));
         assert_eq!(r.check(None, 999).unwrap_err().code(), "muted");
         assert!(r.check(None, 1_000).is_ok());
         assert_eq!(

@@ -557,7 +557,7 @@ impl Connection {
             }
             ControlEvent::MemberMuted { room, until, .. } => {
                 if let Some(r) = self.rules.get_mut(&room) {
-                    r.member_muted_until = until;
+                    r.set_member_muted_until(until);
                 }
                 None
             }
