@@ -31,7 +31,7 @@ use crate::state::AppState;
 use crate::store::{Marker, MessageRecord, Span, StoreResult, UserRecord};
 use handshake::{authenticate, token_deadline, too_big};
 use limits::{FrameKind, Limits, Verdict};
-use rooms::RoomMap;
+use rooms::Rooms;
 
 pub use limits::{ABUSE_LIMIT, ABUSE_WINDOW};
 
@@ -145,8 +145,7 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Id
         token_exp,
         token_deadline: token_deadline(token_exp),
         outbox,
-        subs: RoomMap::new(),
-        rules: RoomMap::new(),
+        rooms: Rooms::new(),
         extras: None,
         limits: Box::new(Limits::new(
             state.config.ws_frames_per_second,
@@ -234,11 +233,10 @@ pub struct Connection {
     /// `token_exp` on the monotonic clock, for the connection's timer.
     token_deadline: tokio::time::Instant,
     outbox: Outbox,
-    /// Subscribed rooms and the last message seq this socket was sent in each.
-    subs: RoomMap<i64>,
-    /// Send rules of rooms whose membership was checked, so sending needs no query per
-    /// message; control events keep them current.
-    rules: RoomMap<SendRules>,
+    /// Subscribed rooms with the last message seq this socket was sent in each, and the send
+    /// rules of rooms whose membership was checked, so sending needs no query per message
+    /// (control events keep them current).
+    rooms: Rooms,
     /// The user's global mute, kept current by control events.
     muted_until: Option<i64>,
     /// Typing, receipts and the block list, made when first needed.
@@ -251,7 +249,7 @@ pub struct Connection {
 
 /// Every idle socket holds a `Connection` for its whole life: a field added here is paid
 /// once per socket (it was 768 bytes before the steps in docs/BENCHMARKS.md, "Idle memory").
-const _: () = assert!(std::mem::size_of::<Connection>() <= 144);
+const _: () = assert!(std::mem::size_of::<Connection>() <= 120);
 
 impl Connection {
     async fn serve<S: Socket>(&mut self, sink: &mut S, inbox: &mut Inbox) -> Ended {
@@ -434,7 +432,7 @@ impl Connection {
         for room in typing.unwrap_or_default().into_keys() {
             self.publish_typing(room, false);
         }
-        let rooms = self.subs.take_rooms();
+        let rooms = self.rooms.take_subscribed();
         self.state.hub.unregister(&self.outbox, rooms).await;
     }
 
@@ -473,7 +471,7 @@ impl Connection {
                 {
                     return Ok(());
                 }
-                let Some(cursor) = self.subs.get_mut(&event.room) else {
+                let Some(cursor) = self.rooms.cursor_mut(&event.room) else {
                     return Ok(());
                 };
                 if event.seq > 0 {
@@ -539,11 +537,11 @@ impl Connection {
                 drop_subscription,
                 ..
             } => {
-                self.rules.remove(&room);
+                self.rooms.forget_rules(&room);
                 if let Some(x) = &mut self.extras {
                     x.typing.remove(&room);
                 }
-                let was_subscribed = drop_subscription && self.subs.remove(&room).is_some();
+                let was_subscribed = drop_subscription && self.rooms.unsubscribe(&room);
                 if was_subscribed {
                     self.state.hub.unsubscribe(room, &self.outbox).await;
                 }
@@ -556,7 +554,7 @@ impl Connection {
                 }
             }
             ControlEvent::MemberMuted { room, until, .. } => {
-                if let Some(r) = self.rules.get_mut(&room) {
+                if let Some(r) = self.rooms.rules_mut(&room) {
                     r.set_member_muted_until(until);
                 }
                 None
@@ -566,7 +564,7 @@ impl Connection {
                 None
             }
             ControlEvent::MemberAdded { room, .. } => {
-                self.rules.remove(&room);
+                self.rooms.forget_rules(&room);
                 let (record, member) = self.state.readable_room(room, self.user.id).await.ok()?;
                 Some(
                     ServerFrame::RoomJoined(std::borrow::Cow::Borrowed(
@@ -577,7 +575,7 @@ impl Connection {
             }
             ControlEvent::RoomChanged { room } => {
                 // Settings changed (read-only, slow mode, archived): read them again when needed.
-                self.rules.remove(&room);
+                self.rooms.forget_rules(&room);
                 None
             }
             // The hub closes the sockets of banned and deleted accounts itself.
@@ -596,7 +594,7 @@ impl Connection {
             // A socket subscribed to the room sees the message itself.
             ControlEvent::Notify {
                 room, ref frame, ..
-            } => (!self.subs.contains_key(&room)).then(|| Utf8Bytes::from(frame.as_str())),
+            } => (!self.rooms.is_subscribed(&room)).then(|| Utf8Bytes::from(frame.as_str())),
         }
     }
 
@@ -659,7 +657,7 @@ impl Connection {
                 return self.subscribe_burst(first, sink, next).await;
             }
             ClientFrame::Unsubscribe { room } => {
-                if self.subs.remove(&room).is_some() {
+                if self.rooms.unsubscribe(&room) {
                     self.state.hub.unsubscribe(room, &self.outbox).await;
                 }
                 Ok(Some(ServerFrame::Unsubscribed { room }.encode()))
@@ -852,7 +850,8 @@ impl Connection {
     /// place in the room: its cursor, and what it missed to read.
     async fn join(&mut self, sub: &Sub, gate: StoreResult<Gate>) -> ApiResult<Plan> {
         let room = sub.room;
-        if !self.subs.contains_key(&room) && self.subs.len() >= self.state.config.max_subscriptions
+        if !self.rooms.is_subscribed(&room)
+            && self.rooms.subscriptions() >= self.state.config.max_subscriptions
         {
             return Err(ApiError::forbidden(format!(
                 "at most {} subscriptions per connection; unsubscribe first",
@@ -862,7 +861,7 @@ impl Connection {
         let (r, member) = gate?.ok_or_else(crate::state::no_such_room)?;
         crate::state::may_read(r.kind, member.as_ref())?;
         if let Some(m) = &member {
-            self.rules.insert(room, SendRules::of(&r, m));
+            self.rooms.set_rules(room, SendRules::of(&r, m));
         }
         // A cursor beyond the room's last seq is not from this room's history (a restore from
         // backup, another installation): it is ignored, and the client is told to resync.
@@ -870,8 +869,8 @@ impl Connection {
             || sub.since_rev.is_some_and(|since_rev| since_rev > r.rev);
         let since = sub.since.filter(|_| !foreign);
         let since_rev = sub.since_rev.filter(|_| !foreign);
-        let cursor = match self.subs.get(&room) {
-            Some(&c) => c,
+        let cursor = match self.rooms.cursor(&room) {
+            Some(c) => c,
             None => {
                 let s = self
                     .state
@@ -881,7 +880,7 @@ impl Connection {
                 // A client resuming from a pod that was ahead of this one already has
                 // everything up to `since`: what this pod delivers late must not reach it again.
                 let start = since.map_or(s.cursor, |since| since.max(s.cursor));
-                self.subs.insert(room, start);
+                self.rooms.subscribe(room, start);
                 start
             }
         };
@@ -965,7 +964,7 @@ impl Connection {
             username: &self.user.username,
             muted_until: self.muted_until,
         };
-        let rules = rules_for(&self.state, &mut self.rules, self.user.id, room);
+        let rules = rules_for(&self.state, &mut self.rooms, self.user.id, room);
         let reply = Reply::Socket(self.outbox.clone());
         chat::submit_message(&self.state, author, room, draft, rules, reply).await?;
         self.unacked += 1;
@@ -989,7 +988,7 @@ impl Connection {
     }
 
     async fn typing(&mut self, room: RoomId, active: bool) -> ApiResult<()> {
-        rules_for(&self.state, &mut self.rules, self.user.id, room).await?;
+        rules_for(&self.state, &mut self.rooms, self.user.id, room).await?;
         let was_active = if active {
             self.extras()
                 .typing
@@ -1007,7 +1006,7 @@ impl Connection {
     }
 
     async fn receipt(&mut self, room: RoomId, marker: Marker, seq: i64) -> ApiResult<()> {
-        rules_for(&self.state, &mut self.rules, self.user.id, room).await?;
+        rules_for(&self.state, &mut self.rooms, self.user.id, room).await?;
         if !chat::move_marker(&self.state, room, self.user.id, marker, seq).await? {
             return Ok(());
         }
@@ -1154,17 +1153,17 @@ impl Plan {
 /// and then kept until a control event says otherwise.
 async fn rules_for(
     state: &AppState,
-    cache: &mut RoomMap<SendRules>,
+    cache: &mut Rooms,
     user: crate::ids::UserId,
     room: RoomId,
 ) -> ApiResult<SendRules> {
-    if let Some(r) = cache.get(&room) {
+    if let Some(r) = cache.rules(&room) {
         return Ok(r.clone());
     }
     let (r, m) = state.readable_room(room, user).await?;
     let m = m.ok_or_else(|| ApiError::forbidden("join the room first"))?;
     let rules = SendRules::new(&r, &m);
-    cache.insert(room, rules.clone());
+    cache.set_rules(room, rules.clone());
     Ok(rules)
 }
 
