@@ -24,6 +24,20 @@ pg_stop() {
     [ -d "$1/pg" ] && su postgres -c "$pgbin/pg_ctl -D $1/pg -m immediate stop" >/dev/null 2>&1 || true
 }
 
+# pg_cpu_ticks: the CPU time (clock ticks: user + system) of every process of the postgres
+# user now alive: the postmaster, its background processes and the backends.
+pg_cpu_ticks() {
+    local total=0 pid f
+    for pid in $(ps -u postgres -o pid=); do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the command's closing parenthesis.
+        f=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+        # shellcheck disable=SC2086 # the fields, split on purpose
+        set -- $f
+        total=$((total + ${12} + ${13}))
+    done
+    echo "$total"
+}
+
 # pg_createdb NAME: a new database; its URL is postgres://postgres@127.0.0.1:15432/NAME.
 pg_createdb() {
     su postgres -c "$pgbin/createdb -h 127.0.0.1 -p 15432 -U postgres $1"
