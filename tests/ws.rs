@@ -876,6 +876,32 @@ async fn dead_peers_are_dropped_after_two_missed_pings() {
     live.expect("pong").await;
 }
 
+/// A client's (or a proxy's) protocol-level ping on an idle socket is answered: the loop
+/// skips the ping without handling it, and the pong tungstenite queued goes out on its next read.
+#[tokio::test]
+async fn a_clients_websocket_ping_is_answered_on_an_idle_socket() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let mut ws = alice.connect().await;
+    let raw = ws.inner();
+    raw.send(Message::Ping(b"are-you-there"[..].into()))
+        .await
+        .expect("send ping");
+    let pong = tokio::time::timeout(WAIT, async {
+        while let Some(frame) = raw.next().await {
+            if let Message::Pong(payload) = frame.expect("frame") {
+                return Some(payload);
+            }
+        }
+        None
+    })
+    .await
+    .expect("a pong in time");
+    assert_eq!(pong.as_deref(), Some(&b"are-you-there"[..]));
+}
+
 #[tokio::test]
 async fn shutdown_closes_sockets_with_1001_and_readiness_fails_first() {
     let s = Server::embedded().await;

@@ -455,7 +455,8 @@ impl Hub {
 
     // ---- delivery ----------------------------------------------------------------------
 
-    /// A message this pod committed: deliver it here, then tell the other pods.
+    /// A message this pod committed: deliver it here, then tell the other pods. (The target is
+    /// `telemetry::PER_MESSAGE`, spelled out: the attribute takes only a literal.)
     #[tracing::instrument(
         name = "publish_message",
         target = "confab::trace",
