@@ -44,7 +44,7 @@ pub struct GroupCommit {
 }
 
 /// The `ack` frame for a committed message.
-fn ack_frame(m: &MessageRecord) -> axum::extract::ws::Utf8Bytes {
+fn ack_frame(m: &MessageRecord) -> tokio_tungstenite::tungstenite::Utf8Bytes {
     ServerFrame::Ack {
         client_id: m.client_id.as_deref().map(std::borrow::Cow::Borrowed),
         id: m.id,

@@ -6,8 +6,8 @@
 
 use std::borrow::Cow;
 
-use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use confab_protocol::frames::{
     ClientFrame, NotificationReason, PresenceStatus, ReceiptKind, ServerFrame, close,

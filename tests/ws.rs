@@ -1187,3 +1187,106 @@ async fn new_sockets_are_refused_with_retry_after_while_the_store_is_behind() {
         "the refusals are counted"
     );
 }
+
+/// A request to the WebSocket endpoint that is not a WebSocket upgrade gets a 400 that says what
+/// it lacks, in the API's error shape.
+#[tokio::test]
+async fn a_request_that_is_not_a_websocket_upgrade_is_told_what_it_lacks() {
+    let s = Server::embedded().await;
+    let http = reqwest::Client::new();
+    let plain = http.get(s.url("/ws")).send().await.unwrap();
+    assert_eq!(plain.status(), 400);
+    let body: serde_json::Value = plain.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Upgrade: websocket"),
+        "{body}"
+    );
+    let old = http
+        .get(s.url("/ws"))
+        .header("Connection", "keep-alive, Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "8")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 400);
+    let body: serde_json::Value = old.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Sec-WebSocket-Version: 13"),
+        "{body}"
+    );
+}
+
+/// A client may send frames right behind its upgrade request, in the same packet, without
+/// waiting for the answer: the server reads them as the socket's first frames. The answer
+/// carries the accept key RFC 6455 derives from the request's key.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_read() {
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::{Role, frame::Frame};
+
+    let s = Server::embedded().await;
+    let alice = s.user("alice").await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut bytes = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        alice.token, s.addr
+    )
+    .into_bytes();
+    let mut ping = Frame::message(
+        r#"{"type":"ping"}"#,
+        tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+            tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    );
+    ping.header_mut().mask = Some([7, 1, 9, 3]);
+    ping.format(&mut bytes).unwrap();
+    tcp.write_all(&bytes).await.unwrap();
+
+    // The answer's head, then whatever came with it.
+    let mut head = Vec::new();
+    let rest = loop {
+        let mut chunk = [0u8; 1024];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the server closed before answering");
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break head.split_off(end + 4);
+        }
+    };
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The example key and accept value of RFC 6455, section 1.3.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_partially_read(tcp, rest, Role::Client, None)
+            .await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("frames in time")
+            .expect("open")
+            .expect("a frame");
+        if let Message::Text(text) = frame {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            seen.push(v["type"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen, ["hello", "pong"]);
+}

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
-use axum::extract::ws::Utf8Bytes;
 use futures::task::AtomicWaker;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::ids::{RoomId, UserId};
 

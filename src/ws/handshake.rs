@@ -4,16 +4,21 @@
 
 use std::time::Duration;
 
-use axum::extract::Query;
-use axum::extract::State;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{Message as WsMessage, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::{MAX_FRAME_BYTES, READ_BUFFER, Socket, send_close};
+use super::socket::WsSocket;
+use super::{Socket, send_close};
 use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::Close;
@@ -30,7 +35,7 @@ pub(super) async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     if state.is_draining() {
         return ApiError::Unavailable("the server is draining; connect again".into())
@@ -66,13 +71,92 @@ pub(super) async fn upgrade(
         }
         .into_response();
     }
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        // Client frames are small; a larger one grows the buffer for its own length. What is
-        // set here is held by every idle socket.
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(4096)
-        .on_upgrade(move |socket| super::run(state, socket, authenticated))
+    ws.accept(move |socket| super::run(state, socket, authenticated))
+}
+
+/// A WebSocket upgrade request (RFC 6455, section 4.2.1), taken apart: the key to answer and
+/// the connection to take over once the answer is sent.
+pub(super) struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let headers = &parts.headers;
+        let has_token = |name: header::HeaderName, token: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        };
+        if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+            return Err(ApiError::bad_request(
+                "this is the WebSocket endpoint: open it with a WebSocket client \
+                 (Connection: upgrade, Upgrade: websocket)",
+            ));
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
+            return Err(ApiError::bad_request(
+                "the WebSocket version is not supported: send Sec-WebSocket-Version: 13",
+            ));
+        }
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return Err(ApiError::bad_request(
+                "the WebSocket upgrade has no Sec-WebSocket-Key",
+            ));
+        };
+        let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return Err(ApiError::bad_request(
+                "this connection cannot be upgraded to a WebSocket",
+            ));
+        };
+        Ok(Upgrade { key, on_upgrade })
+    }
+}
+
+impl Upgrade {
+    /// Answers 101 and, once the answer is sent, hands the connection to `serve`.
+    fn accept<F, Fut>(self, serve: F) -> Response
+    where
+        F: FnOnce(WsSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let accept = derive_accept_key(self.key.as_bytes());
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    tracing::debug!(error = %e, "WebSocket upgrade failed");
+                    return;
+                }
+            };
+            // The server serves HTTP on TCP connections (`server::serve_http`): this is one.
+            let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+                tracing::error!("a WebSocket upgrade on a connection that is not TCP");
+                return;
+            };
+            serve(WsSocket::new(parts.io.into_inner(), parts.read_buf)).await;
+        });
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        response
+    }
 }
 
 /// Store reads a pod answers per second during a reconnect storm (measured: 15,000 sockets
@@ -135,17 +219,8 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     )))
 }
 
-pub(super) fn too_big(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) =
-            s.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+pub(super) fn too_big(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
 }
 
 /// When a token with this `exp` (Unix seconds) runs out, on the monotonic clock.

@@ -7,14 +7,16 @@
 mod handshake;
 pub mod limits;
 mod rooms;
+mod socket;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes};
 use axum::routing::get;
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 
 use crate::auth::Identity;
 use crate::chat::{self, Author, Draft};
@@ -35,11 +37,11 @@ use rooms::Rooms;
 
 pub use limits::{ABUSE_LIMIT, ABUSE_WINDOW};
 
-/// What a connection reads frames from and writes frames to: axum's `WebSocket` in the server,
-/// an in-memory pair in the unit tests.
+/// What a connection reads frames from and writes frames to: a [`socket::WsSocket`] in the
+/// server, an in-memory pair in the unit tests.
 pub trait Socket:
-    Sink<WsMessage, Error = axum::Error>
-    + Stream<Item = Result<WsMessage, axum::Error>>
+    Sink<WsMessage, Error = WsError>
+    + Stream<Item = Result<WsMessage, WsError>>
     + Unpin
     + Send
     + 'static
@@ -47,8 +49,8 @@ pub trait Socket:
 }
 
 impl<T> Socket for T where
-    T: Sink<WsMessage, Error = axum::Error>
-        + Stream<Item = Result<WsMessage, axum::Error>>
+    T: Sink<WsMessage, Error = WsError>
+        + Stream<Item = Result<WsMessage, WsError>>
         + Unpin
         + Send
         + 'static
@@ -103,7 +105,7 @@ async fn send_close<S: Socket>(sink: &mut S, close: &Close) {
         Utf8Bytes::from_static(close.reason)
     };
     let frame = CloseFrame {
-        code: close.code,
+        code: close.code.into(),
         reason,
     };
     if sink.send(WsMessage::Close(Some(frame))).await.is_err() {
@@ -163,26 +165,8 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Id
         tracing::debug!(conn = conn.outbox.conn, user = %conn.user.id, "connection open");
         let mut inbox = inbox;
         let ended = conn.serve(&mut socket, &mut inbox).await;
-        conn.state
-            .metrics
-            .ws_closed
-            .with_label_values(&[ended.reason])
-            .inc();
-        tracing::debug!(
-            conn = conn.outbox.conn,
-            reason = ended.reason,
-            "connection closed"
-        );
-        if ended.close.is_some() {
-            // A close the client did not ask for: the answers to its messages go first.
-            Box::pin(conn.write_replies(&mut socket, &mut inbox)).await;
-        }
-        drop(inbox);
-        // The connection leaves its rooms at once; the close handshake may take a moment.
-        Box::pin(conn.finish()).await;
-        if let Some(close) = ended.close {
-            send_close(&mut socket, &close).await;
-        }
+        // Boxed: the end of a connection is not held by every open one.
+        Box::pin(conn.end(ended, socket, inbox)).await;
     });
 }
 
@@ -252,18 +236,41 @@ pub struct Connection {
 const _: () = assert!(std::mem::size_of::<Connection>() <= 120);
 
 impl Connection {
+    /// After the loop: counts why it ended, answers what the client sent, leaves the rooms
+    /// and closes the socket.
+    async fn end<S: Socket>(&mut self, ended: Ended, mut socket: S, mut inbox: Inbox) {
+        self.state
+            .metrics
+            .ws_closed
+            .with_label_values(&[ended.reason])
+            .inc();
+        tracing::debug!(
+            conn = self.outbox.conn,
+            reason = ended.reason,
+            "connection closed"
+        );
+        if ended.close.is_some() {
+            // A close the client did not ask for: the answers to its messages go first.
+            self.write_replies(&mut socket, &mut inbox).await;
+        }
+        drop(inbox);
+        // The connection leaves its rooms at once; the close handshake may take a moment.
+        self.finish().await;
+        if let Some(close) = ended.close {
+            send_close(&mut socket, &close).await;
+        }
+    }
+
     async fn serve<S: Socket>(&mut self, sink: &mut S, inbox: &mut Inbox) -> Ended {
         // Boxed, like every write outside the delivery path: what a write awaits would
         // otherwise stay in every idle connection's task.
         if Box::pin(self.hello(sink)).await.is_err() {
             return Ended::gone("client_gone");
         }
-        let period = Duration::from_millis(self.state.config.heartbeat_ms);
         // One timer, in this task's state (no allocation), set to the socket's next deadline:
         // its heartbeat, its token's expiry, or a typing/receipt deadline it has.
-        let mut ping_at = tokio::time::Instant::now() + period;
-        let mut wake_at = self.next_wake().min(ping_at);
-        let wake = tokio::time::sleep_until(wake_at);
+        let mut ping_at = tokio::time::Instant::now() + self.heartbeat();
+        let wake = tokio::time::sleep_until(self.next_wake().min(ping_at));
         tokio::pin!(wake);
         let mut missed_pongs = 0u32;
         loop {
@@ -281,13 +288,8 @@ impl Connection {
                     rearm = true;
                     // Boxed: handling a frame awaits the store, and that state is only needed
                     // while a frame is handled, not in every idle connection's task.
-                    let mut item = incoming;
-                    loop {
-                        match Box::pin(self.incoming(item, sink)).await {
-                            Ok(None) => break,
-                            Ok(Some(next)) => item = next,
-                            Err(ended) => return ended,
-                        }
+                    if let Err(ended) = Box::pin(self.frames(incoming, sink)).await {
+                        return ended;
                     }
                 }
                 next = inbox.recv() => {
@@ -319,7 +321,7 @@ impl Connection {
                         if Box::pin(ping).await.is_err() {
                             return Ended::gone("client_gone");
                         }
-                        ping_at = now + period;
+                        ping_at = now + self.heartbeat();
                     }
                     if crate::now_secs() >= self.token_exp {
                         return Ended::closing("token_expired", Close::UNAUTHENTICATED);
@@ -335,8 +337,7 @@ impl Connection {
                 continue;
             }
             let next = self.next_wake().min(ping_at);
-            if next != wake_at {
-                wake_at = next;
+            if next != wake.deadline() {
                 wake.as_mut().reset(next);
             }
         }
@@ -358,7 +359,7 @@ impl Connection {
         sink.flush().await.map_err(|_| ())
     }
 
-    async fn hello<S: Socket>(&self, sink: &mut S) -> Result<(), axum::Error> {
+    async fn hello<S: Socket>(&self, sink: &mut S) -> Result<(), WsError> {
         let hello = ServerFrame::Hello {
             user: self.state.user_json(&self.user),
             connection_id: format!("{}-{}", self.state.hub.pod(), self.outbox.conn),
@@ -366,6 +367,20 @@ impl Connection {
         }
         .encode();
         sink.send(WsMessage::Text(hello)).await
+    }
+
+    /// Acts on what the socket read, and on the frames a burst read past it.
+    async fn frames<S: Socket>(&mut self, first: Incoming, sink: &mut S) -> Result<(), Ended> {
+        let mut item = first;
+        while let Some(next) = self.incoming(item, sink).await? {
+            item = next;
+        }
+        Ok(())
+    }
+
+    /// The heartbeat's period.
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.state.config.heartbeat_ms)
     }
 
     /// Acts on what the socket read: a frame, its end or a failure. A burst of `subscribe`
@@ -451,7 +466,7 @@ impl Connection {
                 sink.flush().await?;
                 // A queue closed by the server takes nothing more: what was queued is all.
                 if self.unacked == 0 || inbox.closing() {
-                    return Ok::<(), axum::Error>(());
+                    return Ok::<(), WsError>(());
                 }
                 inbox.direct_queued().await;
             }
@@ -1065,7 +1080,7 @@ impl Connection {
 }
 
 /// What the socket read and has not handled yet: a frame, its end (`None`) or a failure.
-type Incoming = Option<Result<WsMessage, axum::Error>>;
+type Incoming = Option<Result<WsMessage, WsError>>;
 
 /// Most `subscribe` frames handled together (see `Connection::subscribe_burst`).
 const SUBSCRIBE_BURST: usize = 64;
@@ -1187,14 +1202,14 @@ mod tests {
     }
 
     impl Sink<WsMessage> for Pipe {
-        type Error = axum::Error;
+        type Error = WsError;
         fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
         fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
             self.to_client
                 .unbounded_send(item)
-                .map_err(axum::Error::new)
+                .map_err(|_| WsError::ConnectionClosed)
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
@@ -1205,7 +1220,7 @@ mod tests {
     }
 
     impl Stream for Pipe {
-        type Item = Result<WsMessage, axum::Error>;
+        type Item = Result<WsMessage, WsError>;
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             self.from_client.poll_next_unpin(cx).map(|m| m.map(Ok))
         }
@@ -1232,7 +1247,7 @@ mod tests {
                     .expect("the server answers");
                 match m {
                     Some(WsMessage::Text(t)) => return Ok(serde_json::from_str(&t).unwrap()),
-                    Some(WsMessage::Close(f)) => return Err(f.map(|f| f.code)),
+                    Some(WsMessage::Close(f)) => return Err(f.map(|f| f.code.into())),
                     Some(_) => continue,
                     None => return Err(None),
                 }
