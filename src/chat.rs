@@ -38,6 +38,8 @@ pub struct Author<'a> {
     /// The user's installation-wide mute, as the caller knows it (a socket keeps it current
     /// from control events; REST reads it with the user).
     pub muted_until: Option<i64>,
+    /// An admin by its own account (an installation's `--admins` are found by username).
+    pub admin: bool,
 }
 
 impl<'a> From<&'a UserRecord> for Author<'a> {
@@ -46,6 +48,7 @@ impl<'a> From<&'a UserRecord> for Author<'a> {
             id: u.id,
             username: &u.username,
             muted_until: u.muted_until,
+            admin: u.admin,
         }
     }
 }
@@ -231,7 +234,7 @@ pub async fn attachments_for_message(
 /// `message_edited` with the whole message.
 pub async fn edit_message(
     state: &AppState,
-    user: &UserRecord,
+    user: Author<'_>,
     room: RoomId,
     seq: i64,
     body: &str,
@@ -263,7 +266,7 @@ pub async fn edit_message(
 /// moderator, or an admin. Subscribers get `message_deleted`.
 pub async fn delete_message(
     state: &AppState,
-    user: &UserRecord,
+    user: Author<'_>,
     room: RoomId,
     seq: i64,
 ) -> ApiResult<()> {
@@ -274,7 +277,10 @@ pub async fn delete_message(
         .await?
         .ok_or_else(|| ApiError::not_found("no such message"))?;
     let moderator = member.as_ref().is_some_and(|m| m.role.moderates());
-    if !(existing.user_id == user.id || moderator || state.is_admin(user)) {
+    if !(existing.user_id == user.id
+        || moderator
+        || state.is_admin_named(user.admin, user.username))
+    {
         return Err(ApiError::forbidden(
             "only the author, a moderator or an admin may delete a message",
         ));
@@ -296,7 +302,7 @@ pub async fn delete_message(
 /// (the reacting socket included) get `reaction`; a repeat changes nothing and sends nothing.
 pub async fn react(
     state: &AppState,
-    user: &UserRecord,
+    user: Author<'_>,
     room: RoomId,
     seq: i64,
     emoji: &str,

@@ -85,7 +85,12 @@ impl AppState {
     /// A global admin: named in `--admins`, or an admin by its own account (an admin bot, a
     /// member of the provider's admin group).
     pub fn is_admin(&self, user: &UserRecord) -> bool {
-        user.admin || self.admins.contains(&user.username)
+        self.is_admin_named(user.admin, &user.username)
+    }
+
+    /// Whether an account is an admin, by its own flag or by its username in `--admins`.
+    pub fn is_admin_named(&self, admin: bool, username: &str) -> bool {
+        admin || self.admins.contains(username)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -189,7 +189,7 @@ pub async fn edit(
     ApiPath((id, seq)): ApiPath<(RoomId, i64)>,
     ApiJson(body): ApiJson<EditBody>,
 ) -> ApiResult<Json<Message>> {
-    let m = chat::edit_message(&state, &caller.user, id, seq, &body.body).await?;
+    let m = chat::edit_message(&state, (&caller.user).into(), id, seq, &body.body).await?;
     Ok(Json(Message::from(&m)))
 }
 
@@ -201,7 +201,7 @@ pub async fn delete(
     caller: Caller,
     ApiPath((id, seq)): ApiPath<(RoomId, i64)>,
 ) -> ApiResult<StatusCode> {
-    chat::delete_message(&state, &caller.user, id, seq).await?;
+    chat::delete_message(&state, (&caller.user).into(), id, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -49,7 +49,7 @@ pub async fn react(
     caller: Caller,
     ApiPath((id, seq, emoji)): ApiPath<(RoomId, i64, String)>,
 ) -> ApiResult<StatusCode> {
-    chat::react(&state, &caller.user, id, seq, &emoji, true).await?;
+    chat::react(&state, (&caller.user).into(), id, seq, &emoji, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -63,7 +63,7 @@ pub async fn unreact(
     caller: Caller,
     ApiPath((id, seq, emoji)): ApiPath<(RoomId, i64, String)>,
 ) -> ApiResult<StatusCode> {
-    chat::react(&state, &caller.user, id, seq, &emoji, false).await?;
+    chat::react(&state, (&caller.user).into(), id, seq, &emoji, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -30,7 +30,7 @@ use crate::protocol::Encode as _;
 use crate::protocol::{self, ClientFrame, ServerFrame};
 use crate::resume::Gate;
 use crate::state::AppState;
-use crate::store::{Marker, MessageRecord, Span, StoreResult, UserRecord};
+use crate::store::{Marker, MessageRecord, Span, StoreResult};
 use handshake::{authenticate, token_deadline, too_big};
 use limits::{FrameKind, Limits, Verdict};
 use rooms::Rooms;
@@ -75,8 +75,8 @@ fn is_typing(text: &str) -> bool {
 
 /// Beyond this many missed messages a resume is not replayed (`recovered: false`).
 pub const MAX_REPLAY: i64 = 1000;
-/// Bytes read from a socket at a time (tungstenite keeps a buffer of this size per socket,
-/// and reads a larger frame in reads of this size into a buffer of the frame's length).
+/// Bytes read from a socket at a time (tungstenite's read buffer, held while a frame is in
+/// flight; a larger frame is read in reads of this size into a buffer of the frame's length).
 const READ_BUFFER: usize = 256;
 /// How long a connection closed by the server waits for the acks of messages it submitted.
 const ACK_LINGER: Duration = Duration::from_secs(1);
@@ -141,9 +141,19 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Id
         state.hub.register_key(&outbox, key);
     }
     let policy = state.policies.current();
+    let hello = ServerFrame::Hello {
+        user: state.user_json(&user),
+        connection_id: format!("{}-{}", state.hub.pod(), outbox.conn),
+        heartbeat_ms: state.config.heartbeat_ms,
+    }
+    .encode();
     let mut conn = Connection {
         muted_until: user.muted_until,
-        user: Box::new(user),
+        admin: user.admin,
+        user: SocketUser {
+            id: user.id,
+            username: user.username.into_boxed_str(),
+        },
         token_exp,
         token_deadline: token_deadline(token_exp),
         outbox,
@@ -157,6 +167,9 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Id
         unacked: 0,
         state: state.shared(),
     };
+    // The hello goes out from the upgrade's task, which still has the whole account record;
+    // the connection keeps only what it uses.
+    let greeted = socket.send(WsMessage::Text(hello)).await.is_ok();
     // The upgrade's task ends here, and with it what the handshake needed: the socket lives on
     // in a task that holds only the connection, so an idle socket costs no more than that.
     // An async block rather than a method taking `self`: parameters of an async fn are
@@ -164,7 +177,11 @@ async fn run<S: Socket>(state: AppState, mut socket: S, authenticated: Option<Id
     tokio::spawn(async move {
         tracing::debug!(conn = conn.outbox.conn, user = %conn.user.id, "connection open");
         let mut inbox = inbox;
-        let ended = conn.serve(&mut socket, &mut inbox).await;
+        let ended = if greeted {
+            conn.serve(&mut socket, &mut inbox).await
+        } else {
+            Ended::gone("client_gone")
+        };
         // Boxed: the end of a connection is not held by every open one.
         Box::pin(conn.end(ended, socket, inbox)).await;
     });
@@ -211,8 +228,10 @@ struct Extras {
 pub struct Connection {
     /// The pod's one shared copy: a pointer, not a copy of every handle.
     state: std::sync::Arc<AppState>,
-    /// Boxed: the task holds a pointer, not the record's 160 bytes.
-    user: Box<UserRecord>,
+    /// What the socket uses of its account; the hello had the rest.
+    user: SocketUser,
+    /// An admin by its own account (`--admins` is checked by username).
+    admin: bool,
     token_exp: u64,
     /// `token_exp` on the monotonic clock, for the connection's timer.
     token_deadline: tokio::time::Instant,
@@ -228,12 +247,19 @@ pub struct Connection {
     /// Boxed: with it out of line, the task's cell fits the allocator's 1,024-byte class.
     limits: Box<Limits>,
     /// Messages submitted whose ack or error has not been written yet.
-    unacked: usize,
+    unacked: u32,
+}
+
+/// The parts of the account a socket uses after its hello: 32 bytes in the task, where the
+/// whole record was a 160-byte allocation with a string or two beside it.
+struct SocketUser {
+    id: UserId,
+    username: Box<str>,
 }
 
 /// Every idle socket holds a `Connection` for its whole life: a field added here is paid
 /// once per socket (it was 768 bytes before the steps in docs/BENCHMARKS.md, "Idle memory").
-const _: () = assert!(std::mem::size_of::<Connection>() <= 120);
+const _: () = assert!(std::mem::size_of::<Connection>() <= 144);
 
 impl Connection {
     /// After the loop: counts why it ended, answers what the client sent, leaves the rooms
@@ -262,11 +288,6 @@ impl Connection {
     }
 
     async fn serve<S: Socket>(&mut self, sink: &mut S, inbox: &mut Inbox) -> Ended {
-        // Boxed, like every write outside the delivery path: what a write awaits would
-        // otherwise stay in every idle connection's task.
-        if Box::pin(self.hello(sink)).await.is_err() {
-            return Ended::gone("client_gone");
-        }
         // One timer, in this task's state (no allocation), set to the socket's next deadline:
         // its heartbeat, its token's expiry, or a typing/receipt deadline it has.
         let mut ping_at = tokio::time::Instant::now() + self.heartbeat();
@@ -357,16 +378,6 @@ impl Connection {
             self.outbound(item, sink).await?;
         }
         sink.flush().await.map_err(|_| ())
-    }
-
-    async fn hello<S: Socket>(&self, sink: &mut S) -> Result<(), WsError> {
-        let hello = ServerFrame::Hello {
-            user: self.state.user_json(&self.user),
-            connection_id: format!("{}-{}", self.state.hub.pod(), self.outbox.conn),
-            heartbeat_ms: self.state.config.heartbeat_ms,
-        }
-        .encode();
-        sink.send(WsMessage::Text(hello)).await
     }
 
     /// Acts on what the socket read, and on the frames a burst read past it.
@@ -695,12 +706,12 @@ impl Connection {
                 self.send_message(room, draft).await.map(|_| None)
             }
             ClientFrame::Edit { room, seq, body } => {
-                chat::edit_message(&self.state, &self.user, room, seq, &body)
+                chat::edit_message(&self.state, self.author(), room, seq, &body)
                     .await
                     .map(|_| None)
             }
             ClientFrame::Delete { room, seq } => {
-                chat::delete_message(&self.state, &self.user, room, seq)
+                chat::delete_message(&self.state, self.author(), room, seq)
                     .await
                     .map(|_| None)
             }
@@ -717,7 +728,7 @@ impl Connection {
                 seq,
                 emoji,
                 active,
-            } => chat::react(&self.state, &self.user, room, seq, &emoji, active)
+            } => chat::react(&self.state, self.author(), room, seq, &emoji, active)
                 .await
                 .map(|_| None),
         };
@@ -972,17 +983,29 @@ impl Connection {
         tokio::join!(presence, changes, replay)
     }
 
+    /// This socket's user as the chat operations check it, with the mute it keeps current.
+    fn author(&self) -> Author<'_> {
+        Author {
+            id: self.user.id,
+            username: &self.user.username,
+            muted_until: self.muted_until,
+            admin: self.admin,
+        }
+    }
+
     /// Sends a message through the one send path, with the send rules this socket keeps.
     async fn send_message(&mut self, room: RoomId, draft: Draft) -> ApiResult<()> {
+        // Field by field, not `self.author()`: `rules_for` borrows the rooms beside it.
         let author = Author {
             id: self.user.id,
             username: &self.user.username,
             muted_until: self.muted_until,
+            admin: self.admin,
         };
         let rules = rules_for(&self.state, &mut self.rooms, self.user.id, room);
         let reply = Reply::Socket(self.outbox.clone());
         chat::submit_message(&self.state, author, room, draft, rules, reply).await?;
-        self.unacked += 1;
+        self.unacked = self.unacked.saturating_add(1);
         // A message ends the sender's typing indicator.
         if let Some(x) = &mut self.extras
             && x.typing.remove(&room).is_some()
@@ -1261,7 +1284,7 @@ mod tests {
         let mut config = Config::for_tests(dir.path().to_path_buf());
         tune(&mut config);
         let (state, _writer, _stop) = crate::server::build(config).await.unwrap();
-        let user = UserRecord::new("alice".into(), "Alice".into(), String::new());
+        let user = crate::store::UserRecord::new("alice".into(), "Alice".into(), String::new());
         state.store.create_user(&user).await.unwrap();
         let (to_client, recv) = mpsc::unbounded();
         let (send, from_client) = mpsc::unbounded();
