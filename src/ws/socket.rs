@@ -1,8 +1,8 @@
 //! The server's end of a WebSocket, on the TCP connection itself.
 //!
-//! tungstenite parses and writes the frames; what it needs for that (its frame parser, its read
-//! and write buffers, about a kilobyte with the allocator's rounding) is held only while a frame
-//! is in flight. A socket that waits with nothing half read and nothing unwritten holds the TCP
+//! tungstenite parses and writes the frames; what it needs for that (its frame parser and its
+//! read and write buffers: hundreds of bytes, and as much as the largest frame once one came or
+//! went) is held only while a frame is in flight. A socket that waits with nothing half read and nothing unwritten holds the TCP
 //! connection and a few bytes of bookkeeping; its parser is made again when the next bytes
 //! arrive or the next frame is written. Most sockets of a chat server are idle most of the
 //! time, and every one of them paid for that state before (docs/BENCHMARKS.md, "Idle memory").
@@ -99,7 +99,8 @@ impl WsSocket {
             tcp: &self.tcp,
             frames: &mut self.frames,
         };
-        // An answer to a ping may still be queued; it must leave first.
+        // An answer to a ping may still be queued; it must leave first. If it cannot leave
+        // yet, the parser stays, and its next read tries again (as tungstenite does).
         if ctx.flush(&mut io).is_ok() {
             self.ctx = None;
         }
@@ -252,8 +253,8 @@ struct Frames {
     /// A header read in part (at most 14 bytes).
     header: [u8; 14],
     header_len: u8,
-    /// Payload bytes of the current frame not read yet (a frame is at most 64 KiB; tungstenite
-    /// refuses a longer one, and this marks it broken).
+    /// Payload bytes of the current frame not read yet (tungstenite refuses a frame over
+    /// 64 KiB; a length past `u32` marks the stream broken here).
     payload_left: u32,
     /// A text or binary message whose final frame has not been read.
     fragmented: bool,
