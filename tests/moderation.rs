@@ -760,3 +760,34 @@ async fn committed_messages_are_acked_before_a_4008_close() {
     assert_eq!(committed.len(), 20);
     assert_eq!(acked, committed);
 }
+
+/// Over the socket, an installation admin (named in `--admins`) may delete anyone's message;
+/// a member who is neither the author nor a moderator may not. The socket keeps only the
+/// parts of the account these checks need, so this is what shows it kept the right ones.
+#[tokio::test]
+async fn an_admin_deletes_anothers_message_over_the_socket() {
+    let s = with_admin().await;
+    let root = s.user("root").await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice.create_room("general", "public").await;
+    bob.join(&room).await;
+    root.join(&room).await;
+    let mut b = bob.subscribed(&room).await;
+    alice.post_message(&room, "by alice").await;
+    b.expect("message").await;
+
+    b.send(json!({"type": "delete", "room": room, "seq": 1}))
+        .await;
+    assert_eq!(b.expect("error").await["code"], "forbidden");
+
+    let mut r = root.subscribed(&room).await;
+    r.send(json!({"type": "delete", "room": room, "seq": 1}))
+        .await;
+    let d = b.expect("message_deleted").await;
+    assert_eq!(
+        (d["room"].as_str(), d["seq"].as_i64()),
+        (Some(room.as_str()), Some(1))
+    );
+    r.expect("message_deleted").await;
+}
