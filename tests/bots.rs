@@ -240,6 +240,24 @@ async fn an_admin_bot_may_use_the_admin_api_and_add_itself_to_any_room() {
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{m}");
+    // Over its socket too, the bot's own admin right lets it delete someone else's message.
+    let (st, theirs) = alice
+        .api
+        .post(
+            &format!("/api/v1/rooms/{secret}/messages"),
+            json!({"body": "oops"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{theirs}");
+    let mut ws = Ws::connect(s.addr, Some(&admin_key)).await.unwrap();
+    ws.expect("hello").await;
+    ws.subscribe(&secret, None).await;
+    ws.send(json!({"type": "delete", "room": secret, "seq": theirs["seq"]}))
+        .await;
+    assert_eq!(
+        ws.expect_skipping("message_deleted").await["seq"],
+        theirs["seq"]
+    );
     // A bot without the admin right is an ordinary user: the private room does not exist for it.
     let plain = s.api().with_token(&plain_key);
     let (st, _) = plain.get("/api/v1/admin/stats").await;

@@ -1232,7 +1232,9 @@ async fn a_request_that_is_not_a_websocket_upgrade_is_told_what_it_lacks() {
 async fn frames_sent_with_the_upgrade_request_are_read() {
     use futures::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::protocol::{Role, frame::Frame};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
     let s = Server::embedded().await;
     let alice = s.user("alice").await;
@@ -1243,13 +1245,7 @@ async fn frames_sent_with_the_upgrade_request_are_read() {
         alice.token, s.addr
     )
     .into_bytes();
-    let mut ping = Frame::message(
-        r#"{"type":"ping"}"#,
-        tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
-            tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
-        ),
-        true,
-    );
+    let mut ping = Frame::message(r#"{"type":"ping"}"#, OpCode::Data(Data::Text), true);
     ping.header_mut().mask = Some([7, 1, 9, 3]);
     ping.format(&mut bytes).unwrap();
     tcp.write_all(&bytes).await.unwrap();

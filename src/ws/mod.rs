@@ -257,6 +257,19 @@ struct SocketUser {
     username: Box<str>,
 }
 
+impl SocketUser {
+    /// The user as the chat operations check it, with the mute and admin flag the connection
+    /// keeps beside it. A method here, not on `Connection`, so that it borrows only the user.
+    fn author(&self, muted_until: Option<i64>, admin: bool) -> Author<'_> {
+        Author {
+            id: self.id,
+            username: &self.username,
+            muted_until,
+            admin,
+        }
+    }
+}
+
 /// Every idle socket holds a `Connection` for its whole life: a field added here is paid
 /// once per socket (it was 768 bytes before the steps in docs/BENCHMARKS.md, "Idle memory").
 const _: () = assert!(std::mem::size_of::<Connection>() <= 144);
@@ -983,25 +996,15 @@ impl Connection {
         tokio::join!(presence, changes, replay)
     }
 
-    /// This socket's user as the chat operations check it, with the mute it keeps current.
+    /// This socket's user as the chat operations check it.
     fn author(&self) -> Author<'_> {
-        Author {
-            id: self.user.id,
-            username: &self.user.username,
-            muted_until: self.muted_until,
-            admin: self.admin,
-        }
+        self.user.author(self.muted_until, self.admin)
     }
 
     /// Sends a message through the one send path, with the send rules this socket keeps.
     async fn send_message(&mut self, room: RoomId, draft: Draft) -> ApiResult<()> {
-        // Field by field, not `self.author()`: `rules_for` borrows the rooms beside it.
-        let author = Author {
-            id: self.user.id,
-            username: &self.user.username,
-            muted_until: self.muted_until,
-            admin: self.admin,
-        };
+        // Borrows the user alone: `rules_for` borrows the rooms beside it.
+        let author = self.user.author(self.muted_until, self.admin);
         let rules = rules_for(&self.state, &mut self.rooms, self.user.id, room);
         let reply = Reply::Socket(self.outbox.clone());
         chat::submit_message(&self.state, author, room, draft, rules, reply).await?;
